@@ -1,0 +1,36 @@
+# The two commands: `make serve` and `make test`. Each sets up .venv by itself.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# CPU build by default. On a CUDA machine: make TORCH_SPEC="torch==2.13.0" TORCH_INDEX=...
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: install test serve clean help
+
+help:
+	@echo "make serve   install, start a local Ray cluster and serve the shipped models on http://127.0.0.1:8000"
+	@echo "make test    install and run the test suite"
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	@# torch first and alone: an unpinned resolve would pull the multi-GB CUDA build.
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	@# s3fs silently falls back to 0.4.2 (2019) when boto3 leaves aiobotocore's band.
+	$(BIN)/python -c "import s3fs, sys; v = tuple(int(x) for x in s3fs.__version__.split('.')[:2]); sys.exit(0 if v >= (2024, 1) else 'stale s3fs ' + s3fs.__version__)"
+	$(BIN)/python -m pip check
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+serve: $(STAMP)
+	@echo "Serving is not built yet (it arrives with the Ray Serve issue)." >&2; exit 2
+
+clean:
+	rm -rf $(VENV) .pytest_cache
