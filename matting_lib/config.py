@@ -1,0 +1,419 @@
+"""Configuration: frozen dataclasses, loaded from YAML with ``key=value`` overrides.
+
+One dataclass per concern, one docstring per field, cross-field checks in
+``__post_init__``. YAML files under ``configs/`` mirror :class:`TrainConfig`.
+
+>>> cfg = load_config("configs/tiny.yaml", ["optim.lr=3e-4", "model.encoder=resnet34"])
+
+Errors always name the offending key (``ConfigError: optim.lr: ...``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid. The message names the key."""
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the matting network; enough to rebuild it from a checkpoint."""
+
+    encoder: str = "mobilenetv2"
+    """Encoder name from ``matting_lib.models.encoders.ENCODERS`` (mobilenetv2, resnet34, convnext_tiny)."""
+    encoder_width: float = 1.0
+    """Channel-width multiplier of the encoder (1.0 = the published widths)."""
+    decoder_channels: tuple[int, ...] = (128, 64, 48, 32, 16)
+    """Output channels of each decoder block, deepest first; one block per encoder skip."""
+    attention: bool = True
+    """Attention gates on the skip connections (keeps fine detail)."""
+    lowlight: bool = False
+    """Zero-DCE style low-light enhancement module at the input."""
+    lowlight_iterations: int = 8
+    """Number of curve iterations of the enhancement module."""
+    in_channels: int = 3
+    """Input image channels (RGB)."""
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.encoder, str) and bool(self.encoder), "model.encoder", "must be a non-empty string")
+        _check(0.1 <= self.encoder_width <= 4.0, "model.encoder_width", f"must be in [0.1, 4], got {self.encoder_width}")
+        _check(len(self.decoder_channels) > 0, "model.decoder_channels", "must not be empty")
+        _check(all(c > 0 for c in self.decoder_channels), "model.decoder_channels", "all entries must be > 0")
+        _check(1 <= self.lowlight_iterations <= 16, "model.lowlight_iterations", "must be in [1, 16]")
+        _check(self.in_channels > 0, "model.in_channels", "must be > 0")
+
+
+# --------------------------------------------------------------------------- loss
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Weights of the loss terms; a term with weight 0 is not computed."""
+
+    l1: float = 1.0
+    """Alpha L1."""
+    mse: float = 0.0
+    """Alpha mean squared error."""
+    bce: float = 0.0
+    """Binary cross-entropy on alpha (soft targets)."""
+    grad: float = 0.5
+    """Sobel gradient L1."""
+    laplacian: float = 0.5
+    """Laplacian-pyramid L1."""
+    composition: float = 0.0
+    """Re-composite L1 (needs fg and bg in the batch)."""
+    ssim: float = 0.0
+    """1 - SSIM of alpha."""
+    edge: float = 0.0
+    """Edge-aware loss of the low-light seed: MSE between Sobel gradient magnitudes of pred and target."""
+    edge_brightness_scale: float = 0.0
+    """Brightness-dependent edge weight: edge weight is multiplied by ``1 + scale * (1 - brightness)``."""
+    scales: tuple[float, ...] = (1.0,)
+    """Multi-scale: the composite is averaged over these down-sampling factors (1.0 = full size)."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if f.name == "scales":
+                continue
+            v = getattr(self, f.name)
+            _check(v >= 0, f"loss.{f.name}", f"must be >= 0, got {v}")
+        _check(len(self.scales) > 0, "loss.scales", "must not be empty")
+        _check(all(0 < s <= 1 for s in self.scales), "loss.scales", "each scale must be in (0, 1]")
+        total = sum(getattr(self, n) for n in ("l1", "mse", "bce", "grad", "laplacian", "composition", "ssim", "edge"))
+        _check(total > 0, "loss", "at least one loss weight must be > 0")
+
+
+# --------------------------------------------------------------------------- optimisation
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One stage of staged unfreezing (the seed's three-stage schedule)."""
+
+    name: str = "all"
+    """A label for logs."""
+    epochs: int = 1
+    """Epochs in this stage."""
+    trainable: Literal["head", "late", "all"] = "all"
+    """What trains: decoder+head only, plus the later encoder stages, or everything."""
+    lr: float = 1e-3
+    """Learning rate of decoder, head and enhancement module."""
+    encoder_lr: float | None = None
+    """Learning rate of the encoder (layer-wise LR); None means the same as ``lr``."""
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "stages.epochs", f"must be >= 1, got {self.epochs}")
+        _check(self.lr > 0, "stages.lr", f"must be > 0, got {self.lr}")
+        _check(self.encoder_lr is None or self.encoder_lr > 0, "stages.encoder_lr", "must be > 0")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer, schedule, precision and clipping."""
+
+    optimizer: Literal["adam", "adamw"] = "adamw"
+    """Optimizer family."""
+    weight_decay: float = 1e-4
+    """Weight decay (decoupled for AdamW)."""
+    scheduler: Literal["none", "step", "cosine"] = "cosine"
+    """Per-epoch LR schedule within each stage."""
+    step_size: int = 10
+    """StepLR: epochs between decays."""
+    gamma: float = 0.5
+    """StepLR: decay factor."""
+    min_lr_ratio: float = 0.01
+    """Cosine: final LR as a fraction of the stage LR."""
+    grad_clip: float = 1.0
+    """Max global gradient norm; 0 disables clipping."""
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    """Mixed precision: auto = bf16 on CUDA when supported, else fp16 with a grad scaler; off on CPU."""
+
+    def __post_init__(self) -> None:
+        _check(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+        _check(self.step_size >= 1, "optim.step_size", "must be >= 1")
+        _check(0 < self.gamma <= 1, "optim.gamma", "must be in (0, 1]")
+        _check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
+        _check(self.grad_clip >= 0, "optim.grad_clip", "must be >= 0")
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the dataset lives and how samples are prepared."""
+
+    uri: str = ""
+    """Dataset root in the seed format (local path, file:// or s3://)."""
+    manifest: str = ""
+    """Manifest URI (JSONL); empty means ``<uri>/manifest.jsonl``, built if missing."""
+    train_split: str = "train"
+    """Split used for training (a ``<split>.txt`` file)."""
+    val_split: str = "val"
+    """Split used for validation."""
+    image_size: int = 320
+    """Square crop size fed to the network."""
+    augment: Literal["none", "standard", "lowlight"] = "standard"
+    """Augmentation pipeline."""
+    batch_size: int = 8
+    """Per-worker batch size."""
+    lowlight_sim_prob: float = 0.0
+    """Probability of applying the physical low-light simulation to a training sample."""
+    s3_endpoint_url: str = ""
+    """S3 endpoint override (e.g. a MinIO or moto server); empty = AWS or $AWS_ENDPOINT_URL."""
+
+    def __post_init__(self) -> None:
+        _check(32 <= self.image_size <= 4096, "data.image_size", f"must be in [32, 4096], got {self.image_size}")
+        _check(self.image_size % 32 == 0, "data.image_size", f"must be a multiple of 32, got {self.image_size}")
+        _check(self.batch_size >= 1, "data.batch_size", "must be >= 1")
+        _check(0 <= self.lowlight_sim_prob <= 1, "data.lowlight_sim_prob", "must be in [0, 1]")
+
+
+# --------------------------------------------------------------------------- Ray-side settings
+
+
+@dataclass(frozen=True)
+class ScalingSettings:
+    """How many training workers and what each gets (maps to Ray's ScalingConfig)."""
+
+    num_workers: int = 1
+    """Number of DDP workers."""
+    use_gpu: bool = False
+    """One GPU per worker (nccl) instead of CPU (gloo)."""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per worker; fractions let small machines run several."""
+    data_cpus: float = 0.25
+    """CPUs per Ray Data decode/augment task."""
+
+    def __post_init__(self) -> None:
+        _check(self.num_workers >= 1, "scaling.num_workers", "must be >= 1")
+        _check(self.cpus_per_worker > 0, "scaling.cpus_per_worker", "must be > 0")
+        _check(self.data_cpus > 0, "scaling.data_cpus", "must be > 0")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Naming, storage and fault tolerance of a run."""
+
+    name: str = "matting"
+    """Run name; relaunching with the same name resumes."""
+    storage_path: str = "runs"
+    """Where checkpoints go (local folder or s3://bucket/prefix)."""
+    max_failures: int = 2
+    """Worker-group restarts allowed before the run fails."""
+    keep_checkpoints: int = 2
+    """Best-N checkpoints kept, ranked by validation SAD."""
+    seed: int = 0
+    """Global random seed."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name) and "/" not in self.name, "run.name", "must be non-empty and contain no '/'")
+        _check(self.max_failures >= -1, "run.max_failures", "must be >= -1 (-1 = unlimited)")
+        _check(self.keep_checkpoints >= 1, "run.keep_checkpoints", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs. Mirrors ``configs/*.yaml``."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Architecture."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """Loss weights."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer and schedule."""
+    stages: tuple[StageConfig, ...] = (StageConfig(),)
+    """Unfreezing stages, run in order; total epochs is their sum."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Dataset and preprocessing."""
+    scaling: ScalingSettings = field(default_factory=ScalingSettings)
+    """Workers and resources."""
+    run: RunSettings = field(default_factory=RunSettings)
+    """Naming and storage."""
+    init_checkpoint: str = ""
+    """Checkpoint to fine-tune from (partial loading); empty = from scratch."""
+
+    def __post_init__(self) -> None:
+        _check(len(self.stages) >= 1, "stages", "at least one stage is required")
+
+    @property
+    def total_epochs(self) -> int:
+        return sum(s.epochs for s in self.stages)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML value to the annotated type, or raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: {value!r} does not match {tp}")
+    if origin is Literal:
+        _check(value in args, key, f"must be one of {list(args)}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        _check(isinstance(value, Mapping), key, f"must be a mapping, got {type(value).__name__}")
+        return _build(tp, value, key)
+    if origin is tuple:
+        _check(isinstance(value, (list, tuple)), key, f"must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        _check(len(value) == len(args), key, f"must have {len(args)} items")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is bool:
+        _check(isinstance(value, bool), key, f"must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML reads "1e-4" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key, f"must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        _check(isinstance(value, str), key, f"must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"{where}{unknown[0]}: unknown key (valid keys: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(value, hints[name], key)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        # Stage-level checks do not know their index; add the prefix when it helps.
+        if prefix and not str(e).startswith(prefix):
+            raise ConfigError(f"{prefix}: {e}") from None
+        raise
+
+
+def from_dict(cls: type, data: Mapping[str, Any]) -> Any:
+    """Build a (nested) frozen dataclass from a plain mapping, validating every key."""
+    return _build(cls, data or {})
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain-data (YAML/JSON-able) form of a config dataclass; tuples become lists."""
+
+    def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(cfg)
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    cur: Any = data
+    for i, p in enumerate(parts[:-1]):
+        if isinstance(cur, list):
+            _check(p.isdigit() and int(p) < len(cur), ".".join(parts[: i + 1]), "list index out of range")
+            cur = cur[int(p)]
+            continue
+        nxt = cur.get(p)
+        if nxt is None:
+            nxt = cur[p] = {}
+        cur = nxt
+    last = parts[-1]
+    if isinstance(cur, list):
+        _check(last.isdigit() and int(last) < len(cur), dotted, "list index out of range")
+        cur[int(last)] = value
+    else:
+        cur[last] = value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides (values parsed as YAML) to a plain mapping, in place."""
+    for ov in overrides:
+        if "=" not in ov:
+            raise ConfigError(f"{ov}: override must look like key=value")
+        key, raw = ov.split("=", 1)
+        key = key.strip()
+        _check(bool(key), ov, "empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{key}: cannot parse value {raw!r}: {e}") from None
+        _set_path(data, key, value)
+    return data
+
+
+def load_yaml(uri: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping from a local path or fsspec URI."""
+    from matting_lib.io import read_text
+
+    try:
+        text = read_text(str(uri))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {uri}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{uri}: invalid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{uri}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def load_config(uri: str | Path, overrides: Sequence[str] = (), cls: type = TrainConfig) -> Any:
+    """Load ``cls`` from a YAML file, apply ``key=value`` overrides, validate."""
+    data = apply_overrides(load_yaml(uri), overrides)
+    return from_dict(cls, data)
+
+
+def dump_config(cfg: Any) -> str:
+    """YAML text of a config, loadable again by :func:`load_config`."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,100 @@
+"""Config loading: YAML -> frozen dataclasses, overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from matting_lib.config import (
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    dump_config,
+    from_dict,
+    load_config,
+    to_dict,
+)
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_shipped_configs_load():
+    paths = sorted(CONFIGS.glob("*.yaml"))
+    assert paths, "no configs shipped"
+    for p in paths:
+        if p.name.startswith("sweep"):
+            continue
+        cfg = load_config(p)
+        assert isinstance(cfg, TrainConfig)
+        assert cfg.total_epochs >= 1
+
+
+def test_overrides_apply_and_coerce():
+    cfg = load_config(CONFIGS / "tiny.yaml", ["stages.0.lr=1e-4", "model.encoder=resnet34", "data.batch_size=3", "model.decoder_channels=[8,8,8,8,8]"])
+    assert cfg.stages[0].lr == pytest.approx(1e-4)
+    assert cfg.model.encoder == "resnet34"
+    assert cfg.data.batch_size == 3
+    assert cfg.model.decoder_channels == (8, 8, 8, 8, 8)
+
+
+def test_frozen():
+    cfg = TrainConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.model = ModelConfig()  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("model.encoderr=x", "model.encoderr"),
+        ("optim.grad_clip=-1", "optim.grad_clip"),
+        ("optim.optimizer=sgd", "optim.optimizer"),
+        ("data.image_size=100", "data.image_size"),
+        ("data.batch_size=two", "data.batch_size"),
+        ("loss.l1=-0.5", "loss.l1"),
+        ("scaling.num_workers=0", "scaling.num_workers"),
+        ("model.attention=maybe", "model.attention"),
+        ("bogus=1", "bogus"),
+    ],
+)
+def test_bad_values_name_the_key(override, key):
+    with pytest.raises(ConfigError) as e:
+        load_config(CONFIGS / "tiny.yaml", [override])
+    assert key in str(e.value)
+
+
+def test_stage_error_is_prefixed():
+    with pytest.raises(ConfigError, match=r"stages\[0\].*epochs"):
+        from_dict(TrainConfig, {"stages": [{"epochs": 0}]})
+
+
+def test_all_weights_zero_rejected():
+    zero = {k: 0.0 for k in ("l1", "grad", "laplacian")}
+    with pytest.raises(ConfigError, match="loss"):
+        from_dict(TrainConfig, {"loss": zero})
+
+
+def test_round_trip_through_yaml(tmp_path):
+    cfg = load_config(CONFIGS / "tiny.yaml", ["run.name=rt"])
+    p = tmp_path / "c.yaml"
+    p.write_text(dump_config(cfg))
+    again = load_config(p)
+    assert again == cfg
+    assert to_dict(again)["run"]["name"] == "rt"
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(bad)
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(lst)
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(CONFIGS / "tiny.yaml", ["no_equals_sign"])
