@@ -1,0 +1,386 @@
+"""Ray-free training building blocks: one epoch, evaluation, optimizer and schedule.
+
+They run on one GPU or a CPU as they are; ``ray_jobs.train`` wraps them for DDP.
+A batch is a mapping with
+
+    image (B, 3, H, W) float in [0, 1]
+    alpha (B, 1, H, W) float in [0, 1]
+    fg, bg (B, 3, H, W) optional, for the composition loss
+
+Precision: on CUDA, bf16 autocast where supported (no scaler needed), otherwise fp16
+with a GradScaler; always fp32 on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from matting_lib import metrics as M
+from matting_lib.config import LossConfig, OptimConfig, StageConfig
+from matting_lib.losses import matting_loss
+from matting_lib.models.finetune import param_groups, set_trainable
+
+Batch = Mapping[str, torch.Tensor]
+
+
+# --------------------------------------------------------------------------- precision
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Resolved mixed-precision settings for a device."""
+
+    enabled: bool
+    dtype: torch.dtype
+    use_scaler: bool
+
+    def autocast(self, device: torch.device):
+        return torch.autocast(device_type=device.type, dtype=self.dtype, enabled=self.enabled)
+
+    def make_scaler(self, device: torch.device) -> torch.amp.GradScaler:
+        return torch.amp.GradScaler(device.type, enabled=self.use_scaler)
+
+
+def resolve_precision(mode: str, device: torch.device) -> Precision:
+    """``auto``: bf16 on CUDA if supported, else fp16 + scaler; fp32 on CPU. ``off``: fp32."""
+    if device.type != "cuda" or mode == "off":
+        return Precision(False, torch.float32, False)
+    if mode == "auto":
+        mode = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if mode == "bf16":
+        return Precision(True, torch.bfloat16, False)
+    if mode == "fp16":
+        return Precision(True, torch.float16, True)
+    raise ValueError(f"optim.amp: unknown mode {mode!r} (auto, off, bf16, fp16)")
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# --------------------------------------------------------------------------- optimizer / schedule
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The underlying model of a DDP wrapper (or the model itself)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def build_optimizer(model: nn.Module, stage: StageConfig, optim: OptimConfig) -> torch.optim.Optimizer:
+    """Adam/AdamW over layer-wise parameter groups (encoder at ``stage.encoder_lr``)."""
+    enc_lr = stage.encoder_lr if stage.encoder_lr is not None else stage.lr
+    groups = param_groups(unwrap(model), lr=stage.lr, encoder_lr=enc_lr, weight_decay=optim.weight_decay)
+    if not groups:
+        raise ValueError(f"stage {stage.name!r}: no trainable parameters")
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[optim.optimizer]
+    return cls(groups, lr=stage.lr)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig, epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """A per-epoch schedule over ``epochs`` (one stage): none, StepLR or cosine."""
+    if optim.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=optim.step_size, gamma=optim.gamma)
+    if optim.scheduler == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda e: optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(e, epochs) / max(epochs, 1)))
+        )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 1.0)
+
+
+def stage_at(stages: tuple[StageConfig, ...], epoch: int) -> tuple[int, StageConfig, int]:
+    """For a global 0-based ``epoch``: (stage index, stage, epoch within the stage)."""
+    start = 0
+    for i, s in enumerate(stages):
+        if epoch < start + s.epochs:
+            return i, s, epoch - start
+        start += s.epochs
+    raise IndexError(f"epoch {epoch} is past the last stage ({start} epochs in total)")
+
+
+@dataclass
+class StageState:
+    """Optimizer, scheduler and scaler for the current stage."""
+
+    index: int
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "stage_index": self.index,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
+
+
+def begin_stage(
+    model: nn.Module, stages: tuple[StageConfig, ...], index: int, optim: OptimConfig, precision: Precision, device: torch.device
+) -> StageState:
+    """Apply the stage's freezing and build its optimizer, schedule and scaler."""
+    stage = stages[index]
+    set_trainable(unwrap(model), stage.trainable)
+    opt = build_optimizer(model, stage, optim)
+    return StageState(index, opt, build_scheduler(opt, optim, stage.epochs), precision.make_scaler(device))
+
+
+def restore_stage(state: StageState, saved: Mapping[str, Any]) -> None:
+    """Load optimizer/scheduler/scaler state saved by :meth:`StageState.state_dict`."""
+    if saved.get("stage_index") != state.index:
+        return  # the checkpoint ended a stage; the new stage starts with fresh state
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.scheduler.load_state_dict(saved["scheduler"])
+    state.scaler.load_state_dict(saved["scaler"])
+
+
+# --------------------------------------------------------------------------- epochs
+
+
+def _to(batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+
+def _composition_args(b: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
+    return {"image": b.get("image"), "fg": b.get("fg"), "bg": b.get("bg")}
+
+
+def train_one_epoch(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    optimizer: torch.optim.Optimizer,
+    loss_cfg: LossConfig,
+    *,
+    device: torch.device,
+    precision: Precision,
+    scaler: torch.amp.GradScaler,
+    grad_clip: float = 1.0,
+    step_hook: Callable[[int], None] | None = None,
+    log: Callable[[str], None] | None = None,
+    log_every: int = 0,
+) -> dict[str, float]:
+    """One pass over ``batches``; returns the mean of each loss term, ``samples`` and ``samples_per_s``.
+
+    ``step_hook(step)`` runs before each step (tests use it to inject failures).
+    Non-finite losses skip the step (counted in ``skipped_steps``) rather than poisoning weights.
+    """
+    model.train()
+    sums: dict[str, float] = {}
+    n_samples = 0
+    steps = skipped = 0
+    t0 = time.perf_counter()
+    for step, batch in enumerate(batches):
+        if step_hook is not None:
+            step_hook(step)
+        b = _to(batch, device)
+        optimizer.zero_grad(set_to_none=True)
+        with precision.autocast(device):
+            pred = model(b["image"])
+        terms = matting_loss(pred.float(), b["alpha"], loss_cfg, **_composition_args(b))
+        loss = terms["total"]
+        if not torch.isfinite(loss):
+            skipped += 1
+            continue
+        scaler.scale(loss).backward()
+        if grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        bs = b["image"].shape[0]
+        n_samples += bs
+        steps += 1
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach()) * bs
+        if log is not None and log_every and steps % log_every == 0:
+            log(f"  step {steps}: loss {float(loss):.4f}")
+    elapsed = time.perf_counter() - t0
+    out = {k: v / max(n_samples, 1) for k, v in sums.items()}
+    out.update(samples=float(n_samples), steps=float(steps), skipped_steps=float(skipped), samples_per_s=n_samples / max(elapsed, 1e-9))
+    return out
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    loss_cfg: LossConfig,
+    *,
+    device: torch.device,
+    precision: Precision | None = None,
+    with_slow_metrics: bool = True,
+) -> dict[str, float]:
+    """Validation: mean loss terms and per-image SAD / MSE / MAD (/ Grad / Conn) means.
+
+    Metrics follow :mod:`matting_lib.metrics` (SAD in thousands of alpha units). Images
+    padded by the eval transform carry ``valid`` (B,1,H,W) masks; padded pixels are ignored.
+    """
+    model.eval()
+    precision = precision or Precision(False, torch.float32, False)
+    sums: dict[str, float] = {}
+    n = 0
+    for batch in batches:
+        b = _to(batch, device)
+        with precision.autocast(device):
+            pred = model(b["image"])
+        pred = pred.float()
+        terms = matting_loss(pred, b["alpha"], loss_cfg, **_composition_args(b))
+        bs = pred.shape[0]
+        for k, v in terms.items():
+            sums[f"loss_{k}" if k != "total" else "loss"] = sums.get(f"loss_{k}" if k != "total" else "loss", 0.0) + float(v) * bs
+        p_np = pred.squeeze(1).cpu().numpy().astype(np.float64)
+        g_np = b["alpha"].squeeze(1).cpu().numpy().astype(np.float64)
+        valid = b.get("valid")
+        v_np = valid.squeeze(1).cpu().numpy() > 0.5 if valid is not None else None
+        for i in range(bs):
+            p, g = p_np[i], g_np[i]
+            trimap = None
+            if v_np is not None and not v_np[i].all():
+                # Score only real pixels: a trimap whose "unknown" region is the valid area.
+                trimap = np.where(v_np[i], 128, 0).astype(np.uint8)
+            scores = {"sad": M.sad(p, g, trimap), "mse": M.mse(p, g, trimap), "mad": M.mad(p, g, trimap)}
+            if with_slow_metrics:
+                scores["grad"] = M.gradient_error(p, g, trimap)
+                scores["conn"] = M.connectivity_error(p, g, trimap)
+            for k, v in scores.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        n += bs
+    if n == 0:
+        raise ValueError("evaluate: no validation batches (is the validation split empty?)")
+    out = {k: v / n for k, v in sums.items()}
+    out["val_samples"] = float(n)
+    return out
+
+
+# --------------------------------------------------------------------------- a whole run
+
+
+class TrainingRun:
+    """Epoch-by-epoch driver over the configured unfreezing stages.
+
+    Owns the stage switch (freezing, optimizer, schedule, scaler), the per-epoch history
+    and the resumable training state. ``ray_jobs.train`` calls it on every worker, and
+    :func:`fit` calls it on one device without Ray, so both train identically.
+    """
+
+    def __init__(
+        self, model: nn.Module, cfg: Any, device: torch.device, wrap: Callable[[nn.Module], nn.Module] | None = None
+    ) -> None:
+        # ``wrap`` (e.g. Ray's prepare_model for DDP) is re-applied at every stage switch:
+        # DDP only synchronises parameters that required grad when it was built.
+        self.wrap = wrap or (lambda m: m.to(device))
+        self.model = model
+        self.cfg = cfg
+        self.device = device
+        self.precision = resolve_precision(cfg.optim.amp, device)
+        self.stage: StageState | None = None
+        self.history: list[dict[str, float]] = []
+        self.next_epoch = 0
+
+    def restore(self, training_state: Mapping[str, Any] | None) -> None:
+        """Continue from a checkpoint's ``training_state`` (epoch, history, optimizer...)."""
+        if not training_state:
+            return
+        self.next_epoch = int(training_state["epoch"]) + 1
+        self.history = list(training_state.get("history", []))
+        if self.next_epoch < self.cfg.total_epochs:
+            idx, _, _ = stage_at(self.cfg.stages, self.next_epoch)
+            self._ensure_stage(idx)
+            assert self.stage is not None
+            restore_stage(self.stage, training_state.get("stage", {}))
+
+    def _ensure_stage(self, idx: int) -> StageConfig:
+        if self.stage is None or self.stage.index != idx:
+            base = unwrap(self.model)
+            self.stage = begin_stage(base, self.cfg.stages, idx, self.cfg.optim, self.precision, self.device)
+            self.model = self.wrap(base)
+        return self.cfg.stages[idx]
+
+    def epochs(self) -> range:
+        return range(self.next_epoch, self.cfg.total_epochs)
+
+    def train_epoch(self, epoch: int, batches: Iterable[Batch], step_hook: Callable[[int], None] | None = None) -> dict[str, float]:
+        idx, _, _ = stage_at(self.cfg.stages, epoch)
+        stage = self._ensure_stage(idx)
+        assert self.stage is not None
+        stats = train_one_epoch(
+            self.model, batches, self.stage.optimizer, self.cfg.loss,
+            device=self.device, precision=self.precision, scaler=self.stage.scaler,
+            grad_clip=self.cfg.optim.grad_clip, step_hook=step_hook,
+        )
+        lr = self.stage.optimizer.param_groups[0]["lr"]
+        self.stage.scheduler.step()
+        return {f"train_{k}": v for k, v in stats.items()} | {"lr": lr, "stage": float(idx), "stage_name": stage.name}
+
+    def end_epoch(self, epoch: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        """Record the epoch's metrics; returns the row added to the history."""
+        row = {"epoch": epoch, **metrics}
+        self.history.append(row)
+        self.next_epoch = epoch + 1
+        return row
+
+    def training_state(self) -> dict[str, Any]:
+        assert self.stage is not None
+        return {"epoch": self.next_epoch - 1, "history": self.history, "stage": self.stage.state_dict()}
+
+
+def format_epoch(row: Mapping[str, Any], total: int) -> str:
+    """One progress line per epoch."""
+    keys = ("train_total", "loss", "sad", "mse", "grad", "conn")
+    parts = [f"{k}={row[k]:.4g}" for k in keys if isinstance(row.get(k), (int, float))]
+    sps = row.get("train_samples_per_s")
+    extra = f" {sps:.1f} samples/s" if isinstance(sps, (int, float)) else ""
+    return f"epoch {row['epoch'] + 1}/{total} [{row.get('stage_name', '')}] " + " ".join(parts) + extra
+
+
+def fit(
+    model: nn.Module,
+    cfg: Any,
+    train_batches: Callable[[int], Iterable[Batch]],
+    val_batches: Callable[[], Iterable[Batch]],
+    *,
+    device: torch.device | None = None,
+    checkpoint_uri: str = "",
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Train on one device without Ray; returns the per-epoch history.
+
+    ``train_batches(epoch)`` yields training batches; ``val_batches()`` validation ones.
+    With ``checkpoint_uri`` the best epoch (lowest validation SAD) is saved there, and
+    ``<checkpoint_uri>.last`` keeps the latest state; an existing ``.last`` is resumed.
+    """
+    from matting_lib.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+
+    device = device or default_device()
+    model.to(device)
+    run = TrainingRun(model, cfg, device)
+    best = float("inf")
+    if checkpoint_uri:
+        try:
+            last = load_checkpoint(checkpoint_uri + ".last")
+        except CheckpointError:
+            last = None
+        if last is not None:
+            load_weights(model, last.state_dict, strict=True)
+            run.restore(last.training_state)
+            best = min((h.get("sad", float("inf")) for h in run.history), default=best)
+            log(f"resuming at epoch {run.next_epoch + 1}")
+    for epoch in run.epochs():
+        train_stats = run.train_epoch(epoch, train_batches(epoch))
+        val = evaluate(model, val_batches(), cfg.loss, device=device, precision=run.precision)
+        row = run.end_epoch(epoch, train_stats | val)
+        log(format_epoch(row, cfg.total_epochs))
+        if checkpoint_uri:
+            common = dict(train_config=cfg, metrics=row)
+            save_checkpoint(checkpoint_uri + ".last", model, training_state=run.training_state(), **common)
+            if val["sad"] < best:
+                best = val["sad"]
+                save_checkpoint(checkpoint_uri, model, **common)
+    return run.history

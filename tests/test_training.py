@@ -1,0 +1,152 @@
+"""The Ray-free training loop: overfit, freezing, precision, schedules, staged runs, resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from matting_lib.config import LossConfig, ModelConfig, OptimConfig, StageConfig, TrainConfig, from_dict
+from matting_lib.models import build_model
+from matting_lib.training import (
+    TrainingRun,
+    build_optimizer,
+    build_scheduler,
+    evaluate,
+    fit,
+    resolve_precision,
+    stage_at,
+    train_one_epoch,
+)
+from tests.conftest import synthetic_pair
+
+TINY = ModelConfig(encoder="mobilenetv2", encoder_width=0.35, decoder_channels=(32, 24, 16, 16, 8))
+
+
+def _batches(n: int = 4, size: int = 48, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    rng = np.random.default_rng(seed)
+    pairs = [synthetic_pair(rng, size, size) for _ in range(n)]
+    image = torch.tensor(np.stack([p[0] for p in pairs]), dtype=torch.float32).permute(0, 3, 1, 2) / 255
+    alpha = torch.tensor(np.stack([p[1] for p in pairs]), dtype=torch.float32)[:, None] / 255
+    return [{"image": image, "alpha": alpha}]
+
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.timeout(240)
+def test_overfit_tiny_set():
+    """The model drives the loss on a few image/alpha pairs down by a large factor."""
+    torch.manual_seed(0)
+    model = build_model(TINY)
+    batches = _batches(size=32)
+    loss_cfg = LossConfig(l1=1.0, grad=0.0, laplacian=0.0)
+    opt = build_optimizer(model, StageConfig(lr=5e-3), OptimConfig(weight_decay=0.0))
+    prec = resolve_precision("auto", CPU)
+    first = evaluate(model, batches, loss_cfg, device=CPU, with_slow_metrics=False)["loss"]
+    for _ in range(120):
+        stats = train_one_epoch(model, batches, opt, loss_cfg, device=CPU, precision=prec, scaler=prec.make_scaler(CPU))
+    last = evaluate(model, batches, loss_cfg, device=CPU, with_slow_metrics=False)
+    assert stats["samples"] == 4
+    assert last["loss"] < first / 8, (first, last["loss"])
+    assert last["mad"] < 0.05
+
+
+def test_freezing_leaves_frozen_params_unchanged():
+    torch.manual_seed(0)
+    model = build_model(TINY)
+    cfg = from_dict(TrainConfig, {"model": {}, "stages": [{"epochs": 1, "trainable": "head", "lr": 1e-2}]})
+    run = TrainingRun(model, cfg, CPU)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    run.train_epoch(0, _batches())
+    after = model.state_dict()
+    enc = [k for k in before if k.startswith("encoder.")]
+    dec = [k for k in before if k.startswith("decoder.") and after[k].dtype.is_floating_point]
+    assert enc and dec
+    for k in enc:
+        assert torch.equal(before[k], after[k]), f"frozen {k} changed"
+    assert any(not torch.equal(before[k], after[k]) for k in dec), "decoder did not train"
+
+
+def test_precision_resolution():
+    assert not resolve_precision("auto", CPU).enabled
+    assert not resolve_precision("fp16", CPU).use_scaler
+    p = resolve_precision("fp16", torch.device("cuda"))
+    assert p.enabled and p.use_scaler and p.dtype == torch.float16
+    assert resolve_precision("bf16", torch.device("cuda")).dtype == torch.bfloat16
+
+
+def test_schedulers():
+    p = [torch.nn.Parameter(torch.zeros(1))]
+    opt = torch.optim.SGD(p, lr=1.0)
+    sched = build_scheduler(opt, OptimConfig(scheduler="step", step_size=2, gamma=0.5), epochs=6)
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([1, 1, 0.5, 0.5, 0.25, 0.25])
+    opt = torch.optim.SGD(p, lr=1.0)
+    sched = build_scheduler(opt, OptimConfig(scheduler="cosine", min_lr_ratio=0.1), epochs=4)
+    lrs = []
+    for _ in range(5):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    expected = [0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * e / 4)) for e in range(5)]
+    assert lrs == pytest.approx(expected)
+
+
+def test_layerwise_lr_groups():
+    model = build_model(TINY)
+    opt = build_optimizer(model, StageConfig(lr=1e-4, encoder_lr=1e-5), OptimConfig())
+    by_name = {}
+    for g in opt.param_groups:
+        by_name.setdefault(g["name"], set()).add(g["lr"])
+    assert by_name["encoder"] == {1e-5} and by_name["encoder_no_decay"] == {1e-5}
+    assert all(lrs == {1e-4} for n, lrs in by_name.items() if not n.startswith("encoder"))
+    assert {"decoder", "decoder_no_decay"} <= set(by_name)
+
+
+def test_stage_at():
+    stages = (StageConfig(name="a", epochs=2), StageConfig(name="b", epochs=1), StageConfig(name="c", epochs=3))
+    assert [stage_at(stages, e)[0] for e in range(6)] == [0, 0, 1, 2, 2, 2]
+    assert stage_at(stages, 4)[2] == 1
+    with pytest.raises(IndexError):
+        stage_at(stages, 6)
+
+
+@pytest.mark.timeout(240)
+def test_fit_three_stages_and_resume(tmp_path):
+    """Staged unfreezing through fit(); an interrupted run resumes with no epoch twice."""
+    cfg = from_dict(
+        TrainConfig,
+        {
+            "model": {"encoder": "mobilenetv2", "encoder_width": 0.35, "decoder_channels": [32, 24, 16, 16, 8]},
+            "stages": [
+                {"name": "head", "epochs": 1, "trainable": "head", "lr": 3e-3},
+                {"name": "late", "epochs": 1, "trainable": "late", "lr": 1e-3, "encoder_lr": 1e-4},
+                {"name": "all", "epochs": 1, "trainable": "all", "lr": 1e-3, "encoder_lr": 1e-4},
+            ],
+        },
+    )
+    batches = _batches()
+    uri = str(tmp_path / "best.pt")
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    history = fit(model, cfg, lambda e: batches, lambda: batches, device=CPU, checkpoint_uri=uri, log=lambda s: None)
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert [h["stage_name"] for h in history] == ["head", "late", "all"]
+    # Pretend the run stopped after epoch 2 (index 1): drop the last epoch from ".last" and refit.
+    from matting_lib.checkpoint import load_checkpoint, save_checkpoint
+
+    last = load_checkpoint(uri + ".last")
+    st = dict(last.training_state)
+    st["epoch"] = 1
+    st["history"] = st["history"][:2]
+    save_checkpoint(uri + ".last", last.build_model(), training_state=st)
+    lines: list[str] = []
+    history2 = fit(build_model(cfg.model), cfg, lambda e: batches, lambda: batches, device=CPU, checkpoint_uri=uri, log=lines.append)
+    assert [h["epoch"] for h in history2] == [0, 1, 2]
+    assert lines[0].startswith("resuming at epoch 3")
+    assert sum(1 for s in lines if s.startswith("epoch ")) == 1
