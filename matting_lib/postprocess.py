@@ -1,0 +1,294 @@
+"""Post-processing of a predicted alpha matte into the served image.
+
+Pure functions, array -> array, then ``apply`` chaining them in the serving order:
+threshold -> erosion -> feathering -> optional foreground decontamination -> output assembly
+(RGBA cut-out, bare alpha, or composite on a background colour) -> encoding (PNG/JPEG/WebP).
+
+Conventions: ``alpha`` is float32 (H, W) in [0, 1] (uint8 0..255 is accepted and divided by
+255); ``image`` and ``fg`` are uint8 (H, W, 3) RGB; colours are RGB 0..255.
+"""
+
+from __future__ import annotations
+
+import numbers
+import re
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "threshold_alpha",
+    "erosion_kernel",
+    "erode_alpha",
+    "feather_alpha",
+    "decontaminate_foreground",
+    "to_rgba",
+    "parse_color",
+    "replace_background",
+    "encode_image",
+    "PostprocessParams",
+    "apply",
+]
+
+MAX_EROSION = 51
+MAX_FEATHER = 50
+FORMATS = ("png", "jpeg", "webp")
+OUTPUTS = ("rgba", "alpha", "composite")
+DEFAULT_BACKGROUND = "#ffffff"
+
+
+# ----------------------------------------------------------------------------- input checks
+def _as_alpha(alpha: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 0..255 or float [0, 1] -> float32 [0, 1] (a new array)."""
+    a = np.asarray(alpha)
+    if a.ndim != 2:
+        raise ValueError(f"alpha must be (H, W), got shape {a.shape}")
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / 255.0
+    if not np.issubdtype(a.dtype, np.floating):
+        raise ValueError(f"alpha must be uint8 or float, got dtype {a.dtype}")
+    if not np.all(np.isfinite(a)) or a.min() < -1e-3 or a.max() > 1 + 1e-3:
+        raise ValueError("float alpha must be finite and in [0, 1]")
+    return np.clip(a, 0.0, 1.0).astype(np.float32)
+
+
+def _check_image(image: np.ndarray, alpha: np.ndarray | None = None) -> np.ndarray:
+    im = np.asarray(image)
+    if im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3:
+        raise ValueError(f"image must be uint8 (H, W, 3) RGB, got {im.dtype} {im.shape}")
+    if alpha is not None and np.shape(alpha) != im.shape[:2]:
+        raise ValueError(f"alpha shape {np.shape(alpha)} != image shape {im.shape[:2]}")
+    return im
+
+
+def _check_int(name: str, value, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+    return int(value)
+
+
+def _check_unit(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
+        raise ValueError(
+            f"{name} must be a number in [0, 1] (alpha units; a 0..255 setting v is v/255), got {value!r}"
+        )
+    return float(value)
+
+
+# ----------------------------------------------------------------------------- alpha edits
+def threshold_alpha(alpha: np.ndarray, t: float) -> np.ndarray:
+    """Set alpha values below ``t`` to 0 (removes faint noise). ``t`` in [0, 1]; 0 = no-op.
+
+    Returns float32 (H, W) in [0, 1]. Values >= t are kept as they are (not rescaled).
+    """
+    t = _check_unit("threshold", t)
+    a = _as_alpha(alpha)
+    a[a < t] = 0.0
+    return a
+
+
+def erosion_kernel(kernel_size: int) -> np.ndarray:
+    """The erosion footprint: ``cv2.MORPH_ELLIPSE`` of ``kernel_size x kernel_size`` (uint8 0/1)."""
+    k = _check_int("erosion", kernel_size, 0, MAX_EROSION)
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (max(k, 1), max(k, 1)))
+
+
+def erode_alpha(alpha: np.ndarray, kernel_size: int) -> np.ndarray:
+    """Grey-level erosion: each pixel becomes the minimum of alpha over an elliptical footprint.
+
+    ``kernel_size`` is the footprint diameter in pixels, in [0, 51]; 0 or 1 is a no-op. The
+    anchor is the footprint centre (``kernel_size // 2``, so even sizes shift by half a pixel);
+    pixels outside the image are ignored (they do not erode the border). Shrinks the matte
+    by about ``kernel_size // 2`` px, removing fringes. Returns float32 (H, W).
+    """
+    kernel = erosion_kernel(kernel_size)
+    a = _as_alpha(alpha)
+    if kernel.size == 1:
+        return a
+    return cv2.erode(a, kernel)
+
+
+def feather_alpha(alpha: np.ndarray, radius: int) -> np.ndarray:
+    """Soften the matte edge with a Gaussian blur applied only in the edge band.
+
+    Kernel: (2 radius + 1)^2, sigma = radius / 2, replicate borders. The edge band is every
+    pixel whose (2 radius + 1)^2 square window holds more than one alpha value; outside it
+    (solid interior, solid exterior, any flat area) alpha is returned bit-exactly unchanged,
+    and because the kernel fits in the window, blurring there would not change it anyway.
+    ``radius`` in pixels, [0, 50]; 0 = no-op. Returns float32 (H, W) in [0, 1].
+    """
+    r = _check_int("feather", radius, 0, MAX_FEATHER)
+    a = _as_alpha(alpha)
+    if r == 0:
+        return a
+    size = 2 * r + 1
+    window = np.ones((size, size), np.uint8)
+    band = cv2.dilate(a, window) != cv2.erode(a, window)
+    blurred = cv2.GaussianBlur(a, (size, size), r / 2.0, borderType=cv2.BORDER_REPLICATE)
+    return np.where(band, np.clip(blurred, 0.0, 1.0), a).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- colour
+def decontaminate_foreground(image: np.ndarray, alpha: np.ndarray, max_size: int | None = 1024) -> np.ndarray:
+    """Estimate the foreground colours so semi-transparent pixels lose the old background tint.
+
+    Uses pymatting's multilevel ``estimate_foreground_ml`` (Germer et al. 2020). If the longer
+    side exceeds ``max_size`` (None: never), the estimate runs on an area-downscaled copy and
+    the *correction* ``fg - image`` is upsampled bilinearly and added to the full-resolution
+    image, keeping its detail. Pixels with alpha == 1 always keep the image colour.
+    image: uint8 (H, W, 3) RGB; alpha: (H, W) [0, 1]. Returns uint8 (H, W, 3) RGB.
+    """
+    from pymatting import estimate_foreground_ml  # numba import is slow; only when used
+
+    if max_size is not None:
+        _check_int("max_size", max_size, 1, 1 << 16)
+    im = _check_image(image, alpha)
+    a = _as_alpha(alpha).astype(np.float64)
+    img = im.astype(np.float64) / 255.0
+    h, w = a.shape
+    scale = 1.0 if max_size is None else min(1.0, max_size / max(h, w))
+    if scale >= 1.0:
+        fg = estimate_foreground_ml(img, a)
+    else:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))  # cv2 wants (w, h)
+        img_s = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+        a_s = cv2.resize(a, size, interpolation=cv2.INTER_AREA)
+        corr = estimate_foreground_ml(img_s, a_s) - img_s
+        fg = img + cv2.resize(corr, (w, h), interpolation=cv2.INTER_LINEAR)
+    fg = np.asarray(fg, np.float64)
+    fg[a >= 1.0] = img[a >= 1.0]  # alpha 1: the image colour is the foreground colour
+    return np.clip(np.rint(fg * 255.0), 0, 255).astype(np.uint8)
+
+
+def to_rgba(image_or_fg: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Stack RGB and alpha into uint8 (H, W, 4) RGBA; alpha is scaled to 0..255 and rounded."""
+    im = _check_image(image_or_fg, alpha)
+    a8 = np.rint(_as_alpha(alpha) * 255.0).astype(np.uint8)
+    return np.dstack([im, a8])
+
+
+_HEX = re.compile(r"#?([0-9a-fA-F]{3}|[0-9a-fA-F]{6})")
+
+
+def parse_color(color: str | tuple[int, int, int]) -> tuple[int, int, int]:
+    """'#rrggbb', '#rgb' (the '#' optional, any case) or an (r, g, b) of ints 0..255 -> (r, g, b)."""
+    if isinstance(color, str):
+        m = _HEX.fullmatch(color.strip())
+        if m is None:
+            raise ValueError(f"colour must be '#rrggbb' or '#rgb' hex, got {color!r}")
+        h = m.group(1)
+        if len(h) == 3:
+            h = "".join(c * 2 for c in h)
+        return tuple(int(h[i : i + 2], 16) for i in (0, 2, 4))  # type: ignore[return-value]
+    if (
+        isinstance(color, (tuple, list))
+        and len(color) == 3
+        and all(isinstance(c, numbers.Integral) and not isinstance(c, bool) and 0 <= c <= 255 for c in color)
+    ):
+        return tuple(int(c) for c in color)  # type: ignore[return-value]
+    raise ValueError(f"colour must be a hex string or (r, g, b) ints in 0..255, got {color!r}")
+
+
+def replace_background(fg: np.ndarray, alpha: np.ndarray, color: str | tuple[int, int, int]) -> np.ndarray:
+    """Composite ``alpha * fg + (1 - alpha) * color``, rounded; uint8 (H, W, 3) RGB."""
+    im = _check_image(fg, alpha)
+    a = _as_alpha(alpha)[..., None]
+    bg = np.asarray(parse_color(color), np.float32)
+    out = a * im.astype(np.float32) + (1.0 - a) * bg
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- encoding
+def encode_image(array: np.ndarray, fmt: str, quality: int = 90) -> bytes:
+    """Encode uint8 (H, W) grey, (H, W, 3) RGB or (H, W, 4) RGBA to PNG, JPEG or WebP bytes.
+
+    ``quality`` in [1, 100] applies to JPEG and WebP (PNG is lossless). JPEG cannot hold
+    alpha: an RGBA array raises ValueError; composite onto a background colour first.
+    """
+    fmt = fmt.lower()
+    fmt = "jpeg" if fmt == "jpg" else fmt
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    quality = _check_int("quality", quality, 1, 100)
+    arr = np.asarray(array)
+    channels = 1 if arr.ndim == 2 else (arr.shape[2] if arr.ndim == 3 else 0)
+    if arr.dtype != np.uint8 or channels not in (1, 3, 4):
+        raise ValueError(f"array must be uint8 (H, W), (H, W, 3) or (H, W, 4), got {arr.dtype} {arr.shape}")
+    if fmt == "jpeg" and channels == 4:
+        raise ValueError("JPEG cannot store alpha: composite RGBA onto a background colour first")
+    if channels == 3:
+        arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
+    elif channels == 4:
+        arr = cv2.cvtColor(arr, cv2.COLOR_RGBA2BGRA)
+    params = {
+        "png": [cv2.IMWRITE_PNG_COMPRESSION, 3],
+        "jpeg": [cv2.IMWRITE_JPEG_QUALITY, quality],
+        "webp": [cv2.IMWRITE_WEBP_QUALITY, quality],
+    }[fmt]
+    ok, buf = cv2.imencode("." + ("jpg" if fmt == "jpeg" else fmt), arr, params)
+    if not ok:
+        raise RuntimeError(f"OpenCV failed to encode {fmt}")
+    return buf.tobytes()
+
+
+# ----------------------------------------------------------------------------- the chain
+@dataclass(frozen=True)
+class PostprocessParams:
+    """Serving-time post-processing settings; validated on construction."""
+
+    output: str = "rgba"
+    """'rgba' (cut-out with alpha), 'alpha' (grey matte) or 'composite' (on ``background``)."""
+    background: str | None = None
+    """Background colour '#rrggbb'/'#rgb' for 'composite', and for 'rgba' saved as JPEG; None = white."""
+    format: str = "png"
+    """'png', 'jpeg' or 'webp'. JPEG with output 'rgba' composites onto ``background``."""
+    threshold: float = 0.0
+    """Alpha below this becomes 0, in [0, 1] (a 0..255 UI value v is v/255, e.g. 20 -> 0.078)."""
+    erosion: int = 0
+    """Erosion kernel diameter in pixels, [0, 51]; 0 or 1 = off."""
+    feather: int = 0
+    """Feathering radius in pixels, [0, 50]; 0 = off."""
+    decontaminate: bool = False
+    """Estimate foreground colours (pymatting) to remove background colour bleed."""
+    quality: int = 90
+    """JPEG/WebP quality, [1, 100]; ignored for PNG."""
+
+    def __post_init__(self) -> None:
+        if self.output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {self.output!r}")
+        if self.format not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
+        if self.background is not None:
+            try:
+                parse_color(self.background)
+            except ValueError as e:
+                raise ValueError(f"background: {e}") from None
+        _check_unit("threshold", self.threshold)
+        _check_int("erosion", self.erosion, 0, MAX_EROSION)
+        _check_int("feather", self.feather, 0, MAX_FEATHER)
+        if not isinstance(self.decontaminate, bool):
+            raise ValueError(f"decontaminate must be a bool, got {self.decontaminate!r}")
+        _check_int("quality", self.quality, 1, 100)
+
+
+def apply(image: np.ndarray, alpha: np.ndarray, params: PostprocessParams) -> bytes:
+    """Run the serving chain and return the encoded file.
+
+    threshold -> erosion -> feather -> decontaminate (optional) -> assemble -> encode.
+    Assembly: 'alpha' -> grey matte (background ignored); 'rgba' -> RGBA, except for JPEG,
+    which composites onto ``background`` (white if None); 'composite' -> RGB on ``background``
+    (white if None). image: uint8 (H, W, 3) RGB; alpha: (H, W) float [0, 1] or uint8.
+    """
+    _check_image(image, alpha)
+    a = threshold_alpha(alpha, params.threshold)
+    a = erode_alpha(a, params.erosion)
+    a = feather_alpha(a, params.feather)
+    fg = decontaminate_foreground(image, a) if params.decontaminate else np.asarray(image)
+    if params.output == "alpha":
+        out = np.rint(a * 255.0).astype(np.uint8)
+    elif params.output == "rgba" and params.format != "jpeg":
+        out = to_rgba(fg, a)
+    else:
+        out = replace_background(fg, a, params.background or DEFAULT_BACKGROUND)
+    return encode_image(out, params.format, params.quality)

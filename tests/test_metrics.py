@@ -1,0 +1,280 @@
+"""matting_lib.metrics against independent brute-force references (loops, BFS, 2-D kernels)."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from matting_lib import metrics as M
+
+H, W = 24, 31
+RTOL = 1e-6
+
+
+# ----------------------------------------------------------------------------- fixtures
+def random_case(seed: int):
+    """Smooth-ish random pred/gt in [0, 1] with solid 0/1 areas, and a 0/128/255 trimap."""
+    r = np.random.default_rng(seed)
+    gt = np.clip(ndimage.gaussian_filter(r.random((H, W)), 2) * 4 - 1.5, 0, 1)
+    pred = np.clip(gt + r.normal(0, 0.15, (H, W)), 0, 1)
+    trimap = r.choice(np.array([0, 128, 255], dtype=np.uint8), size=(H, W), p=[0.3, 0.4, 0.3])
+    return pred, gt, trimap
+
+
+def region_pixels(trimap):
+    for y in range(H):
+        for x in range(W):
+            if trimap is None or trimap[y, x] == 128:
+                yield y, x
+
+
+# ----------------------------------------------------------------------------- references
+def ref_sad_mse_mad(pred, gt, trimap):
+    s = sq = 0.0
+    n = 0
+    for y, x in region_pixels(trimap):
+        d = float(pred[y, x]) - float(gt[y, x])
+        s += abs(d)
+        sq += d * d
+        n += 1
+    return s / 1000.0, sq / n, s / n
+
+
+def ref_gaussgradient(im, sigma=1.4):
+    """Line-by-line port of DIM's MATLAB gaussgradient (2-D kernel, scipy.ndimage.convolve)."""
+    half = math.ceil(sigma * math.sqrt(-2 * math.log(math.sqrt(2 * math.pi) * sigma * 0.01)))
+    size = 2 * half + 1
+    gauss = lambda x: math.exp(-x * x / (2 * sigma**2)) / (sigma * math.sqrt(2 * math.pi))
+    hx = np.zeros((size, size))
+    for i in range(size):
+        for j in range(size):
+            u0, u1 = i - half, j - half
+            hx[i, j] = gauss(u0) * (-u1 * gauss(u1) / sigma**2)
+    hx /= math.sqrt((np.abs(hx) ** 2).sum())
+    gx = ndimage.convolve(im, hx, mode="nearest")
+    gy = ndimage.convolve(im, hx.T, mode="nearest")
+    return gx, gy
+
+
+def ref_grad(pred, gt, trimap):
+    def norm(a):
+        return (a - a.min()) / (a.max() - a.min())
+
+    px, py = ref_gaussgradient(norm(pred))
+    gx, gy = ref_gaussgradient(norm(gt))
+    err = (np.sqrt(gx**2 + gy**2) - np.sqrt(px**2 + py**2)) ** 2
+    return sum(err[y, x] for y, x in region_pixels(trimap)) / 1000.0
+
+
+def ref_largest_cc(mask):
+    """BFS flood fill, 4-neighbourhood; ties: first component found in raster order."""
+    seen = np.zeros(mask.shape, dtype=bool)
+    best: list = []
+    for y in range(H):
+        for x in range(W):
+            if mask[y, x] and not seen[y, x]:
+                comp, queue = [], deque([(y, x)])
+                seen[y, x] = True
+                while queue:
+                    cy, cx = queue.popleft()
+                    comp.append((cy, cx))
+                    for ny, nx in ((cy - 1, cx), (cy + 1, cx), (cy, cx - 1), (cy, cx + 1)):
+                        if 0 <= ny < H and 0 <= nx < W and mask[ny, nx] and not seen[ny, nx]:
+                            seen[ny, nx] = True
+                            queue.append((ny, nx))
+                if len(comp) > len(best):
+                    best = comp
+    out = np.zeros(mask.shape, dtype=bool)
+    for y, x in best:
+        out[y, x] = True
+    return out
+
+
+def ref_conn(pred, gt, trimap, n=10):
+    l_map = -np.ones((H, W))
+    for i in range(1, n + 1):
+        omega = ref_largest_cc((pred >= i / n) & (gt >= i / n))
+        for y in range(H):
+            for x in range(W):
+                if l_map[y, x] == -1 and not omega[y, x]:
+                    l_map[y, x] = (i - 1) / n
+    l_map[l_map == -1] = 1
+    total = 0.0
+    for y, x in region_pixels(trimap):
+        dp, dg = pred[y, x] - l_map[y, x], gt[y, x] - l_map[y, x]
+        total += abs((1 - dp * (dp >= 0.15)) - (1 - dg * (dg >= 0.15)))
+    return total / 1000.0
+
+
+def ref_ssim_valid(pred, gt):
+    """Wang et al.: 11x11 Gaussian window (sigma 1.5), explicit loops over 'valid' windows."""
+    ax = np.arange(11) - 5
+    w = np.exp(-(ax[:, None] ** 2 + ax[None, :] ** 2) / (2 * 1.5**2))
+    w /= w.sum()
+    c1, c2 = 0.01**2, 0.03**2
+    vals = []
+    for y in range(H - 10):
+        for x in range(W - 10):
+            a, b = pred[y : y + 11, x : x + 11], gt[y : y + 11, x : x + 11]
+            ma, mb = (w * a).sum(), (w * b).sum()
+            va, vb = (w * (a - ma) ** 2).sum(), (w * (b - mb) ** 2).sum()
+            cov = (w * (a - ma) * (b - mb)).sum()
+            vals.append((2 * ma * mb + c1) * (2 * cov + c2) / ((ma**2 + mb**2 + c1) * (va + vb + c2)))
+    return float(np.mean(vals))
+
+
+# ----------------------------------------------------------------------------- against references
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("use_trimap", [False, True])
+def test_pixel_metrics_match_loops(seed, use_trimap):
+    pred, gt, trimap = random_case(seed)
+    t = trimap if use_trimap else None
+    s, sq, a = ref_sad_mse_mad(pred, gt, t)
+    np.testing.assert_allclose(M.sad(pred, gt, t), s, rtol=RTOL)
+    np.testing.assert_allclose(M.mse(pred, gt, t), sq, rtol=RTOL)
+    np.testing.assert_allclose(M.mad(pred, gt, t), a, rtol=RTOL)
+    np.testing.assert_allclose(M.psnr(pred, gt, t), 10 * math.log10(1 / sq), rtol=RTOL)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("use_trimap", [False, True])
+def test_gradient_error_matches_2d_kernel(seed, use_trimap):
+    pred, gt, trimap = random_case(seed)
+    t = trimap if use_trimap else None
+    ref = ref_grad(pred, gt, t)
+    assert ref > 0
+    np.testing.assert_allclose(M.gradient_error(pred, gt, t), ref, rtol=1e-9)
+
+
+def test_gauss_gradient_kernel_half_size_and_direction():
+    # sigma 1.4 -> half size ceil(1.4 * sqrt(-2 ln(sqrt(2 pi) * 0.014))) = 4 (9x9 kernel).
+    im = np.tile(np.arange(W, dtype=np.float64), (H, 1))  # ramp along x
+    gx, gy = M.gauss_gradient(im)
+    rx, ry = ref_gaussgradient(im)
+    np.testing.assert_allclose(gx, rx, atol=1e-12)
+    np.testing.assert_allclose(gy, ry, atol=1e-12)
+    assert np.all(np.abs(gy) < 1e-12)
+    assert np.all(gx[:, 5:-5] > 0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("use_trimap", [False, True])
+def test_connectivity_matches_bfs(seed, use_trimap):
+    pred, gt, trimap = random_case(seed)
+    t = trimap if use_trimap else None
+    ref = ref_conn(pred, gt, t)
+    assert ref > 0
+    np.testing.assert_allclose(M.connectivity_error(pred, gt, t), ref, rtol=RTOL)
+
+
+def test_connectivity_penalises_disconnected_islands():
+    gt = np.zeros((H, W))
+    gt[4:20, 4:14] = 1.0
+    pred = gt.copy()
+    pred[10:13, 22:26] = 1.0  # a floating island not in gt: phi differs only there
+    assert M.connectivity_error(gt, gt) == 0.0
+    assert M.connectivity_error(pred, gt) > 0.0
+    np.testing.assert_allclose(M.connectivity_error(pred, gt), ref_conn(pred, gt, None), rtol=RTOL)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ssim_matches_windowed_loops(seed):
+    pred, gt, _ = random_case(seed)
+    np.testing.assert_allclose(M.ssim(pred, gt), ref_ssim_valid(pred, gt), rtol=1e-9)
+
+
+def test_ssim_against_skimage_if_available():
+    skm = pytest.importorskip("skimage.metrics")
+    pred, gt, _ = random_case(4)
+    ref = skm.structural_similarity(
+        pred, gt, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+    )
+    np.testing.assert_allclose(M.ssim(pred, gt), ref, rtol=1e-7)
+
+
+def test_ssim_trimap_is_region_mean_of_map():
+    pred, gt, trimap = random_case(5)
+    full = M.ssim_map(pred, gt)
+    np.testing.assert_allclose(M.ssim(pred, gt, trimap), full[trimap == 128].mean(), rtol=RTOL)
+    # Interior of the map equals the windowed reference at each pixel's window.
+    np.testing.assert_allclose(full[5:-5, 5:-5].mean(), ref_ssim_valid(pred, gt), rtol=1e-9)
+
+
+# ----------------------------------------------------------------------------- hand-made cases
+def test_identical_is_perfect():
+    _, gt, trimap = random_case(0)
+    for t in (None, trimap):
+        r = M.evaluate_all(gt, gt, t)
+        assert r["sad"] == r["mse"] == r["mad"] == r["grad"] == r["conn"] == 0.0
+        assert r["psnr"] == math.inf
+        np.testing.assert_allclose(r["ssim"], 1.0, rtol=1e-12)
+    assert set(r) == {"sad", "mse", "mad", "grad", "conn", "psnr", "ssim"}
+
+
+def test_square_sad_is_area_over_1000():
+    gt = np.zeros((H, W))
+    gt[3:13, 5:22] = 1.0  # 10 x 17 = 170 px
+    pred = np.zeros((H, W))
+    assert M.sad(pred, gt) == 0.170
+    np.testing.assert_allclose(M.mad(pred, gt), 170 / (H * W), rtol=1e-12)
+    np.testing.assert_allclose(M.mse(pred, gt), 170 / (H * W), rtol=1e-12)
+
+
+def test_trimap_restricts_to_unknown():
+    gt = np.zeros((H, W))
+    pred = np.zeros((H, W))
+    pred[0:2, :] = 1.0  # error only in the first two rows
+    trimap = np.full((H, W), 255, np.uint8)
+    trimap[10:14, :] = 128  # unknown band without errors
+    assert M.sad(pred, gt, trimap) == 0.0
+    trimap[1, :5] = 128  # five erroneous px in the unknown band
+    np.testing.assert_allclose(M.sad(pred, gt, trimap), 0.005, rtol=1e-12)
+    np.testing.assert_allclose(M.mad(pred, gt, trimap), 5 / (4 * W + 5), rtol=1e-12)
+
+
+def test_uint8_equals_float():
+    pred, gt, trimap = random_case(6)
+    p8, g8 = np.round(pred * 255).astype(np.uint8), np.round(gt * 255).astype(np.uint8)
+    a = M.evaluate_all(p8, g8, trimap)
+    b = M.evaluate_all(p8 / 255.0, g8 / 255.0, trimap)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-12, err_msg=k)
+
+
+def test_float32_input_close_to_float64():
+    pred, gt, trimap = random_case(7)
+    a = M.evaluate_all(pred.astype(np.float32), gt.astype(np.float32), trimap)
+    b = M.evaluate_all(pred, gt, trimap)
+    for k in ("sad", "mse", "mad", "grad", "psnr", "ssim"):
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-4, err_msg=k)
+
+
+# ----------------------------------------------------------------------------- validation
+def test_shape_mismatch_names_both_shapes():
+    with pytest.raises(ValueError, match=r"\(24, 31\).*\(24, 30\)"):
+        M.sad(np.zeros((24, 31)), np.zeros((24, 30)))
+    with pytest.raises(ValueError, match="trimap shape"):
+        M.mse(np.zeros((4, 4)), np.zeros((4, 4)), np.zeros((4, 5), np.uint8))
+
+
+def test_bad_ranges_and_dtypes():
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        M.sad(np.full((4, 4), 200.0), np.zeros((4, 4)))
+    with pytest.raises(ValueError, match="dtype"):
+        M.sad(np.zeros((4, 4), np.int32), np.zeros((4, 4)))
+    with pytest.raises(ValueError, match="2-D"):
+        M.sad(np.zeros((4, 4, 1)), np.zeros((4, 4, 1)))
+    with pytest.raises(ValueError, match="step"):
+        M.connectivity_error(np.zeros((4, 4)), np.zeros((4, 4)), step=0.3)
+
+
+def test_empty_unknown_region():
+    pred, gt, _ = random_case(8)
+    trimap = np.full((H, W), 255, np.uint8)
+    r = M.evaluate_all(pred, gt, trimap)
+    assert r["sad"] == r["grad"] == r["conn"] == 0.0
+    assert all(math.isnan(r[k]) for k in ("mse", "mad", "psnr", "ssim"))
