@@ -1,0 +1,183 @@
+"""Decode untrusted image bytes into fixed-format numpy arrays, with clear errors.
+
+Two entry points and one encoder:
+
+- :func:`decode_image` -> ``uint8 (H, W, 3)`` RGB, whatever the stored mode was.
+- :func:`decode_mask`  -> ``uint8 (H, W)`` alpha in ``[0, 255]`` (0 = background).
+- :func:`encode_png`   -> PNG bytes of a ``uint8`` HxW / HxWx3 / HxWx4 or ``uint16`` HxW array.
+
+Safety: the header's dimensions are checked against ``max_pixels`` *before* the pixels
+are decoded (``PIL.Image.open`` only reads the header), so a small file declaring a huge
+size (a decompression bomb) is rejected cheaply. PIL's own hard limit
+(``2 * Image.MAX_IMAGE_PIXELS``) still applies on top of ``max_pixels``. Truncated files
+raise instead of decoding partially: this module sets PIL's process-wide
+``ImageFile.LOAD_TRUNCATED_IMAGES`` to False at import and always calls ``.load()``.
+
+Mode handling of :func:`decode_image`:
+
+- EXIF orientation is applied (``ImageOps.exif_transpose``), so the array is upright.
+- Animated images (GIF, APNG, WebP): the first frame.
+- ``L``/``1``/``I;16``/``I`` grayscale -> replicated to 3 channels; 16-bit values are
+  scaled to 8 bits with ``round(v / 257)`` (65535 -> 255). 16-bit *RGB* PNGs are reduced to
+  8 bits by PIL itself (high byte).
+- ``CMYK``/``YCbCr``/``LAB``/``HSV`` -> converted to RGB by PIL.
+- Transparency (``RGBA``, ``LA``, ``P`` with a transparent index): **composited over white**
+  (:data:`RGBA_BACKGROUND`), i.e. the image as a viewer shows it. Fully opaque pixels are
+  unchanged, so an RGBA file with an all-255 alpha decodes exactly like dropping alpha;
+  colours hidden under alpha = 0 (often garbage left by editors) never reach the network.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must raise, never decode partially
+
+MAX_PIXELS = 50_000_000
+"""Default largest accepted ``height * width`` (about 7070 x 7070)."""
+
+RGBA_BACKGROUND = (255, 255, 255)
+"""Colour that transparent images are composited over in :func:`decode_image`."""
+
+
+class ImageDecodeError(ValueError):
+    """Bytes could not be decoded into an image or mask. The message names the file."""
+
+
+def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
+    """Open the header, check the size, load the pixels (first frame) and apply EXIF orientation."""
+    if not data:
+        raise ImageDecodeError(f"{name}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
+        raise ImageDecodeError(f"{name}: image too large, rejected before decoding ({e})") from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError(f"{name}: not a recognised image format (first bytes {data[:8]!r})") from None
+    except Exception as e:  # noqa: BLE001 - corrupt headers raise anything from SyntaxError to struct.error
+        raise ImageDecodeError(f"{name}: cannot read image header ({type(e).__name__}: {e})") from None
+    w, h = im.size
+    if w <= 0 or h <= 0:
+        raise ImageDecodeError(f"{name}: invalid image size {w}x{h}")
+    if w * h > max_pixels:
+        raise ImageDecodeError(
+            f"{name}: image is {w}x{h} = {w * h} pixels, more than max_pixels={max_pixels}; rejected before decoding"
+        )
+    try:
+        if getattr(im, "n_frames", 1) > 1:
+            im.seek(0)
+        im.load()
+        im = ImageOps.exif_transpose(im)
+    except Exception as e:  # noqa: BLE001 - truncated/corrupt data: OSError, SyntaxError, ValueError, zlib.error...
+        raise ImageDecodeError(f"{name}: corrupt or truncated image data ({type(e).__name__}: {e})") from None
+    return im
+
+
+def _to_uint8_gray(im: Image.Image, name: str) -> np.ndarray:
+    """A single-channel PIL image as uint8 HxW; 16-bit and 32-bit integer modes scaled by 1/257."""
+    if im.mode in ("L", "1"):
+        return np.asarray(im.convert("L"), dtype=np.uint8)
+    if im.mode.startswith("I"):  # I;16, I;16B, I;16L, I (PNG 16-bit grey may open as I)
+        arr = np.asarray(im).astype(np.float64)
+        return np.clip(np.round(arr / 257.0), 0, 255).astype(np.uint8)
+    raise ImageDecodeError(f"{name}: unsupported single-channel mode {im.mode!r}")
+
+
+def _composite(rgba: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
+    """uint8 HxWx4 over a solid colour -> uint8 HxWx3."""
+    a = rgba[..., 3:4].astype(np.float32) / 255.0
+    if a.min() >= 1.0:
+        return np.ascontiguousarray(rgba[..., :3])
+    bg = np.asarray(background, dtype=np.float32)
+    out = rgba[..., :3].astype(np.float32) * a + bg * (1.0 - a)
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode image bytes (JPEG, PNG, GIF, WebP, BMP, TIFF...) to RGB.
+
+    Args:
+        data: the encoded file.
+        name: file name or URI used in error messages.
+        max_pixels: largest accepted ``height * width``, checked from the header before decoding.
+
+    Returns:
+        ``uint8`` array of shape ``(H, W, 3)``, RGB, upright (EXIF orientation applied).
+
+    Raises:
+        ImageDecodeError: empty, unrecognised, truncated, corrupt or too-large data.
+    """
+    im = _open(data, name, max_pixels)
+    if im.mode in ("P", "PA", "LA", "La", "RGBa"):  # palettes may carry transparency
+        im = im.convert("RGBA")
+    if im.mode == "RGBA":
+        return _composite(np.asarray(im, dtype=np.uint8), RGBA_BACKGROUND)
+    if im.mode == "RGB":
+        return np.asarray(im, dtype=np.uint8).copy()
+    if im.mode in ("L", "1") or im.mode.startswith("I"):
+        gray = _to_uint8_gray(im, name)
+        return np.repeat(gray[..., None], 3, axis=2)
+    try:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()  # CMYK, YCbCr, LAB, HSV, RGBX
+    except Exception as e:  # noqa: BLE001
+        raise ImageDecodeError(f"{name}: cannot convert mode {im.mode!r} to RGB ({e})") from None
+
+
+def decode_mask(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode an alpha mask to single-channel 8-bit.
+
+    Accepted: 8-bit grey (``L``, ``1``), 16-bit grey (scaled by 1/257), and RGB(A)/LA/palette
+    files whose colour channels are identical (grey stored as colour). When the file has
+    an alpha channel that is not fully opaque, it is used as the mask only if the grey
+    channel is constant (a cut-out stored as transparency); if both vary, the file is
+    ambiguous and rejected.
+
+    Returns:
+        ``uint8`` array of shape ``(H, W)``, 0 = background, 255 = foreground.
+
+    Raises:
+        ImageDecodeError: undecodable data, RGB with differing channels, or an ambiguous alpha.
+    """
+    im = _open(data, name, max_pixels)
+    if im.mode in ("L", "1") or im.mode.startswith("I"):
+        return _to_uint8_gray(im, name)
+    if im.mode not in ("RGB", "RGBA", "LA"):
+        try:
+            im = im.convert("RGBA" if im.mode in ("P", "PA", "La", "RGBa") else "RGB")
+        except Exception as e:  # noqa: BLE001
+            raise ImageDecodeError(f"{name}: cannot read mask of mode {im.mode!r} ({e})") from None
+    arr = np.asarray(im, dtype=np.uint8)
+    n_colour = 1 if im.mode == "LA" else 3
+    colour, alpha = arr[..., :n_colour], (arr[..., n_colour] if arr.shape[2] > n_colour else None)
+    gray = colour[..., 0]
+    if n_colour == 3 and not (np.array_equal(gray, colour[..., 1]) and np.array_equal(gray, colour[..., 2])):
+        raise ImageDecodeError(
+            f"{name}: mask must be single-channel grey, but it is {im.mode} with differing colour channels"
+        )
+    if alpha is not None and alpha.min() < 255:
+        if gray.min() == gray.max():
+            return np.ascontiguousarray(alpha)
+        raise ImageDecodeError(
+            f"{name}: ambiguous mask: both the grey and the alpha channel vary; store the mask as 8-bit grey"
+        )
+    return np.ascontiguousarray(gray)
+
+
+def encode_png(array: np.ndarray, compress_level: int = 3) -> bytes:
+    """PNG bytes of ``uint8`` (H, W), (H, W, 3) RGB, (H, W, 4) RGBA, or ``uint16`` (H, W)."""
+    arr = np.ascontiguousarray(array)
+    if (arr.dtype == np.uint16 and arr.ndim == 2) or (
+        arr.dtype == np.uint8 and (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4)))
+    ):
+        im = Image.fromarray(arr)  # uint16 -> I;16, uint8 -> L / RGB / RGBA
+    else:
+        raise ValueError(f"encode_png: expected uint8 HxW/HxWx3/HxWx4 or uint16 HxW, got {arr.dtype} {arr.shape}")
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()

@@ -1,0 +1,183 @@
+"""Manifests: one JSON line per validated sample, so jobs stream pairs without listing buckets.
+
+Each line of ``manifest.jsonl``::
+
+    {"name": "GT01", "image_uri": "s3://b/ds/images/GT01.png", "mask_uri": "s3://b/ds/masks/GT01.png",
+     "trimap_uri": null, "height": 497, "width": 800, "brightness": 0.4123, "split": "train"}
+
+``brightness`` is the mean Rec.601 luma of the image, ``(0.299 R + 0.587 G + 0.114 B) / 255``,
+in [0, 1] (it drives brightness-aware loss weights and low-light sampling). URIs keep the
+root's scheme; plain local roots are made absolute so workers with another working
+directory still find the files. An existing manifest is trusted as is: rebuild it with
+:func:`build_manifest` after changing the dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Sequence
+
+import numpy as np
+
+from matting_lib import io
+from matting_lib.data.dataset import DatasetError, find_image, mask_uri, read_sample, read_split, trimap_uri
+
+MANIFEST_NAME = "manifest.jsonl"
+FIELDS: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "image_uri": (str,),
+    "mask_uri": (str,),
+    "trimap_uri": (str, type(None)),
+    "height": (int,),
+    "width": (int,),
+    "brightness": (float, int),
+    "split": (str,),
+}
+"""Required keys of a manifest row and their JSON types."""
+
+
+def brightness(image: np.ndarray) -> float:
+    """Mean Rec.601 luma of a uint8 (H, W, 3) RGB image, in [0, 1]."""
+    rgb = image.reshape(-1, 3).astype(np.float64)
+    return float((rgb @ np.array([0.299, 0.587, 0.114])).mean() / 255.0)
+
+
+def _absolute(root: str) -> str:
+    return os.path.abspath(os.path.expanduser(root)) if "://" not in root else root.rstrip("/")
+
+
+def _row(root: str, split: str, name: str) -> dict[str, Any]:
+    image_uri, m_uri, t_uri = find_image(root, name), mask_uri(root, name), trimap_uri(root, name)
+    sample = read_sample(name, image_uri, m_uri, t_uri)
+    h, w = sample.alpha.shape
+    return {
+        "name": name,
+        "image_uri": image_uri,
+        "mask_uri": m_uri,
+        "trimap_uri": t_uri,
+        "height": int(h),
+        "width": int(w),
+        "brightness": brightness(sample.image),
+        "split": split,
+    }
+
+
+class _Progress:
+    """A line on stderr every ``every`` samples and at the end (no tqdm dependency)."""
+
+    def __init__(self, total: int, enabled: bool, label: str, every: int = 100) -> None:
+        self.total, self.enabled, self.label, self.every = total, enabled, label, every
+        self.done, self.start = 0, time.monotonic()
+
+    def step(self) -> None:
+        self.done += 1
+        if self.enabled and (self.done % self.every == 0 or self.done == self.total):
+            rate = self.done / max(time.monotonic() - self.start, 1e-9)
+            msg = f"[manifest] {self.label}: {self.done}/{self.total} samples ({rate:.1f}/s)"
+            print(msg, file=sys.stderr, flush=True)
+
+
+def build_manifest(
+    root: str,
+    splits: Sequence[str] = ("train", "val", "test"),
+    out_uri: str | None = None,
+    progress: bool = True,
+    max_workers: int = 16,
+) -> list[dict[str, Any]]:
+    """Validate every pair of the splits that exist and write ``<root>/manifest.jsonl``.
+
+    Args:
+        root: dataset root (local path, file:// or s3://).
+        splits: split names; those without a ``<split>.txt`` are skipped.
+        out_uri: where to write; default ``<root>/manifest.jsonl``. Written atomically.
+        progress: print progress lines to stderr.
+        max_workers: threads decoding in parallel (hides S3 latency).
+
+    Returns:
+        The rows, in split order then split-file order.
+
+    Raises:
+        DatasetError: no split exists, a split is empty, or any pair is invalid (all
+            problems are listed, each naming its file).
+    """
+    root = _absolute(root)
+    jobs: list[tuple[str, str]] = []
+    for split in splits:
+        if io.exists(io.join(root, f"{split}.txt")):
+            jobs.extend((split, name) for name in read_split(root, split))
+    if not jobs:
+        raise DatasetError(f"no split file found in {root} (looked for {', '.join(f'{s}.txt' for s in splits)})")
+
+    bar = _Progress(len(jobs), progress, root)
+
+    def work(job: tuple[str, str]) -> dict[str, Any] | str:
+        try:
+            return _row(root, *job)
+        except DatasetError as e:
+            return f"[{job[0]}] {e}"
+        finally:
+            bar.step()
+
+    with ThreadPoolExecutor(max_workers=max_workers) as pool:
+        results = list(pool.map(work, jobs))
+    errors = [r for r in results if isinstance(r, str)]
+    if errors:
+        shown = "\n  ".join(errors[:20])
+        more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
+        raise DatasetError(f"cannot build manifest of {root}: {len(errors)} invalid sample(s):\n  {shown}{more}")
+    rows = [r for r in results if isinstance(r, dict)]
+    text = "".join(json.dumps(r, sort_keys=False) + "\n" for r in rows)
+    io.write_text(out_uri or io.join(root, MANIFEST_NAME), text)
+    return rows
+
+
+def _parse_line(line: str, uri: str, lineno: int) -> dict[str, Any]:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{uri}:{lineno}: malformed manifest line ({e.msg})") from None
+    if not isinstance(row, dict):
+        raise DatasetError(f"{uri}:{lineno}: manifest line must be a JSON object, got {type(row).__name__}")
+    for key, types in FIELDS.items():
+        if key not in row:
+            raise DatasetError(f"{uri}:{lineno}: manifest line lacks key {key!r}")
+        if not isinstance(row[key], types) or isinstance(row[key], bool):
+            raise DatasetError(f"{uri}:{lineno}: {key!r} has the wrong type ({type(row[key]).__name__})")
+    return row
+
+
+def read_manifest(uri: str, split: str | None = None) -> list[dict[str, Any]]:
+    """Rows of a manifest, optionally only those of ``split``.
+
+    Raises:
+        DatasetError: missing file, malformed line (with its line number), or no rows
+            (for ``split``).
+    """
+    try:
+        text = io.read_text(uri)
+    except FileNotFoundError:
+        raise DatasetError(f"manifest {uri} not found") from None
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"manifest {uri} is not UTF-8 text ({e})") from None
+    rows = [_parse_line(line, uri, i) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not rows:
+        raise DatasetError(f"manifest {uri} is empty")
+    if split is None:
+        return rows
+    selected = [r for r in rows if r["split"] == split]
+    if not selected:
+        present = sorted({r["split"] for r in rows})
+        raise DatasetError(f"split {split!r} in manifest {uri} is empty (splits present: {', '.join(present)})")
+    return selected
+
+
+def ensure_manifest(root: str, manifest_uri: str = "", progress: bool = True) -> str:
+    """URI of the dataset's manifest (``manifest_uri`` or ``<root>/manifest.jsonl``), built if missing."""
+    uri = manifest_uri or io.join(_absolute(root), MANIFEST_NAME)
+    if not io.exists(uri):
+        build_manifest(root, out_uri=uri, progress=progress)
+    return uri
