@@ -1,0 +1,103 @@
+"""What every Ray job shares: the CLI shape, connecting to (or starting) a cluster, storage.
+
+Jobs run the same way locally (a local cluster is started when none is running), inside a
+cluster, and through ``ray job submit`` (which sets ``RAY_ADDRESS``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any, Sequence
+
+from matting_lib.config import ConfigError, TrainConfig, load_config
+
+# Environment variables that S3 clients in tasks and actors need; forwarded to workers.
+FORWARDED_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_EC2_METADATA_DISABLED",
+    "MATTING_S3_CONNECT_TIMEOUT",
+    "MATTING_S3_READ_TIMEOUT",
+    "MATTING_S3_MAX_ATTEMPTS",
+    "MATTING_FAIL_ONCE",
+)
+
+
+def job_parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--config", required=True, help="YAML config under configs/")
+    p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS, a running local cluster, or a new one)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. stages.0.lr=1e-4 data.uri=s3://bucket/ds")
+    return p
+
+
+def load_job_config(path: str, overrides: Sequence[str], cls: type = TrainConfig) -> Any:
+    """Load and validate; on error print one clear line and exit 2 (no traceback)."""
+    try:
+        return load_config(path, overrides, cls=cls)
+    except ConfigError as e:
+        fail(f"config error: {e}", code=2)
+
+
+def fail(msg: str, code: int = 1) -> None:
+    print(f"error: {msg}", file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    env.update(extra or {})
+    return env
+
+
+def init_ray(address: str | None = None, env: dict[str, str] | None = None) -> None:
+    """Connect to a cluster (``address``, ``$RAY_ADDRESS`` or a running local one) or start one.
+
+    A locally started cluster gets a small object store (the default takes 30% of RAM).
+    Forwarded S3 variables reach every worker through the job's runtime environment.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    runtime_env = {"env_vars": worker_env(env)}
+    address = address or os.environ.get("RAY_ADDRESS")
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        return
+    try:
+        ray.init(address="auto", runtime_env=runtime_env, log_to_driver=True)
+    except ConnectionError:
+        store = int(os.environ.get("MATTING_OBJECT_STORE_BYTES", str(512 * 1024 * 1024)))
+        ray.init(object_store_memory=store, runtime_env=runtime_env, include_dashboard=False, log_to_driver=True)
+
+
+def storage_args(storage_path: str, endpoint_url: str = "") -> dict[str, Any]:
+    """RunConfig storage arguments for a local folder or ``s3://bucket/prefix``.
+
+    With an explicit endpoint, a pyarrow S3 filesystem is built (plain-HTTP aware);
+    otherwise the URI is passed through and pyarrow honours ``$AWS_ENDPOINT_URL``.
+    """
+    if storage_path.startswith("s3://") and endpoint_url:
+        import pyarrow.fs as pafs
+
+        scheme = "https" if endpoint_url.startswith("https") else "http"
+        host = endpoint_url.split("://", 1)[-1]
+        fs = pafs.S3FileSystem(endpoint_override=host, scheme=scheme, connect_timeout=5, request_timeout=30)
+        return {"storage_path": storage_path[len("s3://"):], "storage_filesystem": fs}
+    if "://" not in storage_path:
+        storage_path = os.path.abspath(storage_path)
+    return {"storage_path": storage_path}
+
+
+def run_uri(storage_path: str, name: str) -> str:
+    """URI of a run's folder under ``storage_path`` (local folders made absolute)."""
+    base = storage_path if "://" in storage_path else os.path.abspath(storage_path)
+    return f"{base.rstrip('/')}/{name}"
