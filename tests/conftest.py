@@ -99,6 +99,68 @@ def synthetic_pair(rng: np.random.Generator, h: int = 64, w: int = 64) -> tuple[
 # --------------------------------------------------------------------------- Ray
 
 
+def _cluster_pids(temp_dir: str) -> list[int]:
+    """PIDs whose command line names ``temp_dir``: the processes of one ``ray start``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if temp_dir in cmdline:
+            pids.append(int(proc.name))
+    return pids
+
+
+def stop_ray_head(temp_dir: str, timeout: float = 30) -> None:
+    """Stop only the cluster that owns ``temp_dir``.
+
+    ``ray stop`` kills every Ray process on the machine, including clusters that other test
+    runs or services on the same machine own; this stops ours alone. Workers exit by
+    themselves once their raylet is gone.
+    """
+    import signal
+    import time
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in _cluster_pids(temp_dir):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout / 2
+        while _cluster_pids(temp_dir) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if not _cluster_pids(temp_dir):
+            return
+
+
+def start_ray_head(temp_dir: str, num_cpus: int = 2) -> dict:
+    """``ray start --head`` on loopback with every port chosen free, so that several clusters
+    (parallel test runs on one machine) never collide. Returns address, dashboard URL, ray binary."""
+    import subprocess
+
+    bin_dir = str(Path(sys.executable).parent)
+    ray_bin = str(Path(bin_dir, "ray"))
+    port, dash = free_port(), free_port()
+    cmd = [
+        ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+        f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
+        f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        f"--num-cpus={num_cpus}", "--object-store-memory=400000000", "--disable-usage-stats",
+        f"--temp-dir={temp_dir}",
+    ]
+    try:
+        subprocess.run(cmd, check=True, timeout=120, capture_output=True, text=True)
+    except subprocess.CalledProcessError as e:
+        stop_ray_head(temp_dir)
+        raise RuntimeError(f"ray start failed: {e.stdout[-2000:]} {e.stderr[-2000:]}") from None
+    return {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "ray_bin": ray_bin, "temp_dir": temp_dir}
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(s3_server, tmp_path_factory):
     """A real local Ray cluster started with ``ray start --head`` (dashboard and job server on).
@@ -108,30 +170,19 @@ def ray_cluster(s3_server, tmp_path_factory):
     the S3 environment, so its workers reach the moto server. Yields a dict with the GCS
     ``address`` and the ``dashboard`` URL; this process is connected as a driver.
     """
-    import subprocess
-
     import ray
 
-    port, dash = free_port(), free_port()
     # Workers import the project from the checkout, even if it is not pip-installed.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     # Job entrypoints say "python": the cluster resolves it on its PATH, as an activated venv would.
-    bin_dir = str(Path(sys.executable).parent)
-    os.environ["PATH"] = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
-    ray_bin = str(Path(bin_dir, "ray"))
-    cmd = [
-        ray_bin, "start", "--head", f"--port={port}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
-        "--num-cpus=2", "--object-store-memory=400000000", "--disable-usage-stats",
-        f"--temp-dir={tmp_path_factory.mktemp('ray')}",
-    ]
-    subprocess.run(cmd, check=True, timeout=120, capture_output=True)
-    address = f"127.0.0.1:{port}"
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    cluster = start_ray_head(str(tmp_path_factory.mktemp("ray")))
     try:
-        ray.init(address=address, log_to_driver=True)
-        yield {"address": address, "dashboard": f"http://127.0.0.1:{dash}", "ray_bin": ray_bin}
+        ray.init(address=cluster["address"], log_to_driver=True)
+        yield cluster
     finally:
         ray.shutdown()
-        subprocess.run([ray_bin, "stop", "--force"], timeout=120, capture_output=True)
+        stop_ray_head(cluster["temp_dir"])
 
 
 def write_dataset(root: str, n_train: int, n_val: int, size: int = 64, seed: int = 0) -> str:
