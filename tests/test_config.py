@@ -98,3 +98,17 @@ def test_missing_and_malformed_files(tmp_path):
         load_config(lst)
     with pytest.raises(ConfigError, match="key=value"):
         load_config(CONFIGS / "tiny.yaml", ["no_equals_sign"])
+
+
+def test_lowlight_config_is_the_seed_recipe():
+    """configs/lowlight.yaml: fine-tune from base with the enhancement module, the low-light
+    augmentation and simulation, the edge-aware loss and three-stage unfreezing."""
+    cfg = load_config(CONFIGS / "lowlight.yaml")
+    assert cfg.init_checkpoint and cfg.model.lowlight
+    assert cfg.data.augment == "lowlight" and cfg.data.lowlight_sim_prob > 0
+    assert cfg.loss.edge > 0 and cfg.loss.edge_brightness_scale > 0
+    assert [s.trainable for s in cfg.stages] == ["head", "late", "all"]
+    assert all(s.encoder_lr is None or s.encoder_lr < s.lr for s in cfg.stages)
+    base = load_config(CONFIGS / "base.yaml")
+    # Same network apart from the enhancement module, so base weights load into it.
+    assert dataclasses.replace(cfg.model, lowlight=False) == base.model
