@@ -1,0 +1,227 @@
+"""infra/: the cluster definitions are validated offline, and the validators can fail.
+
+KubeRay manifests against the CRDs' OpenAPI schemas (``../shared/schemas/kuberay``, skipped
+with a message naming that folder where it is absent), Serve configs with Ray's
+``ServeDeploySchema``, the AWS launcher config with the schema inside the ray package, the
+Dockerfile against the project's pins, and every job entrypoint against the repo's modules
+and configs. Each validator is also shown a broken variant and must name what is wrong.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import shlex
+
+import pytest
+
+from infra import validate as v
+from tests.conftest import ROOT
+
+KUBERAY = ROOT / "infra" / "kuberay"
+DOCKER = ROOT / "infra" / "docker"
+LAUNCHER = ROOT / "infra" / "aws" / "cluster.yaml"
+
+
+@pytest.fixture(scope="module")
+def crds():
+    try:
+        return v.crd_dir_or_raise()
+    except v.CrdsMissing as e:
+        pytest.skip(f"{e}: KubeRay CRD checks need ../shared/schemas/kuberay next to the repository")
+
+
+def resources(kind: str | None = None) -> list[tuple[str, dict]]:
+    """(file name, document) of every ray.io resource in infra/kuberay, optionally one kind."""
+    out = []
+    for path in sorted(KUBERAY.glob("*.yaml")):
+        for doc in v.load_documents(path):
+            if str(doc.get("apiVersion", "")).startswith("ray.io/") and kind in (None, doc["kind"]):
+                out.append((path.name, doc))
+    return out
+
+
+def one(kind: str) -> dict:
+    docs = resources(kind)
+    assert docs, f"no {kind} in infra/kuberay"
+    return copy.deepcopy(docs[0][1])
+
+
+# --------------------------------------------------------------------------- KubeRay
+
+
+def test_every_kuberay_resource_matches_its_crd(crds):
+    kinds = {doc["kind"] for _, doc in resources()}
+    assert {"RayCluster", "RayJob"} <= kinds
+    for name, doc in resources():
+        assert v.kuberay_errors(doc, crds) == [], name
+
+
+def test_crd_validator_rejects_broken_resources(crds):
+    cluster = one("RayCluster")
+    cluster["spec"]["enableInTreeAutoscalling"] = True  # typo: the API server would reject it
+    cluster["spec"]["autoscalerOptions"]["version"] = "v3"
+    cluster["spec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] = 0  # must be a string
+    cluster["spec"]["workerGroupSpecs"][0]["maxReplicas"] = "four"
+    cluster["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"] = "lots"
+    errors = "\n".join(v.kuberay_errors(cluster, crds))
+    for needle in (
+        "spec: Additional properties are not allowed ('enableInTreeAutoscalling'",
+        "spec.autoscalerOptions.version: 'v3' is not one of",
+        "spec.headGroupSpec.rayStartParams.num-cpus: 0 is not of type 'string'",
+        "spec.workerGroupSpecs[0].maxReplicas: 'four' is not of type 'integer'",
+        "spec.workerGroupSpecs[0].template.spec.containers[0].resources.limits.memory",
+    ):
+        assert needle in errors
+    job = one("RayJob")
+    job["spec"]["entrypoint"] = ["python", "-m", "ray_jobs.train"]
+    assert any("spec.entrypoint" in e and "is not of type 'string'" in e for e in v.kuberay_errors(job, crds))
+    assert v.kuberay_errors({**one("RayJob"), "apiVersion": "ray.io/v1alpha1"}, crds)[0].endswith(
+        "apiVersion must be ray.io/v1, got 'ray.io/v1alpha1'"
+    )
+
+
+def test_openapi_conversion_keeps_int_or_string_and_closes_objects():
+    schema = v.openapi_to_jsonschema({
+        "type": "object",
+        "properties": {
+            "cpu": {"anyOf": [{"type": "integer"}, {"type": "string"}], "x-kubernetes-int-or-string": True},
+            "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": True, "properties": {"a": {"type": "string"}}},
+            "note": {"type": "string", "nullable": True},
+        },
+    })
+    import jsonschema
+
+    ok = jsonschema.Draft7Validator(schema)
+    assert ok.is_valid({"cpu": 2, "free": {"a": "x", "b": 1}, "note": None})
+    assert ok.is_valid({"cpu": "500m"})
+    assert not ok.is_valid({"cpu": [1]})
+    assert not ok.is_valid({"cpus": 2})
+    assert "x-kubernetes-int-or-string" not in schema["properties"]["cpu"]
+
+
+def test_raycluster_shape():
+    spec = one("RayCluster")["spec"]
+    pin = v.ray_pin()
+    assert spec["rayVersion"] == pin
+    assert spec["enableInTreeAutoscaling"] is True and spec["autoscalerOptions"]["version"] == "v2"
+    assert spec["authOptions"]["mode"] == "token"
+    assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in head["resources"]["limits"]
+    groups = {g["groupName"]: g for g in spec["workerGroupSpecs"]}
+    gpu = [g for g in groups.values() if "nvidia.com/gpu" in g["template"]["spec"]["containers"][0]["resources"]["limits"]]
+    cpu = [g for g in groups.values() if g not in gpu]
+    assert gpu and cpu, "need a GPU worker group and a CPU (Ray Data) worker group"
+    assert all(g["minReplicas"] == 0 and g["maxReplicas"] >= 1 for g in gpu)
+    images = {c["image"] for _, d in resources() for c in _containers(d)}
+    assert len(images) == 1, f"every Ray pod must run the same image, found {images}"
+
+
+def _containers(doc: dict) -> list[dict]:
+    spec = doc["spec"]
+    cluster = spec.get("rayClusterConfig") or spec.get("rayClusterSpec") or (spec if "headGroupSpec" in spec else None)
+    if cluster is None:
+        return []
+    groups = [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]
+    return [c for g in groups for c in g["template"]["spec"]["containers"]]
+
+
+# --------------------------------------------------------------------------- entrypoints
+
+
+def test_rayjob_entrypoints_name_modules_and_configs_that_load():
+    jobs = resources("RayJob")
+    modules = {shlex.split(doc["spec"]["entrypoint"])[2] for _, doc in jobs}
+    assert "ray_jobs.train" in modules
+    for name, doc in jobs:
+        assert v.manifest_entrypoint_errors(doc, name) == []
+        assert doc["spec"]["clusterSelector"]["ray.io/cluster"] == one("RayCluster")["metadata"]["name"]
+
+
+@pytest.mark.parametrize(
+    ("entrypoint", "needle"),
+    [
+        ("python -m ray_jobs.nope --config configs/tiny.yaml", "module 'ray_jobs.nope' not found"),
+        ("python -m ray_jobs.train --config configs/missing.yaml", "config configs/missing.yaml not found"),
+        ("python -m ray_jobs.train --config configs/tiny.yaml scaling.num_workers=zero", "scaling.num_workers"),
+        ("python -m ray_jobs.train --config configs/tiny.yaml optim.nope=1", "optim.nope: unknown key"),
+        ("python -m ray_jobs.train --config configs/tiny.yaml --workers 3", "unrecognised arguments ['--workers']"),
+        ("bash -c 'python train.py'", "must start with 'python -m <module>'"),
+    ],
+)
+def test_entrypoint_checker_rejects(entrypoint, needle):
+    errors = v.entrypoint_errors(entrypoint, "test")
+    assert errors and needle in errors[0], errors
+
+
+def test_runtime_env_checker_rejects_unknown_fields():
+    job = one("RayJob")
+    assert v.manifest_entrypoint_errors(job, "ok") == []
+    job["spec"]["runtimeEnvYAML"] = "env_vars: {A: 1}\n"  # values must be strings
+    assert any("runtimeEnvYAML" in e for e in v.manifest_entrypoint_errors(job, "bad"))
+
+
+# --------------------------------------------------------------------------- AWS launcher
+
+
+def test_aws_cluster_launcher_config_is_valid_and_shaped():
+    config = v.load_documents(LAUNCHER)[0]
+    assert v.cluster_launcher_errors(config, "cluster.yaml") == []
+    types = config["available_node_types"]
+    assert types[config["head_node_type"]]["resources"] == {"CPU": 0}
+    gpu = [t for t in types.values() if t["resources"].get("GPU")]
+    assert gpu and all(t["min_workers"] == 0 and t["node_config"]["InstanceType"].startswith("g") for t in gpu)
+    assert all("IamInstanceProfile" in t["node_config"] for t in types.values()), "S3 access via instance profiles"
+    setup = config["setup_commands"]
+    torch_at = next(i for i, c in enumerate(setup) if re.search(r'"torch==[0-9.]+"', c))
+    project_at = next(i for i, c in enumerate(setup) if "pip install -q ~/universal-matting" in c)
+    assert torch_at < project_at
+    assert all("RAY_AUTH_MODE=token" in c for c in config["head_start_ray_commands"][1:] + config["worker_start_ray_commands"][1:])
+
+
+def test_aws_validator_rejects_broken_configs():
+    config = v.load_documents(LAUNCHER)[0]
+    typo = copy.deepcopy(config)
+    typo["idle_timeout_minute"] = 5
+    assert "Additional properties are not allowed ('idle_timeout_minute'" in v.cluster_launcher_errors(typo, "x")[0]
+    wrong_type = copy.deepcopy(config)
+    wrong_type["available_node_types"]["gpu"]["resources"]["GPU"] = "one"
+    assert "available_node_types.gpu.resources.GPU: 'one' is not of type 'integer'" in v.cluster_launcher_errors(wrong_type, "x")[0]
+    no_head = copy.deepcopy(config)
+    no_head["head_node_type"] = "ghost"
+    assert "head_node_type" in v.cluster_launcher_errors(no_head, "x")[0]
+
+
+# --------------------------------------------------------------------------- Docker image
+
+
+def test_dockerfile_follows_the_project_pins():
+    assert v.dockerfile_errors(DOCKER / "Dockerfile", DOCKER / "Dockerfile.dockerignore") == []
+
+
+def test_dockerfile_checker_rejects(tmp_path):
+    good = (DOCKER / "Dockerfile").read_text()
+    ignore = DOCKER / "Dockerfile.dockerignore"
+    cases = {
+        "differs from the pyproject.toml pin": good.replace(f"ARG RAY_VERSION={v.ray_pin()}", "ARG RAY_VERSION=2.59.0"),
+        "FROM must be the official GPU image": good.replace("-py311-gpu", "-py311"),
+        "TORCH_SPEC must pin torch==VERSION": good.replace('TORCH_SPEC="torch==2.13.0"', "TORCH_SPEC=torch"),
+        "COPY source nowhere does not exist": good + "\nCOPY nowhere ./nowhere\n",
+        "COPY source tests is excluded": good + "\nCOPY tests ./tests\n",
+        "no RUN installs the project": re.sub(r"pip install --no-cache-dir \. ", "true ", good),
+    }
+    for needle, text in cases.items():
+        path = tmp_path / "Dockerfile"
+        path.write_text(text)
+        errors = v.dockerfile_errors(path, ignore)
+        assert any(needle in e for e in errors), (needle, errors)
+
+
+def test_dockerignore_semantics():
+    patterns = ["*", "!pyproject.toml", "!matting_lib/", "**/__pycache__"]
+    assert not v.docker_ignored("pyproject.toml", patterns)
+    assert not v.docker_ignored("matting_lib/models/unet.py", patterns)
+    assert v.docker_ignored("matting_lib/models/__pycache__/unet.pyc", patterns)
+    assert v.docker_ignored(".venv/bin/python", patterns)
+    assert v.docker_ignored("runs/x/best.pt", patterns)
