@@ -22,8 +22,6 @@ __all__ = [
     "erosion_kernel",
     "erode_alpha",
     "feather_alpha",
-    "guided_filter",
-    "refine_alpha",
     "decontaminate_foreground",
     "to_rgba",
     "parse_color",
@@ -129,54 +127,6 @@ def feather_alpha(alpha: np.ndarray, radius: int) -> np.ndarray:
     band = cv2.dilate(a, window) != cv2.erode(a, window)
     blurred = cv2.GaussianBlur(a, (size, size), r / 2.0, borderType=cv2.BORDER_REPLICATE)
     return np.where(band, np.clip(blurred, 0.0, 1.0), a).astype(np.float32)
-
-
-def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
-    """Grey-guide guided filter (He, Sun and Tang, TPAMI 2013, Algorithm 1).
-
-    ``q = mean_a * I + mean_b`` with ``a = cov(I, p) / (var(I) + eps)``, ``b = mean_p - a mean_I``,
-    every mean a box of (2 radius + 1)^2 pixels, normalised by the number of pixels inside
-    the image at the border. guide: float (H, W) in [0, 1]; src: float (H, W).
-    Returns float32 (H, W).
-    """
-    r = _check_int("radius", radius, 1, 256)
-    if not (isinstance(eps, numbers.Real) and eps > 0):
-        raise ValueError(f"eps must be > 0, got {eps!r}")
-    i = np.asarray(guide, np.float64)
-    p = np.asarray(src, np.float64)
-    if i.shape != p.shape or i.ndim != 2:
-        raise ValueError(f"guide and src must be (H, W) of one shape, got {i.shape} and {p.shape}")
-
-    def box(x: np.ndarray) -> np.ndarray:
-        return cv2.boxFilter(x, -1, (2 * r + 1, 2 * r + 1), normalize=False, borderType=cv2.BORDER_CONSTANT)
-
-    n = box(np.ones_like(i))
-    mean_i, mean_p = box(i) / n, box(p) / n
-    cov_ip = box(i * p) / n - mean_i * mean_p
-    var_i = box(i * i) / n - mean_i * mean_i
-    a = cov_ip / (var_i + eps)
-    b = mean_p - a * mean_i
-    return (box(a) / n * i + box(b) / n).astype(np.float32)
-
-
-def refine_alpha(image: np.ndarray, alpha: np.ndarray, radius: int = 4, eps: float = 1e-4) -> np.ndarray:
-    """Sharpen an upsampled alpha along the photo's own edges (the predictor's refinement).
-
-    A guided filter (:func:`guided_filter`, guide = the image's luma) is applied to alpha, and
-    the result is used only in the soft band: pixels within ``radius`` of a value strictly
-    between 0.02 and 0.98. Solid foreground and background stay bit-exactly as they were.
-    image: uint8 (H, W, 3) RGB; alpha: (H, W) [0, 1]. Returns float32 (H, W) in [0, 1].
-    """
-    im = _check_image(image, alpha)
-    a = _as_alpha(alpha)
-    r = _check_int("radius", radius, 1, 256)
-    soft = ((a > 0.02) & (a < 0.98)).astype(np.uint8)
-    if not soft.any():
-        return a
-    band = cv2.dilate(soft, np.ones((2 * r + 1, 2 * r + 1), np.uint8)).astype(bool)
-    luma = cv2.cvtColor(im, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
-    refined = np.clip(guided_filter(luma, a, r, eps), 0.0, 1.0)
-    return np.where(band, refined, a).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- colour
