@@ -102,12 +102,16 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
 
     Reflect padding, or replicate where the image is too small to reflect. Returns the
     padded tensor and (left, right, top, bottom) for :func:`crop`.
+
+    Already aligned inputs go through ``F.pad`` with zero pads too (a plain copy) rather
+    than an early return: a branch on the pad values would be frozen by ONNX tracing, and the
+    exported graph would then skip padding for every size. Traced for ONNX, the pad amounts
+    stay dynamic and the mode is fixed to reflect, which is what this function picks for
+    every side of 12 px or more (:mod:`matting_lib.onnx_backend` pads smaller inputs itself).
     """
     h, w = x.shape[-2:]
     ph, pw = -h % multiple, -w % multiple
     pads = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
-    if not any(pads):
-        return x, pads
     mode = "reflect" if max(pads[:2]) < w and max(pads[2:]) < h else "replicate"
     return F.pad(x, pads, mode=mode), pads
 
