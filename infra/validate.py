@@ -140,9 +140,38 @@ def serve_config_errors(config: Any, source: str) -> list[str]:
         return [f"{source}: not a valid Serve config: {e}"]
     errors = []
     for app in config.get("applications", []):
+        where = f"{source}: application {app.get('name')!r}"
         module = str(app.get("import_path", "")).partition(":")[0]
         if not module_exists(module):
-            errors.append(f"{source}: application {app.get('name')!r}: import_path module {module!r} not found in the repository")
+            errors.append(f"{where}: import_path module {module!r} not found in the repository")
+        elif app.get("import_path") == "serve_app.app:build_app":
+            errors += matting_app_errors(app, where)
+    return errors
+
+
+def matting_app_errors(app: dict[str, Any], where: str) -> list[str]:
+    """The matting app's ``args`` load as its ServeConfig, and every ``deployments`` entry names
+    one of its deployments (``ingress``, ``model_<model>``) with a valid ``user_config``."""
+    from matting_lib.config import ConfigError
+    from serve_app.app import deployment_name
+    from serve_app.config import serve_config_from_args
+    from serve_app.model import parse_user_config
+
+    try:
+        cfg = serve_config_from_args(app.get("args") or {})
+    except ConfigError as e:
+        return [f"{where}: args: {e}"]
+    models = {deployment_name(name) for name in cfg.model_names}
+    errors = []
+    for dep in app.get("deployments") or []:
+        name = dep.get("name")
+        if name not in models | {"ingress"}:
+            errors.append(f"{where}: deployment {name!r} is not one of the app's ({', '.join(sorted(models | {'ingress'}))})")
+        elif name in models and "user_config" in dep:
+            try:
+                parse_user_config(dep["user_config"], default_checkpoint="")
+            except ValueError as e:
+                errors.append(f"{where}: deployment {name!r}: {e}")
     return errors
 
 
@@ -194,8 +223,23 @@ def _load_train(path: str, overrides: list[str]) -> Any:
     return load_config(path, overrides, cls=TrainConfig)
 
 
+def _load_sweep(path: str, overrides: list[str]) -> Any:
+    """The sweep config, its base training config (with ``train:`` overrides) and its search space."""
+    import dataclasses
+
+    from matting_lib.config import load_config
+    from ray_jobs.tune import SweepConfig, load_base, parse_space, resolve_algorithm
+
+    sweep = load_config(path, overrides, cls=SweepConfig)
+    if "://" not in sweep.base_config and not Path(sweep.base_config).is_absolute():
+        sweep = dataclasses.replace(sweep, base_config=str(REPO / sweep.base_config))  # the job runs from the repo root
+    parse_space(sweep.space, load_base(sweep), resolve_algorithm(sweep.search.algorithm))
+    return sweep
+
+
 CONFIG_LOADERS: dict[str, Callable[[str, list[str]], Any]] = {
     "ray_jobs.train": _load_train,
+    "ray_jobs.tune": _load_sweep,
 }
 """How each job module loads ``--config FILE key=value ...``; a job missing here is reported."""
 
