@@ -1,0 +1,302 @@
+"""Configuration of the Serve app: frozen dataclasses built from the ``args`` of ``serve_app/config.yaml``.
+
+The YAML file is a regular Ray Serve config (``serve run`` / ``serve deploy`` accept it);
+its application's ``args`` mapping is this module's :class:`ServeConfig`, validated with
+the project's loader (:func:`matting_lib.config.from_dict`), so a bad key fails with its name
+(``ConfigError: limits.max_upload_mb: must be > 0``).
+
+Units: sizes in megabytes (MB = 10^6 bytes), times in seconds, brightness in [0, 1]
+(mean Rec.601 luma, see :mod:`matting_lib.routing`). Relative paths (checkpoints, the
+history database, the result store) are relative to the repository root, so the same file
+works whatever directory ``serve run`` or ``python -m serve_app`` is started from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from matting_lib.config import ConfigError, apply_overrides, from_dict, load_yaml
+from matting_lib.routing import DEFAULT_THRESHOLD
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+"""Base of relative paths in the config."""
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().with_name("config.yaml")
+IMPORT_PATH = "serve_app.app:build_app"
+"""The application builder that ``config.yaml`` names."""
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One served model: a name (what clients and the router use) and its checkpoint."""
+
+    name: str
+    """Model name, e.g. 'base'; the Serve deployment is called ``model_<name>``."""
+    checkpoint: str
+    """Checkpoint URI: a local path (relative to the repository root) or s3://bucket/key."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name) and self.name.replace("_", "").replace("-", "").isalnum(), "models.name",
+               f"must be letters, digits, '-' or '_', got {self.name!r}")
+        _check(bool(self.checkpoint), f"models.{self.name}.checkpoint", "must not be empty")
+
+
+@dataclass(frozen=True)
+class RoutingSettings:
+    """Brightness routing (the rule itself is :class:`matting_lib.routing.BrightnessRouter`)."""
+
+    threshold: float = DEFAULT_THRESHOLD
+    """Images with brightness (mean luma in [0, 1]) below this go to ``dark_model``."""
+    bright_model: str = "base"
+    """Model for normal-light images."""
+    dark_model: str = "lowlight"
+    """Model for low-light images."""
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.threshold <= 1.0, "routing.threshold", f"must be in [0, 1], got {self.threshold}")
+
+
+@dataclass(frozen=True)
+class AutoscalingSettings:
+    """Serve ``autoscaling_config`` of each model deployment (times in seconds)."""
+
+    min_replicas: int = 1
+    max_replicas: int = 2
+    target_ongoing_requests: float = 2.0
+    """Queued + running requests per replica that autoscaling aims at."""
+    metrics_interval_s: float | None = None
+    """How often replicas report load; None = Serve's default (10 s). Deprecated by Ray in favour of the
+    RAY_SERVE_*_AUTOSCALING_METRIC_PUSH_INTERVAL_S variables; short windows in tests still need it."""
+    look_back_period_s: float = 10.0
+    upscale_delay_s: float = 5.0
+    downscale_delay_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        _check(self.min_replicas >= 1, "model_deployment.autoscaling.min_replicas", "must be >= 1")
+        _check(self.max_replicas >= self.min_replicas, "model_deployment.autoscaling.max_replicas",
+               "must be >= min_replicas")
+        _check(self.target_ongoing_requests > 0, "model_deployment.autoscaling.target_ongoing_requests", "must be > 0")
+        _check(self.metrics_interval_s is None or self.metrics_interval_s > 0,
+               "model_deployment.autoscaling.metrics_interval_s", "must be > 0")
+        _check(self.look_back_period_s > 0, "model_deployment.autoscaling.look_back_period_s", "must be > 0")
+        for name in ("upscale_delay_s", "downscale_delay_s"):
+            _check(getattr(self, name) >= 0, f"model_deployment.autoscaling.{name}", "must be >= 0")
+
+    def to_serve(self) -> dict[str, Any]:
+        """The mapping Serve's ``autoscaling_config`` takes (unset fields left to Serve)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class ModelDeploymentSettings:
+    """Resources, batching and inference policy shared by every model deployment."""
+
+    num_cpus: float = 0.25
+    """CPUs reserved per replica; fractions let every deployment fit on a 2-core machine."""
+    num_gpus: float = 0.0
+    """GPUs per replica (0 on CPU machines)."""
+    device: str = "auto"
+    """Torch device: 'auto' (CUDA when present), 'cpu', 'cuda:0'..."""
+    max_side: int = 1024
+    """Long side (px) the network works at by default; larger inputs are downscaled and their alpha upsampled."""
+    max_batch_size: int = 4
+    """Largest dynamic batch (@serve.batch); 1 disables batching."""
+    batch_wait_timeout_s: float = 0.01
+    """How long a batch waits to fill up."""
+    max_ongoing_requests: int = 8
+    """Requests a replica accepts at once (the rest queue at the caller)."""
+    health_check_period_s: float = 10.0
+    autoscaling: AutoscalingSettings = field(default_factory=AutoscalingSettings)
+
+    def __post_init__(self) -> None:
+        _check(0 < self.num_cpus <= 64, "model_deployment.num_cpus", f"must be in (0, 64], got {self.num_cpus}")
+        _check(self.num_gpus >= 0, "model_deployment.num_gpus", "must be >= 0")
+        _check(32 <= self.max_side <= 8192, "model_deployment.max_side", f"must be in [32, 8192], got {self.max_side}")
+        _check(self.max_batch_size >= 1, "model_deployment.max_batch_size", "must be >= 1")
+        _check(self.batch_wait_timeout_s >= 0, "model_deployment.batch_wait_timeout_s", "must be >= 0")
+        _check(self.max_ongoing_requests >= 1, "model_deployment.max_ongoing_requests", "must be >= 1")
+        _check(self.health_check_period_s > 0, "model_deployment.health_check_period_s", "must be > 0")
+
+
+@dataclass(frozen=True)
+class IngressSettings:
+    """The HTTP ingress deployment (decoding, routing, post-processing, history)."""
+
+    num_cpus: float = 0.1
+    num_replicas: int = 1
+    max_ongoing_requests: int = 64
+    model_timeout_s: float = 120.0
+    """A model call taking longer answers 504."""
+    model_retries: int = 1
+    """Retries of a model call whose replica died (matting is idempotent)."""
+    batch_concurrency: int = 4
+    """Files of one /v1/batch request processed at once (lets @serve.batch fill batches)."""
+
+    def __post_init__(self) -> None:
+        _check(0 < self.num_cpus <= 64, "ingress.num_cpus", f"must be in (0, 64], got {self.num_cpus}")
+        _check(self.num_replicas >= 1, "ingress.num_replicas", "must be >= 1")
+        _check(self.max_ongoing_requests >= 1, "ingress.max_ongoing_requests", "must be >= 1")
+        _check(self.model_timeout_s > 0, "ingress.model_timeout_s", "must be > 0")
+        _check(0 <= self.model_retries <= 5, "ingress.model_retries", "must be in [0, 5]")
+        _check(self.batch_concurrency >= 1, "ingress.batch_concurrency", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """What an upload may be. Over a limit -> a 4xx JSON error naming the limit."""
+
+    max_upload_mb: float = 20.0
+    """Largest /v1/matte request body, and largest file inside a batch or zip."""
+    max_batch_upload_mb: float = 100.0
+    """Largest /v1/batch request body."""
+    max_batch_files: int = 100
+    """Most images in one batch (files or zip entries)."""
+    max_zip_total_mb: float = 200.0
+    """Largest total uncompressed size of a zip's entries (zip bombs)."""
+    max_pixels: int = 40_000_000
+    """Largest width x height, checked from the header before decoding (decompression bombs)."""
+    max_side_limit: int = 4096
+    """Largest ``max_side`` a request may ask for."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_upload_mb", "max_batch_upload_mb", "max_zip_total_mb"):
+            _check(getattr(self, name) > 0, f"limits.{name}", "must be > 0")
+        _check(self.max_batch_files >= 1, "limits.max_batch_files", "must be >= 1")
+        _check(self.max_pixels >= 1, "limits.max_pixels", "must be >= 1")
+        _check(32 <= self.max_side_limit <= 8192, "limits.max_side_limit", "must be in [32, 8192]")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1_000_000)
+
+    @property
+    def max_batch_upload_bytes(self) -> int:
+        return int(self.max_batch_upload_mb * 1_000_000)
+
+    @property
+    def max_zip_total_bytes(self) -> int:
+        return int(self.max_zip_total_mb * 1_000_000)
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """Content-hash cache of results (per ingress replica, in memory)."""
+
+    max_mb: float = 64.0
+    """Bound on the cached result bytes; least recently used entries go first. 0 disables."""
+
+    def __post_init__(self) -> None:
+        _check(self.max_mb >= 0, "cache.max_mb", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class HistorySettings:
+    """Request history: rows in SQLite, result files in an object store."""
+
+    db_path: str = ".serve_data/history.sqlite"
+    """SQLite file (a local path; relative to the repository root)."""
+    store_uri: str = ".serve_data/results"
+    """Where result images go: a local folder or s3://bucket/prefix."""
+    max_entries: int = 1000
+    """Oldest entries beyond this are deleted with their files."""
+    max_age_days: float = 30.0
+    """Entries older than this are deleted with their files."""
+    thumbnail_side: int = 160
+    """Long side (px) of the stored thumbnails."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.db_path) and "://" not in self.db_path, "history.db_path", "must be a local file path")
+        _check(bool(self.store_uri), "history.store_uri", "must not be empty")
+        _check(self.max_entries >= 1, "history.max_entries", "must be >= 1")
+        _check(self.max_age_days > 0, "history.max_age_days", "must be > 0")
+        _check(16 <= self.thumbnail_side <= 1024, "history.thumbnail_side", "must be in [16, 1024]")
+
+
+def _default_models() -> tuple[ModelSpec, ...]:
+    return (ModelSpec("base", "models/base.pt"), ModelSpec("lowlight", "models/lowlight.pt"))
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything the app needs; the ``args`` of the application in ``serve_app/config.yaml``."""
+
+    models: tuple[ModelSpec, ...] = field(default_factory=_default_models)
+    """Served models; one Serve deployment each."""
+    routing: RoutingSettings = field(default_factory=RoutingSettings)
+    model_deployment: ModelDeploymentSettings = field(default_factory=ModelDeploymentSettings)
+    ingress: IngressSettings = field(default_factory=IngressSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    history: HistorySettings = field(default_factory=HistorySettings)
+    api_key: str = ""
+    """Bearer token required on every /v1 route; empty = read ``api_key_env``; both empty = open."""
+    api_key_env: str = "MATTING_API_KEY"
+    """Environment variable (in the ingress replica) holding the API key when ``api_key`` is empty."""
+
+    def __post_init__(self) -> None:
+        _check(len(self.models) >= 1, "models", "at least one model is required")
+        names = [m.name for m in self.models]
+        _check(len(set(names)) == len(names), "models", f"model names must be unique, got {names}")
+        for key in ("bright_model", "dark_model"):
+            name = getattr(self.routing, key)
+            _check(name in names, f"routing.{key}", f"{name!r} is not a configured model (models: {', '.join(names)})")
+
+    @property
+    def model_names(self) -> list[str]:
+        return [m.name for m in self.models]
+
+    def resolve_api_key(self) -> str:
+        """The key in force: the config's, else the environment's; '' means no key."""
+        return self.api_key or (os.environ.get(self.api_key_env, "") if self.api_key_env else "")
+
+
+def resolve_path(path: str, root: Path = REPO_ROOT) -> str:
+    """A URI as given, or a local path made absolute against ``root``."""
+    if "://" in path:
+        return path
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else (root / p).resolve())
+
+
+def with_resolved_paths(cfg: ServeConfig, root: Path = REPO_ROOT) -> ServeConfig:
+    """The config with every relative path (checkpoints, history) made absolute against ``root``."""
+    models = tuple(dataclasses.replace(m, checkpoint=resolve_path(m.checkpoint, root)) for m in cfg.models)
+    history = dataclasses.replace(
+        cfg.history, db_path=resolve_path(cfg.history.db_path, root), store_uri=resolve_path(cfg.history.store_uri, root)
+    )
+    return dataclasses.replace(cfg, models=models, history=history)
+
+
+def serve_config_from_args(args: Mapping[str, Any] | None, overrides: Sequence[str] = ()) -> ServeConfig:
+    """Validate an application's ``args`` (plus ``key=value`` overrides) into a :class:`ServeConfig`."""
+    data = apply_overrides(dict(args or {}), overrides)
+    return from_dict(ServeConfig, data)
+
+
+def load_serve_yaml(path: str | Path = DEFAULT_CONFIG_PATH) -> dict[str, Any]:
+    """The Serve config file as a mapping, checked against Ray's own ``ServeDeploySchema``."""
+    from pydantic import ValidationError
+    from ray.serve.schema import ServeDeploySchema
+
+    data = load_yaml(path)
+    try:
+        ServeDeploySchema.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{path}: not a valid Serve config: {e}") from None
+    return data
+
+
+def app_entry(serve_yaml: Mapping[str, Any]) -> dict[str, Any]:
+    """The application of a Serve config that runs this app (``import_path: serve_app.app:build_app``)."""
+    apps = [a for a in serve_yaml.get("applications", []) if a.get("import_path") == IMPORT_PATH]
+    _check(len(apps) == 1, "applications", f"expected exactly one application with import_path {IMPORT_PATH}")
+    return apps[0]

@@ -1,0 +1,239 @@
+"""Request history: one SQLite row per result, the result file and a thumbnail in an object store.
+
+Layout in the store (``store_uri``: a local folder or ``s3://bucket/prefix``)::
+
+    results/<id>.<ext>     the bytes the client received (image, or zip for a batch)
+    thumbs/<id>.png        a small PNG preview (transparency kept)
+
+Ids are 32 random hex characters (uuid4): they cannot be guessed, and anything else is
+refused before it reaches a path. Files are written before their row, rows are deleted
+before their files, so a row never points to a missing file. Retention: at most
+``max_entries`` rows and none older than ``max_age_days``, enforced on every insert.
+All methods are blocking; the ingress calls them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import cv2
+import numpy as np
+
+from matting_lib import io
+from serve_app.config import HistorySettings
+
+ID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS history (
+    id TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    model TEXT NOT NULL,
+    brightness REAL,
+    params TEXT NOT NULL,
+    width INTEGER,
+    height INTEGER,
+    media_type TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    ext TEXT NOT NULL,
+    summary TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS history_created ON history (created);
+"""
+
+COLUMNS = ("id", "created", "kind", "name", "model", "brightness", "params", "width", "height", "media_type", "size", "ext", "summary")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One history row. ``kind`` is 'image' or 'batch'; ``summary`` holds batch counts."""
+
+    id: str
+    created: float
+    kind: str
+    name: str
+    model: str
+    brightness: float | None
+    params: dict[str, Any]
+    width: int | None
+    height: int | None
+    media_type: str
+    size: int
+    ext: str
+    summary: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        base = f"/v1/history/{self.id}"
+        return {
+            "id": self.id,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.created)),
+            "kind": self.kind,
+            "name": self.name,
+            "model": self.model,
+            "brightness": self.brightness,
+            "params": self.params,
+            "width": self.width,
+            "height": self.height,
+            "media_type": self.media_type,
+            "size": self.size,
+            "summary": self.summary,
+            "links": {"self": base, "result": f"{base}/result", "thumbnail": f"{base}/thumbnail"},
+        }
+
+
+def make_thumbnail(encoded: bytes, side: int) -> bytes | None:
+    """A PNG of at most ``side`` px on the long side from an encoded image; None if undecodable."""
+    arr = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.size == 0:
+        return None
+    h, w = arr.shape[:2]
+    scale = side / max(h, w)
+    if scale < 1:
+        arr = cv2.resize(arr, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".png", arr)
+    return buf.tobytes() if ok else None
+
+
+class History:
+    """The history store. See the module docstring for layout, ids and retention."""
+
+    def __init__(self, settings: HistorySettings):
+        self.settings = settings
+        parent = os.path.dirname(settings.db_path)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        io.makedirs(settings.store_uri)
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """A connection for one unit of work: committed on success, rolled back on error, always closed."""
+        db = sqlite3.connect(self.settings.db_path, timeout=30)
+        try:
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    def _result_uri(self, entry_id: str, ext: str) -> str:
+        return io.join(self.settings.store_uri, "results", f"{entry_id}.{ext}")
+
+    def _thumb_uri(self, entry_id: str) -> str:
+        return io.join(self.settings.store_uri, "thumbs", f"{entry_id}.png")
+
+    def ping(self) -> None:
+        """Raise if the database cannot be read."""
+        with self._connect() as db:
+            db.execute("SELECT 1 FROM history LIMIT 1").fetchall()
+
+    def add(
+        self,
+        *,
+        kind: str,
+        name: str,
+        model: str,
+        brightness: float | None,
+        params: dict[str, Any],
+        width: int | None,
+        height: int | None,
+        media_type: str,
+        ext: str,
+        body: bytes,
+        thumbnail_source: bytes | None,
+        summary: dict[str, Any] | None = None,
+    ) -> Entry:
+        """Store a result (and a thumbnail made from ``thumbnail_source``), then prune. Returns the entry."""
+        entry = Entry(
+            id=uuid.uuid4().hex, created=time.time(), kind=kind, name=name[:255], model=model,
+            brightness=brightness, params=params, width=width, height=height, media_type=media_type,
+            size=len(body), ext=ext, summary=summary or {},
+        )
+        io.write_bytes(self._result_uri(entry.id, ext), body)
+        thumb = make_thumbnail(thumbnail_source, self.settings.thumbnail_side) if thumbnail_source else None
+        if thumb is not None:
+            io.write_bytes(self._thumb_uri(entry.id), thumb)
+        row = (
+            entry.id, entry.created, kind, entry.name, model, brightness, json.dumps(params), width, height,
+            media_type, entry.size, ext, json.dumps(entry.summary),
+        )
+        with self._connect() as db:
+            db.execute(f"INSERT INTO history ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})", row)
+        self.prune()
+        return entry
+
+    @staticmethod
+    def _entry(row: tuple) -> Entry:
+        d = dict(zip(COLUMNS, row))
+        d["params"] = json.loads(d["params"])
+        d["summary"] = json.loads(d["summary"])
+        return Entry(**d)
+
+    def list(self, limit: int, offset: int) -> tuple[list[Entry], int]:
+        """Newest first: ``limit`` entries after skipping ``offset``, and the total count."""
+        with self._connect() as db:
+            total = db.execute("SELECT COUNT(*) FROM history").fetchone()[0]
+            rows = db.execute(
+                f"SELECT {', '.join(COLUMNS)} FROM history ORDER BY created DESC, id LIMIT ? OFFSET ?", (limit, offset)
+            ).fetchall()
+        return [self._entry(r) for r in rows], total
+
+    def get(self, entry_id: str) -> Entry | None:
+        if not ID_RE.match(entry_id):
+            return None
+        with self._connect() as db:
+            row = db.execute(f"SELECT {', '.join(COLUMNS)} FROM history WHERE id = ?", (entry_id,)).fetchone()
+        return self._entry(row) if row else None
+
+    def read_result(self, entry: Entry) -> bytes:
+        return io.read_bytes(self._result_uri(entry.id, entry.ext))
+
+    def read_thumbnail(self, entry: Entry) -> bytes | None:
+        try:
+            return io.read_bytes(self._thumb_uri(entry.id))
+        except FileNotFoundError:
+            return None
+
+    def delete(self, entry_id: str) -> bool:
+        """Delete an entry and its files; False if there was none."""
+        entry = self.get(entry_id)
+        if entry is None:
+            return False
+        with self._connect() as db:
+            db.execute("DELETE FROM history WHERE id = ?", (entry_id,))
+        self._remove_files([entry])
+        return True
+
+    def prune(self) -> int:
+        """Apply retention (count and age); returns how many entries were deleted."""
+        cutoff = time.time() - self.settings.max_age_days * 86400
+        with self._connect() as db:
+            rows = db.execute(
+                f"SELECT {', '.join(COLUMNS)} FROM history WHERE created < ? OR id NOT IN "
+                "(SELECT id FROM history ORDER BY created DESC, id LIMIT ?)",
+                (cutoff, self.settings.max_entries),
+            ).fetchall()
+            old = [self._entry(r) for r in rows]
+            db.executemany("DELETE FROM history WHERE id = ?", [(e.id,) for e in old])
+        self._remove_files(old)
+        return len(old)
+
+    def _remove_files(self, entries: list[Entry]) -> None:
+        for e in entries:
+            for uri in (self._result_uri(e.id, e.ext), self._thumb_uri(e.id)):
+                fs, path = io.filesystem(uri)
+                try:
+                    fs.rm_file(path)
+                except FileNotFoundError:
+                    pass

@@ -1,0 +1,440 @@
+"""The HTTP ingress: FastAPI routes, brightness routing, post-processing, cache, history, web UI.
+
+Per image: read the body (bounded) -> cache lookup (content hash) -> decode (bounded pixels)
+-> measure brightness and pick a model (:class:`matting_lib.routing.BrightnessRouter`, or the
+model the request forces) -> the model deployment's batched ``predict`` -> the seeds'
+post-processing (:func:`matting_lib.postprocess.apply`) -> cache, history, response.
+CPU work (hashing, decoding, post-processing, zips, SQLite) runs in worker threads so the
+event loop keeps serving. Every response names the model and the brightness it measured
+(``X-Matting-Model``, ``X-Matting-Brightness``) and whether the cache answered (``X-Matting-Cache``).
+"""
+
+
+import asyncio
+import hmac
+import logging
+import posixpath
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Awaitable
+
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle
+
+from matting_lib import postprocess
+from matting_lib.data.decode import ImageDecodeError, decode_image
+from matting_lib.routing import MEASURE_SIDE, BrightnessRouter, measure_brightness
+from serve_app.batch import BatchRow, build_zip
+from serve_app.cache import CachedResult, ResultCache
+from serve_app.config import ServeConfig
+from serve_app.errors import ApiError, decode_error_to_api, install_handlers
+from serve_app.history import Entry, History
+from serve_app.params import EXTENSIONS, MEDIA_TYPES, MatteParams, check_against_limits, content_key, merge_params
+from serve_app.uploads import MULTIPART_OVERHEAD, expand_batch, output_name, parse_upload, read_body
+
+logger = logging.getLogger("ray.serve")
+
+STATIC_DIR = Path(__file__).resolve().with_name("static")
+VERSION_TTL_S = 2.0
+"""How often the ingress re-reads which checkpoint each model serves (for cache keys)."""
+INFO_TIMEOUT_S = 5.0
+
+IMAGE_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"file": {"type": "string", "format": "binary"}},
+                "required": ["file"],
+            }
+        },
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+BATCH_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+            }
+        },
+        "application/zip": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+
+app = FastAPI(
+    title="Universal matting",
+    version="1.0",
+    description=(
+        "Alpha mattes for photos, routed by brightness to the base or the low-light model. "
+        "Errors are JSON: {error, detail, status}. When an API key is configured, every /v1 route "
+        "needs `Authorization: Bearer <key>`."
+    ),
+)
+install_handlers(app)
+app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One image's result and how it was obtained."""
+
+    result: CachedResult
+    cache_hit: bool
+    ms: float
+
+
+async def _bounded(awaitable: Awaitable[Any], timeout: float) -> Any:
+    """Await a Serve response with a time limit."""
+
+    async def wait() -> Any:
+        return await awaitable
+
+    return await asyncio.wait_for(wait(), timeout)
+
+
+def _decode_and_measure(data: bytes, name: str, max_pixels: int) -> tuple[np.ndarray, float]:
+    try:
+        rgb = decode_image(data, name=name, max_pixels=max_pixels)
+    except ImageDecodeError as e:
+        raise decode_error_to_api(e) from None
+    return rgb, measure_brightness(rgb)
+
+
+def _stem(name: str) -> str:
+    return posixpath.splitext(posixpath.basename(name))[0] or "image"
+
+
+@serve.deployment(name="ingress", ray_actor_options={"num_cpus": 0.1})
+@serve.ingress(app)
+class MattingIngress:
+    """The ingress deployment; ``models`` maps each model name to its deployment's handle."""
+
+    def __init__(self, config: ServeConfig, models: dict[str, DeploymentHandle]):
+        self.config = config
+        self.models = models
+        r = config.routing
+        self.router = BrightnessRouter(threshold=r.threshold, bright_model=r.bright_model, dark_model=r.dark_model)
+        self.cache = ResultCache(int(config.cache.max_mb * 1_000_000))
+        self.history = History(config.history)
+        self.api_key = config.resolve_api_key()
+        self.versions: dict[str, str] = {m.name: m.checkpoint for m in config.models}
+        self.versions_checked = 0.0
+        self.model_calls = 0
+        self.model_retries = 0
+
+    # ------------------------------------------------------------------ helpers
+    def _authorize(self, request: Request) -> None:
+        if not self.api_key:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
+            raise ApiError(
+                401, "missing or wrong API key: send 'Authorization: Bearer <key>'", headers={"WWW-Authenticate": "Bearer"}
+            )
+
+    async def _model_infos(self) -> dict[str, dict[str, Any] | str]:
+        """Each model's ``info()`` (a dict), or the error text when it does not answer."""
+
+        async def one(name: str, handle: DeploymentHandle) -> tuple[str, dict[str, Any] | str]:
+            try:
+                return name, await _bounded(handle.info.remote(), INFO_TIMEOUT_S)
+            except Exception as e:  # noqa: BLE001 - reported per model
+                return name, f"{type(e).__name__}: {e}".splitlines()[0]
+
+        return dict(await asyncio.gather(*(one(n, h) for n, h in self.models.items())))
+
+    async def _refresh_versions(self) -> None:
+        if time.monotonic() - self.versions_checked < VERSION_TTL_S:
+            return
+        self.versions_checked = time.monotonic()
+        for name, info in (await self._model_infos()).items():
+            if isinstance(info, dict):
+                self.versions[name] = info["checkpoint"]
+
+    async def _call_model(self, model: str, rgb: np.ndarray, max_side: int | None) -> dict[str, Any]:
+        """The model's answer; a replica that died is retried (matting is idempotent)."""
+        handle = self.models[model]
+        timeout = self.config.ingress.model_timeout_s
+        retries = self.config.ingress.model_retries
+        for attempt in range(retries + 1):
+            self.model_calls += 1
+            try:
+                return await _bounded(handle.predict.remote((rgb, max_side)), timeout)
+            except asyncio.TimeoutError:
+                raise ApiError(504, f"model {model!r} did not answer within {timeout:g} s") from None
+            except BackPressureError:
+                raise ApiError(503, f"model {model!r} is overloaded; retry later") from None
+            except (RayActorError, ActorUnavailableError, DeploymentUnavailableError) as e:
+                if attempt == retries:
+                    raise ApiError(503, f"model {model!r} is unavailable ({type(e).__name__}); retry later") from None
+                self.model_retries += 1
+                logger.warning("model %s call failed (%s); retrying", model, type(e).__name__)
+            except RayTaskError as e:
+                logger.error("model %s failed: %s", model, e)
+                raise ApiError(500, f"model {model!r} failed ({type(e.cause).__name__}); see the server log") from None
+        raise AssertionError("unreachable")
+
+    async def _matte(self, data: bytes, name: str, params: MatteParams) -> Outcome:
+        """One image through cache, decode, routing, model and post-processing."""
+        t0 = time.perf_counter()
+        await self._refresh_versions()
+        key = await asyncio.to_thread(content_key, data, params, self.versions)
+        hit = self.cache.get(key)
+        if hit is not None:
+            return Outcome(hit, True, (time.perf_counter() - t0) * 1000)
+        rgb, brightness = await asyncio.to_thread(_decode_and_measure, data, name, self.config.limits.max_pixels)
+        model = self.router.pick(brightness) if params.model == "auto" else params.model
+        answer = await self._call_model(model, rgb, params.max_side)
+        try:
+            body = await asyncio.to_thread(postprocess.apply, rgb, answer["alpha"], params.postprocess())
+        except ValueError as e:
+            raise ApiError(422, str(e)) from None
+        result = CachedResult(
+            body=body, media_type=MEDIA_TYPES[params.format], model=model, brightness=brightness,
+            checkpoint=answer["checkpoint"], width=rgb.shape[1], height=rgb.shape[0],
+        )
+        if answer["checkpoint"] != self.versions.get(model):  # swapped since the key was made
+            self.versions[model] = answer["checkpoint"]
+            key = await asyncio.to_thread(content_key, data, params, self.versions)
+        self.cache.put(key, result)
+        return Outcome(result, False, (time.perf_counter() - t0) * 1000)
+
+    def _params(self, query: MatteParams, fields: dict[str, str]) -> MatteParams:
+        params = merge_params(query, fields)
+        check_against_limits(params, self.config.model_names, self.config.limits.max_side_limit)
+        return params
+
+    async def _record(self, **kwargs: Any) -> str | None:
+        """Add a history entry; a storage failure is logged and does not fail the request."""
+        try:
+            entry = await asyncio.to_thread(self.history.add, **kwargs)
+        except Exception:  # noqa: BLE001 - history is best effort for the response
+            logger.exception("could not record history")
+            return None
+        return entry.id
+
+    # ------------------------------------------------------------------ pages and probes
+    @app.get("/", include_in_schema=False)
+    async def index(self) -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    @app.get("/healthz", summary="Liveness: the ingress answers")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness: every model answers and the history database is readable")
+    async def readyz(self) -> JSONResponse:
+        infos = await self._model_infos()
+        problems = {n: i for n, i in infos.items() if not isinstance(i, dict)}
+        try:
+            await asyncio.to_thread(self.history.ping)
+        except Exception as e:  # noqa: BLE001
+            problems["history"] = f"{type(e).__name__}: {e}"
+        body = {"status": "ready" if not problems else "not ready", "models": sorted(infos), "problems": problems}
+        return JSONResponse(body, status_code=200 if not problems else 503)
+
+    def check_health(self) -> None:
+        self.history.ping()
+
+    # ------------------------------------------------------------------ API
+    @app.get("/v1/models", summary="Served models: names, checkpoints, metrics, and the routing rule")
+    async def list_models(self, request: Request) -> dict[str, Any]:
+        self._authorize(request)
+        infos = await self._model_infos()
+        r = self.config.routing
+        models = []
+        for spec in self.config.models:
+            info = infos.get(spec.name)
+            role = "bright" if spec.name == r.bright_model else ("dark" if spec.name == r.dark_model else "forced only")
+            if isinstance(info, dict):
+                models.append({**info, "role": role})
+            else:
+                models.append({"name": spec.name, "role": role, "error": info})
+        routing = {
+            "threshold": r.threshold,
+            "bright_model": r.bright_model,
+            "dark_model": r.dark_model,
+            "measure": f"mean Rec.601 luma in [0, 1] of a copy downscaled to {MEASURE_SIDE} px on its long side",
+        }
+        return {"models": models, "routing": routing}
+
+    @app.post(
+        "/v1/matte",
+        summary="Matte one image",
+        description=(
+            "Send the image as a multipart file (any field name, e.g. `file`) or as the raw body. "
+            "Parameters in the query string (or as multipart text fields). Returns the image; "
+            "headers X-Matting-Model, X-Matting-Brightness, X-Matting-Cache (hit/miss), "
+            "X-Matting-Checkpoint, X-Matting-Ms, X-Matting-History-Id."
+        ),
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}},
+        openapi_extra={"requestBody": IMAGE_BODY},
+    )
+    async def matte(self, request: Request, query: Annotated[MatteParams, Query()]) -> Response:
+        self._authorize(request)
+        limits = self.config.limits
+        body = await read_body(request, limits.max_upload_bytes + MULTIPART_OVERHEAD)
+        upload = await parse_upload(request, body, max_files=1)
+        params = self._params(query, upload.fields)
+        if not upload.files:
+            raise ApiError(400, "no image in the request: send a multipart file or the image as the body", "no_image")
+        f = upload.files[0]
+        if len(f.data) > limits.max_upload_bytes:
+            raise ApiError(413, f"image is {len(f.data) / 1e6:.1f} MB, the limit is {limits.max_upload_mb:g} MB")
+        out = await self._matte(f.data, f.name, params)
+        res = out.result
+        ext = EXTENSIONS[params.format]
+        headers = {
+            "X-Matting-Model": res.model,
+            "X-Matting-Brightness": f"{res.brightness:.4f}",
+            "X-Matting-Cache": "hit" if out.cache_hit else "miss",
+            "X-Matting-Checkpoint": res.checkpoint,
+            "X-Matting-Ms": f"{out.ms:.1f}",
+            "Content-Disposition": f'inline; filename="{_stem(f.name)}-matte.{ext}"',
+        }
+        if params.history:
+            entry_id = await self._record(
+                kind="image", name=f.name, model=res.model, brightness=res.brightness, params=params.model_dump(),
+                width=res.width, height=res.height, media_type=res.media_type, ext=ext, body=res.body,
+                thumbnail_source=res.body,
+            )
+            if entry_id:
+                headers["X-Matting-History-Id"] = entry_id
+        return Response(res.body, media_type=res.media_type, headers=headers)
+
+    @app.post(
+        "/v1/batch",
+        summary="Matte several images (files or a zip) into one zip with a per-file log",
+        description=(
+            "Send multipart files (any field names; a .zip among them is expanded) or a zip as the raw body. "
+            "Returns a zip: results/<name>.<ext> per image plus log.csv and log.json (file, output, status, "
+            "http_status, model, brightness, cache, ms, error). A bad file is logged, not fatal."
+        ),
+        response_class=Response,
+        responses={200: {"content": {"application/zip": {}}}},
+        openapi_extra={"requestBody": BATCH_BODY},
+    )
+    async def batch(self, request: Request, query: Annotated[MatteParams, Query()]) -> Response:
+        self._authorize(request)
+        limits = self.config.limits
+        body = await read_body(request, limits.max_batch_upload_bytes + MULTIPART_OVERHEAD)
+        upload = await parse_upload(request, body, max_files=limits.max_batch_files)
+        params = self._params(query, upload.fields)
+        files = expand_batch(upload.files, limits.max_batch_files, limits.max_upload_bytes, limits.max_zip_total_bytes)
+        t0 = time.perf_counter()
+        rows = await self._batch_rows(files, params)
+        archive = await asyncio.to_thread(build_zip, rows)
+        ok = [r for r in rows if r.status == "ok"]
+        headers = {
+            "X-Matting-Files": str(len(rows)),
+            "X-Matting-Failed": str(len(rows) - len(ok)),
+            "X-Matting-Ms": f"{(time.perf_counter() - t0) * 1000:.1f}",
+            "Content-Disposition": 'attachment; filename="mattes.zip"',
+        }
+        if params.history:
+            models = sorted({r.model for r in ok})
+            entry_id = await self._record(
+                kind="batch", name=f"{len(rows)} files", model=",".join(models), brightness=None,
+                params=params.model_dump(), width=None, height=None, media_type="application/zip", ext="zip",
+                body=archive, thumbnail_source=ok[0].body if ok else None,
+                summary={"files": len(rows), "ok": len(ok), "failed": len(rows) - len(ok)},
+            )
+            if entry_id:
+                headers["X-Matting-History-Id"] = entry_id
+        return Response(archive, media_type="application/zip", headers=headers)
+
+    async def _batch_rows(self, files: list, params: MatteParams) -> list[BatchRow]:
+        sem = asyncio.Semaphore(self.config.ingress.batch_concurrency)
+        used: set[str] = set()
+        names = [output_name(f.name, EXTENSIONS[params.format], used) for f in files]
+
+        async def one(f: Any, out_name: str) -> BatchRow:
+            async with sem:
+                t0 = time.perf_counter()
+                try:
+                    out = await self._matte(f.data, f.name, params)
+                except ApiError as e:
+                    ms = (time.perf_counter() - t0) * 1000
+                    return BatchRow(f.name, "", "error", e.status, "", None, "", round(ms, 1), e.detail)
+                except Exception as e:  # noqa: BLE001 - one bad file must not fail the batch
+                    logger.exception("batch file %s failed", f.name)
+                    ms = (time.perf_counter() - t0) * 1000
+                    return BatchRow(f.name, "", "error", 500, "", None, "", round(ms, 1), f"internal error ({type(e).__name__})")
+                r = out.result
+                return BatchRow(
+                    f.name, f"results/{out_name}", "ok", 200, r.model, round(r.brightness, 4),
+                    "hit" if out.cache_hit else "miss", round(out.ms, 1), "", r.body,
+                )
+
+        return list(await asyncio.gather(*(one(f, n) for f, n in zip(files, names))))
+
+    @app.get("/v1/history", summary="History, newest first (paginated)")
+    async def history_list(
+        self,
+        request: Request,
+        limit: Annotated[int, Query(ge=1, le=100, description="Entries per page.")] = 20,
+        offset: Annotated[int, Query(ge=0, description="Entries to skip.")] = 0,
+    ) -> dict[str, Any]:
+        self._authorize(request)
+        entries, total = await asyncio.to_thread(self.history.list, limit, offset)
+        nxt = offset + len(entries)
+        return {
+            "items": [e.to_json() for e in entries],
+            "total": total,
+            "limit": limit,
+            "offset": offset,
+            "next_offset": nxt if nxt < total else None,
+        }
+
+    async def _entry(self, request: Request, entry_id: str) -> Entry:
+        self._authorize(request)
+        entry = await asyncio.to_thread(self.history.get, entry_id)
+        if entry is None:
+            raise ApiError(404, f"no history entry {entry_id!r}")
+        return entry
+
+    @app.get("/v1/history/{entry_id}", summary="One history entry")
+    async def history_get(self, request: Request, entry_id: str) -> dict[str, Any]:
+        return (await self._entry(request, entry_id)).to_json()
+
+    @app.get("/v1/history/{entry_id}/result", summary="Download a history entry's result again", response_class=Response)
+    async def history_result(self, request: Request, entry_id: str) -> Response:
+        entry = await self._entry(request, entry_id)
+        try:
+            data = await asyncio.to_thread(self.history.read_result, entry)
+        except FileNotFoundError:
+            raise ApiError(404, f"the result file of {entry_id} is gone from the store") from None
+        name = f"{_stem(entry.name)}-matte.{entry.ext}" if entry.kind == "image" else f"mattes-{entry_id[:8]}.zip"
+        return Response(data, media_type=entry.media_type, headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+    @app.get("/v1/history/{entry_id}/thumbnail", summary="A history entry's thumbnail (PNG)", response_class=Response)
+    async def history_thumbnail(self, request: Request, entry_id: str) -> Response:
+        entry = await self._entry(request, entry_id)
+        data = await asyncio.to_thread(self.history.read_thumbnail, entry)
+        if data is None:
+            raise ApiError(404, f"history entry {entry_id} has no thumbnail")
+        return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
+
+    @app.delete("/v1/history/{entry_id}", summary="Delete a history entry and its files")
+    async def history_delete(self, request: Request, entry_id: str) -> dict[str, Any]:
+        entry = await self._entry(request, entry_id)
+        await asyncio.to_thread(self.history.delete, entry.id)
+        return {"deleted": entry.id}
+
+    @app.get("/v1/stats", summary="This ingress replica's counters: cache and model calls")
+    async def stats(self, request: Request) -> dict[str, Any]:
+        self._authorize(request)
+        return {"cache": self.cache.stats(), "model_calls": self.model_calls, "model_retries": self.model_retries}

@@ -1,0 +1,122 @@
+"""The model deployment: one Serve deployment per configured model, dynamic batching, hot swap.
+
+``MattingModel`` wraps a :class:`matting_lib.predictor.Predictor`. Requests are uint8 RGB
+arrays (decoded and checked by the ingress); answers are float32 alphas at the input's size.
+
+Hot swap: the checkpoint URI is the deployment's ``user_config`` (``{"checkpoint": URI}``).
+Changing it (``serve deploy`` with a new ``user_config``) calls :meth:`MattingModel.reconfigure`
+on the running replicas: the new checkpoint loads in a worker thread while the old model
+keeps answering, then one reference assignment switches. A batch already running finishes
+on the model it started with, so no request fails and none mixes two models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Mapping
+
+import numpy as np
+from ray import serve
+
+from matting_lib.config import to_dict
+from matting_lib.predictor import Predictor
+from serve_app.config import ModelDeploymentSettings
+
+logger = logging.getLogger("ray.serve")
+
+UNHEALTHY_AFTER_FAILURES = 3
+"""Consecutive failed batches after which check_health asks Serve to replace the replica."""
+
+
+def parse_user_config(user_config: Mapping[str, Any] | None, default_checkpoint: str) -> str:
+    """The checkpoint URI a ``user_config`` asks for (``default_checkpoint`` when it names none)."""
+    cfg = dict(user_config or {})
+    unknown = sorted(set(cfg) - {"checkpoint"})
+    if unknown:
+        raise ValueError(f"user_config: unknown key {unknown[0]!r} (valid keys: checkpoint)")
+    uri = cfg.get("checkpoint") or default_checkpoint
+    if not isinstance(uri, str):
+        raise ValueError(f"user_config.checkpoint must be a string URI, got {uri!r}")
+    return uri
+
+
+@serve.deployment(name="model", ray_actor_options={"num_cpus": 0.25})
+class MattingModel:
+    """Serves one checkpoint. Methods: ``predict`` (batched), ``info``, ``check_health``, ``reconfigure``."""
+
+    def __init__(self, name: str, checkpoint: str, settings: ModelDeploymentSettings):
+        self.name = name
+        self.settings = settings
+        self.default_checkpoint = checkpoint
+        self.predictor = self._load(checkpoint)
+        self.checkpoint = checkpoint
+        self.loaded_at = time.time()
+        self.swaps = 0
+        self.images = 0
+        self.batches = 0
+        self.consecutive_failures = 0
+        self.predict.set_max_batch_size(settings.max_batch_size)
+        self.predict.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+
+    def _load(self, uri: str) -> Predictor:
+        s = self.settings
+        t0 = time.perf_counter()
+        predictor = Predictor.from_checkpoint(uri, device=s.device, max_side=s.max_side, batch_size=s.max_batch_size)
+        logger.info("model %s: loaded %s in %.2f s", self.name, uri, time.perf_counter() - t0)
+        return predictor
+
+    async def reconfigure(self, user_config: Mapping[str, Any] | None) -> None:
+        """Hot swap to ``user_config['checkpoint']`` if it differs from the one served."""
+        uri = parse_user_config(user_config, self.default_checkpoint)
+        if uri == self.checkpoint:
+            return
+        predictor = await asyncio.to_thread(self._load, uri)
+        self.predictor, self.checkpoint, self.loaded_at = predictor, uri, time.time()
+        self.swaps += 1
+
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
+    async def predict(self, requests: list[tuple[np.ndarray, int | None]]) -> list[dict[str, Any]]:
+        """Alphas for ``(rgb, max_side)`` requests; ``max_side`` None = the configured one.
+
+        Returns, per request, ``{"alpha": float32 (H, W) in [0, 1], "model", "checkpoint"}``.
+        """
+        predictor, checkpoint = self.predictor, self.checkpoint  # one model for the whole batch
+        groups: dict[int, list[int]] = {}
+        for i, (_, side) in enumerate(requests):
+            groups.setdefault(side or self.settings.max_side, []).append(i)
+        alphas: list[np.ndarray | None] = [None] * len(requests)
+        try:
+            for side, idx in groups.items():
+                out = await asyncio.to_thread(predictor.predict_batch, [requests[i][0] for i in idx], side)
+                for i, a in zip(idx, out):
+                    alphas[i] = a
+        except Exception:
+            self.consecutive_failures += 1
+            raise
+        self.consecutive_failures = 0
+        self.images += len(requests)
+        self.batches += 1
+        return [{"alpha": a, "model": self.name, "checkpoint": checkpoint} for a in alphas]
+
+    def info(self) -> dict[str, Any]:
+        """What this replica serves: name, checkpoint, the checkpoint's metrics, counters."""
+        meta = self.predictor.metadata
+        return {
+            "name": self.name,
+            "checkpoint": self.checkpoint,
+            "metrics": meta.get("metrics", {}),
+            "model_config": to_dict(meta["model_config"]) if meta.get("model_config") else None,
+            "device": str(self.predictor.device),
+            "max_side": self.predictor.max_side,
+            "loaded_at": self.loaded_at,
+            "swaps": self.swaps,
+            "images": self.images,
+            "batches": self.batches,
+        }
+
+    def check_health(self) -> None:
+        """Raise (Serve then restarts the replica) when the model keeps failing."""
+        if self.consecutive_failures >= UNHEALTHY_AFTER_FAILURES:
+            raise RuntimeError(f"model {self.name}: {self.consecutive_failures} batches in a row failed")

@@ -1,0 +1,104 @@
+"""Request parameters of /v1/matte and /v1/batch: the seeds' post-processing plus model and size.
+
+Parameters come from the query string (documented in the OpenAPI page) and, for multipart
+uploads, from text form fields, which win over the query. Any bad value -> 422 naming it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal, Mapping, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from matting_lib.postprocess import MAX_EROSION, MAX_FEATHER, PostprocessParams, parse_color
+from serve_app.errors import ApiError
+
+
+class MatteParams(BaseModel):
+    """What to compute and how to deliver it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field("auto", description="'auto' (brightness routing) or a model name from /v1/models to force it.")
+    output: Literal["rgba", "alpha", "composite"] = Field(
+        "rgba", description="'rgba' cut-out, bare 'alpha' matte, or 'composite' on the background colour."
+    )
+    background: Optional[str] = Field(
+        None, description="Background colour '#rrggbb' or '#rgb' for 'composite' (and 'rgba' as JPEG); default white."
+    )
+    format: Literal["png", "jpeg", "webp"] = Field("png", description="Encoding of the result ('jpg' = 'jpeg').")
+    threshold: float = Field(0.0, ge=0.0, le=1.0, description="Alpha below this becomes 0, in [0, 1].")
+    erosion: int = Field(0, ge=0, le=MAX_EROSION, description="Erosion kernel diameter in px (0 or 1 = off).")
+    feather: int = Field(0, ge=0, le=MAX_FEATHER, description="Feathering radius in px (0 = off).")
+    decontaminate: bool = Field(False, description="Remove background colour bleed from the foreground (slower).")
+    quality: int = Field(90, ge=1, le=100, description="JPEG/WebP quality.")
+    max_side: Optional[int] = Field(
+        None, ge=32, le=8192, description="Long side (px) the network works at; default from the server config."
+    )
+    history: bool = Field(True, description="Record the result in the history.")
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _jpg(cls, v: Any) -> Any:
+        return "jpeg" if isinstance(v, str) and v.lower() in ("jpg", "jpeg") else (v.lower() if isinstance(v, str) else v)
+
+    @field_validator("background")
+    @classmethod
+    def _colour(cls, v: Optional[str]) -> Optional[str]:
+        if v in (None, ""):
+            return None
+        parse_color(v)  # raises ValueError with the accepted forms
+        return v
+
+    def postprocess(self) -> PostprocessParams:
+        """The matting_lib post-processing settings."""
+        return PostprocessParams(
+            output=self.output,
+            background=self.background,
+            format=self.format,
+            threshold=self.threshold,
+            erosion=self.erosion,
+            feather=self.feather,
+            decontaminate=self.decontaminate,
+            quality=self.quality,
+        )
+
+    def result_key(self) -> str:
+        """Everything that changes the result bytes, as a stable string (for the cache)."""
+        data = self.model_dump(exclude={"history"})
+        return json.dumps(data, sort_keys=True)
+
+
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+
+
+def merge_params(query: MatteParams, form: Mapping[str, str]) -> MatteParams:
+    """Query parameters overridden by multipart text fields; 422 naming the bad field."""
+    if not form:
+        return query
+    data = query.model_dump(exclude_unset=True)
+    data.update(form)
+    try:
+        return MatteParams.model_validate(data)
+    except ValidationError as e:
+        parts = [f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
+        raise ApiError(422, "; ".join(parts)) from None
+
+
+def check_against_limits(params: MatteParams, model_names: list[str], max_side_limit: int) -> None:
+    """Checks that need the server config: a known model and an allowed ``max_side``."""
+    if params.model != "auto" and params.model not in model_names:
+        raise ApiError(422, f"model: unknown model {params.model!r}; use 'auto' or one of {', '.join(model_names)}")
+    if params.max_side is not None and params.max_side > max_side_limit:
+        raise ApiError(422, f"max_side: must be <= {max_side_limit}, got {params.max_side}")
+
+
+def content_key(data: bytes, params: MatteParams, versions: Mapping[str, str]) -> str:
+    """Cache key: the image's SHA-256, the result parameters, and the checkpoint each model serves now."""
+    h = hashlib.sha256(data)
+    h.update(b"\0" + params.result_key().encode())
+    h.update(b"\0" + json.dumps(dict(versions), sort_keys=True).encode())
+    return h.hexdigest()

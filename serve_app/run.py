@@ -1,0 +1,177 @@
+"""``python -m serve_app``: serve the matting app on a local Ray cluster (what ``make serve`` runs).
+
+    python -m serve_app [--config serve_app/config.yaml] [--host 127.0.0.1] [--port 8000]
+                        [--address RAY_ADDRESS] [key=value ...]
+
+1. Reads the Serve config file (checked against Ray's ``ServeDeploySchema``) and the app's
+   ``args`` with ``key=value`` overrides (``models.0.checkpoint=s3://bucket/base.pt``).
+2. Checks that every checkpoint exists and is a readable matting checkpoint; if not, prints
+   which one and how to get it, and exits 2 (no traceback).
+3. Starts a fresh local Ray cluster on 127.0.0.1 (fractional resources, small object store),
+   or connects to ``--address`` / ``$RAY_ADDRESS``. It never attaches silently to another
+   cluster on the machine, since Ctrl-C would then stop someone else's Serve.
+4. Deploys the app, prints ``http://HOST:PORT``, and serves until Ctrl-C or SIGTERM, then
+   shuts Serve (and a cluster it started) down and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from matting_lib.config import ConfigError
+from serve_app.config import DEFAULT_CONFIG_PATH, ServeConfig, app_entry, load_serve_yaml, serve_config_from_args, with_resolved_paths
+
+FORWARDED_ENV = (
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
+    "AWS_EC2_METADATA_DISABLED", "MATTING_S3_CONNECT_TIMEOUT", "MATTING_S3_READ_TIMEOUT", "MATTING_S3_MAX_ATTEMPTS",
+)
+"""Environment variables the replicas need (S3 access); the API key variable is added from the config."""
+
+OBJECT_STORE_BYTES = 256 * 1024 * 1024
+
+HOW_TO_GET_MODELS = (
+    "The shipped models are models/base.pt and models/lowlight.pt in the repository (see models/README.md for\n"
+    "the commands that train them with `python -m ray_jobs.train`). To serve other checkpoints, point the config\n"
+    "at them, e.g.  python -m serve_app models.0.checkpoint=s3://bucket/base.pt models.1.checkpoint=/path/lowlight.pt"
+)
+
+
+def fail(msg: str, code: int = 2) -> None:
+    print(f"error: {msg}", file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m serve_app", description="Serve the matting app on a local Ray cluster.")
+    p.add_argument("--config", default=str(DEFAULT_CONFIG_PATH), help="Serve config file (default: serve_app/config.yaml)")
+    p.add_argument("--host", default=None, help="HTTP host (default: the config's, 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="HTTP port (default: the config's, 8000)")
+    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="connect to this Ray cluster instead of starting one")
+    p.add_argument("--num-cpus", type=float, default=None, help="CPUs of a started cluster (default: all)")
+    p.add_argument("--temp-dir", default=None, help="Ray's temp/session folder for a started cluster")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of the app's args, e.g. routing.threshold=0.25")
+    return p.parse_args(argv)
+
+
+def load(args: argparse.Namespace) -> tuple[ServeConfig, ServeConfig, str, int, str]:
+    """(config as written, config with absolute paths, host, port, app name); exit 2 on a config error."""
+    try:
+        serve_yaml = load_serve_yaml(args.config)
+        entry = app_entry(serve_yaml)
+        cfg = serve_config_from_args(entry.get("args"), args.overrides)
+    except ConfigError as e:
+        fail(f"config: {e}")
+    http = serve_yaml.get("http_options") or {}
+    host = args.host or http.get("host") or "127.0.0.1"
+    port = args.port or int(http.get("port") or 8000)
+    return cfg, with_resolved_paths(cfg), host, port, entry.get("name", "matting")
+
+
+def check_checkpoints(cfg: ServeConfig) -> None:
+    """Exit 2 naming the first model whose checkpoint is missing or unreadable."""
+    from matting_lib.checkpoint import CheckpointError, load_checkpoint
+    from matting_lib.io import StorageError
+
+    for spec in cfg.models:
+        try:
+            load_checkpoint(spec.checkpoint)
+        except CheckpointError as e:
+            if "not found" in str(e):
+                fail(f"the checkpoint of model '{spec.name}' does not exist: {spec.checkpoint}\n{HOW_TO_GET_MODELS}")
+            fail(f"the checkpoint of model '{spec.name}' is not usable: {e}")
+        except StorageError as e:
+            fail(f"the checkpoint of model '{spec.name}' cannot be read: {e}")
+
+
+def check_port_free(host: str, port: int) -> None:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            fail(f"cannot listen on {host}:{port} ({e.strerror}); is another server running? Use --port.")
+
+
+def start_ray(args: argparse.Namespace, cfg: ServeConfig) -> bool:
+    """Connect to ``--address`` or start a local cluster; True if this process started it."""
+    import ray
+
+    env = {k: os.environ[k] for k in (*FORWARDED_ENV, cfg.api_key_env) if k and k in os.environ}
+    runtime_env = {"env_vars": env}
+    if args.address:
+        print(f"connecting to the Ray cluster at {args.address} ...", flush=True)
+        ray.init(address=args.address, runtime_env=runtime_env, logging_level=logging.WARNING)
+        return False
+    cpus = args.num_cpus or float(os.cpu_count() or 2)
+    print(f"starting a local Ray cluster ({cpus:g} CPUs, 127.0.0.1) ...", flush=True)
+    ray.init(
+        num_cpus=cpus, object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False, _node_ip_address="127.0.0.1",
+        _temp_dir=args.temp_dir, runtime_env=runtime_env, logging_level=logging.WARNING,
+    )
+    return True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    raw_cfg, cfg, host, port, name = load(args)
+    check_checkpoints(cfg)
+    check_port_free(host, port)
+
+    from ray import serve
+
+    from serve_app.app import build_from_config
+
+    started = start_ray(args, cfg)
+    stop = False
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        print("deploying " + ", ".join(f"{m.name} ({m.checkpoint})" for m in cfg.models) + " ...", flush=True)
+        serve.start(http_options={"host": host, "port": port}, proxy_location="HeadOnly")
+        serve.run(build_from_config(raw_cfg), name=name, route_prefix="/", logging_config={"log_level": "WARNING"})
+        print(f"\nThe matting service is ready: http://{host}:{port}", flush=True)
+        print(f"  web UI http://{host}:{port}/   API docs http://{host}:{port}/docs   Ctrl-C stops it\n", flush=True)
+        while not stop:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    except Exception as e:  # noqa: BLE001 - a deploy failure is reported in one line; details are in Ray's log above
+        print(f"error: the app failed to start: {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}",
+              file=sys.stderr, flush=True)
+        shutdown(started, name)
+        return 1
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the clean-up
+    print("stopping ...", flush=True)
+    shutdown(started, name)
+    print("stopped.", flush=True)
+    return 0
+
+
+def shutdown(started: bool, name: str) -> None:
+    """Stop what this process started: the whole Serve instance and cluster, or only its app."""
+    import ray
+    from ray import serve
+
+    try:
+        if started:
+            serve.shutdown()
+        else:
+            serve.delete(name)
+    finally:
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

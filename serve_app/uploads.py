@@ -1,0 +1,188 @@
+"""Reading uploads safely: bounded bodies, multipart or raw images, and zip archives.
+
+Nothing here trusts the client: the body is read up to a byte limit (413 past it, checked
+against Content-Length first so a large upload is refused before it is read), multipart
+parts are counted, and zip archives are checked entry by entry (count, declared and real
+uncompressed size, names) before any entry is used. Errors are :class:`ApiError` (JSON 4xx).
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import re
+import zipfile
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+
+from serve_app.errors import ApiError
+
+MULTIPART_OVERHEAD = 64 * 1024
+"""Bytes allowed on top of the file limit for multipart boundaries and text fields."""
+MAX_FORM_FIELDS = 32
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+@dataclass(frozen=True)
+class UploadedFile:
+    """One uploaded file: its client-side name (a basename, or a path inside a zip) and bytes."""
+
+    name: str
+    data: bytes
+
+
+@dataclass
+class Upload:
+    """What a request carried: files and text form fields."""
+
+    files: list[UploadedFile] = field(default_factory=list)
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole request body, or 413 once it exceeds ``limit`` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"request body is {_mb(int(declared))}, the limit is {_mb(limit)}")
+    buf = bytearray()
+    async for chunk in request.stream():
+        buf += chunk
+        if len(buf) > limit:
+            raise ApiError(413, f"request body is over the {_mb(limit)} limit")
+    return bytes(buf)
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+def _basename(name: str | None) -> str:
+    """A client file name reduced to its last path component ('' if none)."""
+    return posixpath.basename((name or "").replace("\\", "/")).strip()
+
+
+async def parse_upload(request: Request, body: bytes, max_files: int) -> Upload:
+    """Files and fields of a multipart body, or the raw body as one file named by ``X-Filename``."""
+    ctype = request.headers.get("content-type", "")
+    if not ctype.lower().startswith("multipart/form-data"):
+        name = _basename(request.headers.get("x-filename")) or "upload"
+        return Upload(files=[UploadedFile(name, body)] if body else [])
+    parser = MultiPartParser(
+        request.headers, _once(body), max_files=max_files, max_fields=MAX_FORM_FIELDS, max_part_size=MULTIPART_OVERHEAD
+    )
+    try:
+        form = await parser.parse()
+    except MultiPartException as e:
+        raise ApiError(400, f"malformed multipart upload: {e.message}") from None
+    upload = Upload()
+    try:
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                data = await value.read()
+                upload.files.append(UploadedFile(_basename(value.filename) or key, data))
+            else:
+                upload.fields[key] = value
+    finally:
+        await form.close()
+    return upload
+
+
+def is_zip(f: UploadedFile) -> bool:
+    return f.data[:4] in ZIP_MAGIC
+
+
+_UNSAFE = re.compile(r"(^|/)\.\.(/|$)")
+
+
+def safe_member_name(name: str) -> str:
+    """A zip entry name, or 400 for an absolute path, a drive letter, '..', or control characters."""
+    n = name.replace("\\", "/")
+    if (
+        n.startswith("/")
+        or re.match(r"^[A-Za-z]:", n)
+        or _UNSAFE.search(n)
+        or any(ord(c) < 32 for c in n)
+    ):
+        raise ApiError(400, f"zip entry {name!r} has an unsafe path (absolute, drive letter or '..')", "unsafe_zip_path")
+    while n.startswith("./"):
+        n = n[2:]
+    return n
+
+
+def _skipped(name: str) -> bool:
+    """Directories and OS metadata that are not user files (__MACOSX, .DS_Store, dotfiles)."""
+    parts = name.split("/")
+    return name.endswith("/") or parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts if p)
+
+
+def read_zip(data: bytes, max_entries: int, max_entry_bytes: int, max_total_bytes: int) -> list[UploadedFile]:
+    """The files of a zip archive after every check; 400 for a bad archive, 413 for a too large one.
+
+    Entry sizes are checked as declared in the central directory, and again while reading
+    (a forged header cannot smuggle a larger entry).
+    """
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, ValueError, EOFError) as e:
+        raise ApiError(400, f"not a readable zip archive ({e})", "bad_zip") from None
+    with zf:
+        infos = [i for i in zf.infolist()]
+        names = [safe_member_name(i.filename) for i in infos]  # any unsafe name rejects the whole archive
+        entries = [(i, n) for i, n in zip(infos, names) if not _skipped(n)]
+        if len(entries) > max_entries:
+            raise ApiError(413, f"zip has {len(entries)} files, the limit is {max_entries}", "too_many_files")
+        total = 0
+        for info, name in entries:
+            if info.file_size > max_entry_bytes:
+                raise ApiError(413, f"zip entry {name!r} is {_mb(info.file_size)} uncompressed, the limit is {_mb(max_entry_bytes)}")
+            total += info.file_size
+        if total > max_total_bytes:
+            raise ApiError(413, f"zip holds {_mb(total)} uncompressed, the limit is {_mb(max_total_bytes)}")
+        files = []
+        for info, name in entries:
+            try:
+                with zf.open(info) as f:
+                    content = f.read(max_entry_bytes + 1)
+            except (zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError, OSError) as e:
+                raise ApiError(400, f"zip entry {name!r} cannot be read ({e})", "bad_zip") from None
+            if len(content) > max_entry_bytes:
+                raise ApiError(413, f"zip entry {name!r} is larger than declared and over {_mb(max_entry_bytes)}")
+            files.append(UploadedFile(name, content))
+    return files
+
+
+def expand_batch(files: list[UploadedFile], max_files: int, max_entry_bytes: int, max_total_bytes: int) -> list[UploadedFile]:
+    """Uploaded files with every zip replaced by its entries; 400 if empty, 413 if too many or too large."""
+    out: list[UploadedFile] = []
+    for f in files:
+        if is_zip(f):
+            out.extend(read_zip(f.data, max_files, max_entry_bytes, max_total_bytes))
+        else:
+            if len(f.data) > max_entry_bytes:
+                raise ApiError(413, f"file {f.name!r} is {_mb(len(f.data))}, the limit is {_mb(max_entry_bytes)}")
+            out.append(f)
+        if len(out) > max_files:
+            raise ApiError(413, f"batch has more than {max_files} files", "too_many_files")
+    if not out:
+        raise ApiError(400, "no files in the request: send multipart 'files' fields or a zip", "no_files")
+    return out
+
+
+def output_name(name: str, ext: str, used: set[str]) -> str:
+    """``dir/stem.<ext>`` for an input name, made unique within ``used`` (which it updates)."""
+    clean = re.sub(r"[^A-Za-z0-9._/-]+", "_", name).strip("/") or "image"
+    stem = posixpath.splitext(clean)[0] or "image"
+    candidate, k = f"{stem}.{ext}", 1
+    while candidate in used:
+        k += 1
+        candidate = f"{stem}-{k}.{ext}"
+    used.add(candidate)
+    return candidate

@@ -1,0 +1,215 @@
+"""The Serve app's parts without a cluster: config, Ray's schema, cache, history, upload checks, launcher errors."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from matting_lib.config import ConfigError
+from serve_app.cache import ENTRY_OVERHEAD, CachedResult, ResultCache
+from serve_app.config import (
+    DEFAULT_CONFIG_PATH, REPO_ROOT, HistorySettings, ServeConfig, app_entry, load_serve_yaml, serve_config_from_args,
+    with_resolved_paths,
+)
+from serve_app.errors import ApiError
+from serve_app.history import History
+from serve_app.uploads import UploadedFile, expand_batch, output_name, read_zip
+from tests.serve_helpers import encode, photo
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_shipped_config_is_a_valid_serve_config_and_app_config():
+    from ray.serve.schema import ServeDeploySchema
+
+    data = load_serve_yaml(DEFAULT_CONFIG_PATH)
+    schema = ServeDeploySchema.model_validate(data)
+    assert [a.import_path for a in schema.applications] == ["serve_app.app:build_app"]
+    assert schema.http_options.host == "127.0.0.1" and schema.http_options.port == 8000
+    cfg = serve_config_from_args(app_entry(data)["args"])
+    assert cfg.model_names == ["base", "lowlight"]
+    assert cfg == ServeConfig()  # the file spells out the defaults
+    md = cfg.model_deployment
+    assert 0.1 <= md.num_cpus <= 0.25 and 0.1 <= cfg.ingress.num_cpus <= 0.25
+    assert md.num_cpus * 2 * md.autoscaling.max_replicas + cfg.ingress.num_cpus <= 2  # fits on 2 CPUs
+    resolved = with_resolved_paths(cfg)
+    assert resolved.models[0].checkpoint == str(REPO_ROOT / "models" / "base.pt")
+    assert resolved.history.db_path == str(REPO_ROOT / ".serve_data" / "history.sqlite")
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("limits.max_upload_mb=0", "limits.max_upload_mb"),
+        ("routing.dark_model=night", "routing.dark_model"),
+        ("model_deployment.autoscaling.max_replicas=0", "model_deployment.autoscaling.max_replicas"),
+        ("cache.size=3", "cache.size"),
+        ("history.db_path=s3://b/h.sqlite", "history.db_path"),
+        ("model_deployment.num_cpus=fast", "model_deployment.num_cpus"),
+    ],
+)
+def test_config_errors_name_the_key(override, key):
+    args = app_entry(load_serve_yaml(DEFAULT_CONFIG_PATH))["args"]
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        serve_config_from_args(args, [override])
+
+
+def test_api_key_from_config_or_environment(monkeypatch):
+    monkeypatch.delenv("MATTING_API_KEY", raising=False)
+    assert ServeConfig().resolve_api_key() == ""
+    monkeypatch.setenv("MATTING_API_KEY", "from-env")
+    assert ServeConfig().resolve_api_key() == "from-env"
+    assert ServeConfig(api_key="from-config").resolve_api_key() == "from-config"
+
+
+def test_bad_yaml_is_rejected_by_rays_schema(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("applications:\n  - name: x\n    import_path: 3\n    route_prefix: no-slash\n")
+    with pytest.raises(ConfigError, match="not a valid Serve config"):
+        load_serve_yaml(bad)
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def _result(n: int) -> CachedResult:
+    return CachedResult(b"x" * n, "image/png", "base", 0.5, "ck", 1, 1)
+
+
+def test_cache_is_bounded_in_bytes_and_evicts_least_recently_used():
+    cache = ResultCache(3 * (1000 + ENTRY_OVERHEAD))
+    for k in "abc":
+        cache.put(k, _result(1000))
+    assert cache.get("a") is not None  # a is now the most recent
+    cache.put("d", _result(1000))
+    assert cache.get("b") is None and cache.get("a") is not None and cache.get("d") is not None
+    assert cache.bytes <= cache.max_bytes and len(cache) == 3 and cache.evictions == 1
+    cache.put("huge", _result(10_000))  # larger than the whole cache: not stored, nothing evicted
+    assert cache.get("huge") is None and len(cache) == 3
+    assert ResultCache(0).max_bytes == 0
+
+
+# --------------------------------------------------------------------------- history
+
+
+def _add(h: History, name: str) -> str:
+    body = encode(photo(40, 30, "bright"))
+    return h.add(
+        kind="image", name=name, model="base", brightness=0.5, params={"format": "png"}, width=30, height=40,
+        media_type="image/png", ext="png", body=body, thumbnail_source=body,
+    ).id
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("store", ["local", "s3"])
+def test_history_persists_prunes_and_deletes_files(tmp_path, request, store):
+    store_uri = str(tmp_path / "results") if store == "local" else request.getfixturevalue("s3_bucket") + "/history"
+    settings = HistorySettings(db_path=str(tmp_path / "h.sqlite"), store_uri=store_uri, max_entries=3)
+    h = History(settings)
+    ids = [_add(h, f"{i}.png") for i in range(5)]
+    reopened = History(settings)  # a restart: a new process opens the same database
+    entries, total = reopened.list(10, 0)
+    assert total == 3 and [e.id for e in entries] == ids[:1:-1]  # newest first, the two oldest pruned
+    assert reopened.get(ids[0]) is None
+    from matting_lib import io as mio
+
+    assert not mio.exists(mio.join(store_uri, "results", f"{ids[0]}.png"))
+    assert reopened.read_result(entries[0]).startswith(b"\x89PNG")
+    assert reopened.read_thumbnail(entries[0]).startswith(b"\x89PNG")
+    assert reopened.delete(ids[-1]) and not reopened.delete(ids[-1])
+    assert not mio.exists(mio.join(store_uri, "thumbs", f"{ids[-1]}.png"))
+    assert reopened.get("../../etc/passwd") is None
+
+
+def test_history_age_retention(tmp_path):
+    h = History(HistorySettings(db_path=str(tmp_path / "h.sqlite"), store_uri=str(tmp_path / "r"), max_age_days=1e-6))
+    first = _add(h, "old.png")
+    time.sleep(0.2)
+    _add(h, "new.png")
+    assert h.get(first) is None
+
+
+# --------------------------------------------------------------------------- uploads
+
+
+def _zip(entries: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for n, d in entries.items():
+            zf.writestr(n, d)
+    return buf.getvalue()
+
+
+def test_zip_entries_skip_metadata_and_keep_order():
+    data = _zip({"a.png": b"1", "dir/": b"", "__MACOSX/._a.png": b"x", ".DS_Store": b"x", "./dir/b.png": b"2"})
+    assert [(f.name, f.data) for f in read_zip(data, 10, 100, 1000)] == [("a.png", b"1"), ("dir/b.png", b"2")]
+
+
+@pytest.mark.parametrize(
+    "entries,status",
+    [
+        ({"../x.png": b"1"}, 400),
+        ({"a/../../x.png": b"1"}, 400),
+        ({"C:/x.png": b"1"}, 400),
+        ({"/abs.png": b"1"}, 400),
+        ({f"{i}.png": b"1" for i in range(11)}, 413),
+        ({"big.png": b"\0" * 101}, 413),
+        ({f"{i}.png": b"\0" * 90 for i in range(12)}, 413),
+    ],
+)
+def test_zip_limits(entries, status):
+    with pytest.raises(ApiError) as e:
+        read_zip(_zip(entries), 10, 100, 1000)
+    assert e.value.status == status
+
+
+def test_batch_expansion_and_output_names():
+    files = [UploadedFile("a.png", b"1"), UploadedFile("z.zip", _zip({"a.jpg": b"2", "s/c.png": b"3"}))]
+    out = expand_batch(files, 5, 100, 1000)
+    assert [f.name for f in out] == ["a.png", "a.jpg", "s/c.png"]
+    used: set[str] = set()
+    assert [output_name(f.name, "png", used) for f in out] == ["a.png", "a-2.png", "s/c.png"]
+    assert output_name("we ird:name.jpeg", "webp", used) == "we_ird_name.webp"
+    with pytest.raises(ApiError) as e:
+        expand_batch([], 5, 100, 1000)
+    assert e.value.status == 400
+    with pytest.raises(ApiError) as e:
+        expand_batch([UploadedFile(f"{i}", b"1") for i in range(6)], 5, 100, 1000)
+    assert e.value.status == 413
+
+
+# --------------------------------------------------------------------------- launcher errors
+
+
+def _launcher(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "serve_app", *args], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+
+
+@pytest.mark.timeout(150)
+def test_launcher_names_a_missing_checkpoint(tmp_path):
+    from tests.serve_helpers import make_checkpoint
+
+    base = make_checkpoint(tmp_path / "base.pt", 1)
+    missing = tmp_path / "nowhere" / "lowlight.pt"
+    r = _launcher(f"models.0.checkpoint={base}", f"models.1.checkpoint={missing}")
+    assert r.returncode == 2
+    assert "model 'lowlight'" in r.stderr and str(missing) in r.stderr and "models/README.md" in r.stderr
+    assert "Traceback" not in r.stderr
+
+    (tmp_path / "broken.pt").write_bytes(b"PK\x03\x04 not really")
+    r = _launcher(f"models.0.checkpoint={tmp_path / 'broken.pt'}")
+    assert r.returncode == 2 and "model 'base'" in r.stderr and "not usable" in r.stderr and "Traceback" not in r.stderr
+
+    r = _launcher("routing.threshold=3")
+    assert r.returncode == 2 and "routing.threshold" in r.stderr and "Traceback" not in r.stderr
