@@ -27,12 +27,14 @@ What is scored, per image of ``--split`` (``all``: every split file present):
 Outputs under ``--out`` (local folder or ``s3://``): ``per_image.csv`` (one row per image,
 condition and model), ``summary.json`` and ``summary.md`` (conditions, parameters, models,
 per-condition per-model means, router accuracy) and ``grid.png`` (input | ground truth |
-each model, the first ``--grid`` images, each condition). One progress line per image.
+each model, the first ``--grid`` images, each condition); with ``--save-alphas`` also every
+predicted alpha as ``alphas/<condition>/<model>/<name>.png`` (8-bit). One progress line per
+image.
 
 Parallelism: by default everything runs in this process (fine on a 2-CPU laptop: torch
 uses the cores for each forward pass). ``--ray`` (or ``--address``) scores images as Ray
-tasks of ``--task-cpus`` CPUs each (fractional, default 0.5), each worker loading the
-checkpoints once; results are identical. Exit status: 0 all images scored, 1 some images
+tasks of ``--task-cpus`` CPUs each (fractional, default 0.5; ``--task-gpus`` for
+``--device cuda``), each worker loading the checkpoints once; results are identical. Exit status: 0 all images scored, 1 some images
 failed (outputs still written, failures listed), 2 bad options, checkpoint or dataset (one
 ``error:`` line).
 """
@@ -59,6 +61,7 @@ from matting_lib import io, metrics
 from matting_lib.baselines import GrabCutParams, grabcut_alpha
 from matting_lib.checkpoint import CheckpointError
 from matting_lib.data.dataset import DatasetError, load_sample, read_split
+from matting_lib.data.decode import encode_png
 from matting_lib.data.lowlight import darken
 from matting_lib.predictor import DEFAULT_MAX_SIDE, Predictor
 from matting_lib.report import ReportRow, save_grid
@@ -130,6 +133,8 @@ class EvalSpec:
     device: str = "auto"
     grid_names: frozenset[str] = frozenset()
     """Images whose inputs and predictions come back for the visual grid."""
+    alphas_uri: str = ""
+    """When set, every prediction is written as ``<alphas_uri>/<condition>/<model>/<name>.png``."""
 
     @property
     def router(self) -> BrightnessRouter:
@@ -194,6 +199,10 @@ def score_condition(name: str, condition: str, image: np.ndarray, alpha_gt: np.n
     base = {"image": name, "condition": condition, "routed_to": "", "router_correct": "",
             "brightness": round(brightness, 5), "height": h, "width": w, "has_trimap": trimap is not None}
     preds = predictions(image, spec)
+    if spec.alphas_uri:
+        for model, (alpha, _) in preds.items():
+            png = encode_png(np.rint(alpha * 255).astype(np.uint8))
+            io.write_bytes(io.join(spec.alphas_uri, condition, model, f"{name}.png"), png)
     by_model = {}
     for model, (alpha, ms) in preds.items():
         by_model[model] = {**base, "model": model, "ms": round(ms, 1), **score(alpha, alpha_gt, trimap)}
@@ -249,19 +258,25 @@ def run_local(names: Sequence[str], spec: EvalSpec) -> list[ImageResult]:
     return results
 
 
-def run_ray(names: Sequence[str], spec: EvalSpec, address: str | None, task_cpus: float) -> list[ImageResult]:
-    """One Ray task per image (``task_cpus`` CPUs); progress as tasks finish; results in input order."""
+def run_ray(names: Sequence[str], spec: EvalSpec, address: str | None, task_cpus: float,
+            task_gpus: float = 0.0) -> list[ImageResult]:
+    """One Ray task per image (``task_cpus`` CPUs, ``task_gpus`` GPUs); progress as tasks
+    finish; results in input order. A task that dies (worker crash) is one failed image."""
     import ray
 
     init_ray(address)
-    task = ray.remote(num_cpus=task_cpus, max_retries=1)(score_image)
+    task = ray.remote(num_cpus=task_cpus, num_gpus=task_gpus, max_retries=1)(score_image)
     spec_ref = ray.put(spec)
     pending = {task.remote(name, spec_ref): name for name in names}
     done: dict[str, ImageResult] = {}
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
-        res = ray.get(ready[0])
-        done[pending.pop(ready[0])] = res
+        name = pending.pop(ready[0])
+        try:
+            res = ray.get(ready[0])
+        except ray.exceptions.RayError as e:
+            res = ImageResult(name, error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        done[name] = res
         print(progress_line(len(done), len(names), res), flush=True)
     return [done[n] for n in names]
 
@@ -508,6 +523,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--ray", action="store_true", help="score images as Ray tasks")
     p.add_argument("--address", default=None, help="Ray cluster address (implies --ray)")
     p.add_argument("--task-cpus", type=float, default=0.5, help="CPUs per Ray scoring task (default 0.5)")
+    p.add_argument("--task-gpus", type=float, default=0.0,
+                   help="GPUs per Ray scoring task (e.g. 0.25 with --device cuda; default 0)")
+    p.add_argument("--save-alphas", action="store_true",
+                   help="also write every predicted alpha as <out>/alphas/<condition>/<model>/<name>.png")
     args = p.parse_args(argv)
     args.command = "python -m ray_jobs.evaluate " + shlex.join(sys.argv[1:] if argv is None else argv)
     return args
@@ -524,7 +543,8 @@ def make_spec(args: argparse.Namespace) -> tuple[EvalSpec, list[str], dict[str, 
             raise SetupError(f"--routed needs checkpoints named {router.bright_model} and {router.dark_model} "
                              f"(missing: {', '.join(missing)}); name them with name=URI")
     for opt, value, ok in (("--limit", args.limit, args.limit >= 0), ("--grid", args.grid, args.grid >= 0),
-                           ("--task-cpus", args.task_cpus, 0 < args.task_cpus <= 64)):
+                           ("--task-cpus", args.task_cpus, 0 < args.task_cpus <= 64),
+                           ("--task-gpus", args.task_gpus, 0 <= args.task_gpus <= 8)):
         if not ok:
             raise SetupError(f"{opt}: invalid value {value}")
     BrightnessRouter(args.router_threshold)  # validates the threshold
@@ -537,6 +557,7 @@ def make_spec(args: argparse.Namespace) -> tuple[EvalSpec, list[str], dict[str, 
         data=args.data, models=models, conditions=conditions, routed=args.routed,
         router_threshold=args.router_threshold, baseline=None if args.no_baseline else GrabCutParams(),
         max_side=args.max_side or None, device=args.device, grid_names=frozenset(names[: args.grid]),
+        alphas_uri=io.join(args.out, "alphas") if args.save_alphas else "",
     )
     return spec, names, load_model_info(spec)
 
@@ -556,7 +577,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"conditions: {', '.join(spec.conditions)}", flush=True)
     t0 = time.perf_counter()
     use_ray = args.ray or args.address is not None
-    results = run_ray(names, spec, args.address, args.task_cpus) if use_ray else run_local(names, spec)
+    results = run_ray(names, spec, args.address, args.task_cpus, args.task_gpus) if use_ray else run_local(names, spec)
     summary = build_summary(spec, args, names, results, info, time.perf_counter() - t0)
     try:
         uris = write_outputs(args.out, results, summary)

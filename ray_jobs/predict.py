@@ -9,12 +9,13 @@ single image file) it writes ``<output>/<name>.png``: RGBA at the input's own si
 input's colours (or, with ``--decontaminate``, the estimated foreground colours) and the
 predicted alpha (0 = transparent background). Every file's outcome is printed and written
 to ``<output>/predict_log.jsonl`` (or ``--log``): one JSON object per file with ``file``,
-``output``, ``status`` ("ok" or "error"), ``stage`` of a failure (read, decode, predict,
+``output``, ``status`` ("ok", "error", or "skipped" with ``--skip-existing``), ``stage`` of a failure (read, decode, predict,
 write), ``error``, ``width``, ``height``, ``ms`` (the file's wall time: its read, decode and
 write plus an equal share of its batch's forward pass) and ``bytes_out``.
 
 A bad file (corrupt, truncated, too large, unreadable) is reported and skipped; the rest are
-written. Exit status: 0 every file written, 1 some files failed (see the log), 2 nothing was
+written. ``--skip-existing`` resumes an interrupted run: inputs whose ``<name>.png`` is already
+in the output folder are logged as "skipped" and not recomputed. Exit status: 0 every file written, 1 some files failed (see the log), 2 nothing was
 attempted: missing or invalid checkpoint, input not found or without images, output not
 writable, bad options. Those print one ``error: ...`` line and no traceback.
 
@@ -222,6 +223,17 @@ def _report(rec: FileRecord, quiet: bool) -> None:
         tqdm.write(f"FAILED  {rec.file} [{rec.stage}]: {rec.error}")
 
 
+def skip_existing(jobs: list[tuple[str, str, str]], output: str) -> tuple[list[tuple[str, str, str]], list[FileRecord]]:
+    """Split jobs into those still to do and records of those whose output exists (one listing)."""
+    try:
+        present = {io.join(output, n) for n in io.listdir(output)}
+    except FileNotFoundError:
+        present = set()
+    todo = [j for j in jobs if j[1] not in present or j[2]]
+    done = [FileRecord(file=u, output=t, status="skipped") for u, t, c in jobs if t in present and not c]
+    return todo, done
+
+
 def write_log(uri: str, records: Sequence[FileRecord]) -> None:
     io.write_text(uri, "".join(json.dumps(asdict(r)) + "\n" for r in records))
 
@@ -241,6 +253,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (same-size images batch together)")
     p.add_argument("--decontaminate", action="store_true",
                    help="estimate foreground colours (no halo of the old background in soft edges; slower)")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="do not recompute inputs whose <name>.png already exists in --output (resume a run)")
     p.add_argument("--log", default=None, help=f"per-file JSONL log (default <output>/{LOG_NAME})")
     p.add_argument("--quiet", action="store_true", help="print failures only (the log has every file)")
     return p.parse_args(argv)
@@ -256,24 +270,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         jobs = output_names(list_inputs(args.input), args.output)
         check_output(args.output)
+        jobs, skipped = skip_existing(jobs, args.output) if args.skip_existing else (jobs, [])
     except CheckpointError as e:
         fail(f"--checkpoint: {e}", code=2)
     except (SetupError, OSError) as e:  # OSError: StorageError (unreachable) and friends, URI included
         fail(str(e), code=2)
     except ValueError as e:  # Predictor options: device, max-side
         fail(f"invalid option: {e}", code=2)
-    print(f"{len(jobs)} image(s) from {args.input} -> {args.output} "
+    print(f"{len(jobs)} image(s) from {args.input} -> {args.output}{f' ({len(skipped)} already done)' if skipped else ''} "
           f"(model {args.checkpoint}, device {predictor.device}, max side {args.max_side or 'full'})", flush=True)
     log_uri = args.log or io.join(args.output, LOG_NAME)
     t0 = time.perf_counter()
-    records = run(predictor, jobs, args.batch_size, args.decontaminate, args.quiet)
+    records = skipped + run(predictor, jobs, args.batch_size, args.decontaminate, args.quiet)
     try:
         write_log(log_uri, records)
     except OSError as e:
         print(f"warning: could not write the log {log_uri}: {e}", file=sys.stderr, flush=True)
-    n_bad = sum(r.status != "ok" for r in records)
-    print(f"done in {time.perf_counter() - t0:.1f} s: {len(records) - n_bad} written, {n_bad} failed; log: {log_uri}",
-          flush=True)
+    n_bad = sum(r.status == "error" for r in records)
+    n_ok = sum(r.status == "ok" for r in records)
+    print(f"done in {time.perf_counter() - t0:.1f} s: {n_ok} written, {len(skipped)} skipped, {n_bad} failed; "
+          f"log: {log_uri}", flush=True)
     return 1 if n_bad else 0
 
 

@@ -168,7 +168,8 @@ def test_lowlight_images_are_darker_and_the_same_every_run(result, dataset, tmp_
     # A second run (two images, another router threshold) gives the same low-light numbers.
     code = evaluate.main(["--checkpoint", f"base={dataset['base']}", "--checkpoint", f"lowlight={dataset['lowlight']}",
                           "--data", dataset["data"], "--lowlight", "--routed", "--router-threshold", "0.01",
-                          "--no-baseline", "--limit", "2", "--grid", "0", "--device", "cpu", "--out", str(tmp_path)])
+                          "--no-baseline", "--limit", "2", "--grid", "0", "--device", "cpu", "--save-alphas",
+                          "--out", str(tmp_path)])
     assert code == 0
     printed = capsys.readouterr().out
     assert "[1/2] va000" in printed and "[2/2] va001" in printed
@@ -183,6 +184,13 @@ def test_lowlight_images_are_darker_and_the_same_every_run(result, dataset, tmp_
     assert summary["router"]["accuracy"] == 0.5
     assert summary["router"]["per_condition"]["lowlight"]["routed_to"] == {"base": 2}
     assert not (tmp_path / "grid.png").exists()
+    # --save-alphas: one 8-bit PNG per image, condition and model, scoring as in the table.
+    saved = sorted(p.relative_to(tmp_path / "alphas").as_posix() for p in (tmp_path / "alphas").rglob("*.png"))
+    assert saved == [f"{c}/{m}/{n}.png" for c in ("lowlight", "normal") for m in ("base", "lowlight") for n in ("va000", "va001")]
+    for (name, cond, model), r in again.items():
+        if model != "routed":
+            alpha8 = decode_mask((tmp_path / "alphas" / cond / model / f"{name}.png").read_bytes())
+            assert metrics.mad(alpha8, inputs[(name, cond)][1]) == pytest.approx(float(r["mad"]), abs=1 / 255)
 
 
 def test_routed_rows_follow_the_brightness_router(result, dataset):
@@ -233,7 +241,7 @@ def test_bad_inputs_exit_2_with_one_clear_line(case, message, dataset, tmp_path,
     assert not (tmp_path / "out" / "summary.json").exists()
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 def test_ray_tasks_from_s3_give_the_same_table_as_a_local_run(ray_cluster, s3_bucket, s3_server, dataset, tmp_path):
     data = write_dataset(f"{s3_bucket}/ds", n_train=1, n_val=2, size=48, seed=5)
     s3 = boto3.client("s3", endpoint_url=s3_server)

@@ -96,7 +96,7 @@ def test_folder_with_a_corrupt_file_writes_the_rest_and_reports_it(tmp_path, che
         assert rec["ms"] > 0 and rec["bytes_out"] == (out / f"{name}.png").stat().st_size
         assert rec["output"] == str(out / f"{name}.png")
     printed = capsys.readouterr().out
-    assert "FAILED" in printed and "broken.jpg" in printed and "3 written, 2 failed" in printed
+    assert "FAILED" in printed and "broken.jpg" in printed and "3 written, 0 skipped, 2 failed" in printed
 
 
 def test_all_good_files_exit_zero_with_single_file_input(tmp_path, checkpoint, images, reference):
@@ -105,6 +105,21 @@ def test_all_good_files_exit_zero_with_single_file_input(tmp_path, checkpoint, i
     code = predict.main(["--checkpoint", checkpoint, "--input", str(src), "--output", str(tmp_path / "o"), "--quiet"])
     assert code == 0
     _check_outputs(lambda f: (tmp_path / "o" / f).read_bytes(), {"b": images["b"]}, reference)
+
+
+def test_skip_existing_resumes_without_recomputing(tmp_path, checkpoint, images, reference):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    for name, image in images.items():
+        (src / f"{name}.png").write_bytes(encode_png(image))
+    (out / "a.png").write_bytes(b"left by an earlier run")
+    code = predict.main(["--checkpoint", checkpoint, "--input", str(src), "--output", str(out), "--skip-existing"])
+    assert code == 0
+    assert (out / "a.png").read_bytes() == b"left by an earlier run"
+    _check_outputs(lambda f: (out / f).read_bytes(), {k: images[k] for k in ("b", "c")}, reference)
+    log = [json.loads(line) for line in (out / predict.LOG_NAME).read_text().splitlines()]
+    assert sorted((Path(r["file"]).name, r["status"]) for r in log) == [("a.png", "skipped"), ("b.png", "ok"), ("c.png", "ok")]
 
 
 @pytest.mark.timeout(60)
