@@ -190,7 +190,7 @@ class MattingIngress:
         """One image through cache, decode, routing, model and post-processing."""
         t0 = time.perf_counter()
         await self._refresh_versions()
-        key = await asyncio.to_thread(content_key, data, params, self.versions)
+        key = await asyncio.to_thread(content_key, data, params, dict(self.versions))
         hit = self.cache.get(key)
         if hit is not None:
             return Outcome(hit, True, (time.perf_counter() - t0) * 1000)
@@ -207,7 +207,7 @@ class MattingIngress:
         )
         if answer["checkpoint"] != self.versions.get(model):  # swapped since the key was made
             self.versions[model] = answer["checkpoint"]
-            key = await asyncio.to_thread(content_key, data, params, self.versions)
+            key = await asyncio.to_thread(content_key, data, params, dict(self.versions))
         self.cache.put(key, result)
         return Outcome(result, False, (time.perf_counter() - t0) * 1000)
 

@@ -1,0 +1,470 @@
+"""The Serve app on a real local cluster over real HTTP.
+
+One application per module, deployed like ``serve deploy serve_app/config.yaml`` (through
+the dashboard's REST API, with test checkpoints, a free port and short autoscaling windows)
+and reused by every test. Tests run in file order: the hot swap and autoscaling tests change
+the running app, and the last test restarts it with an API key.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import struct
+import threading
+import time
+import zipfile
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+
+from matting_lib.postprocess import PostprocessParams, apply
+from matting_lib.predictor import Predictor
+from matting_lib.routing import DEFAULT_THRESHOLD
+from tests.conftest import free_port
+from tests.serve_helpers import (
+    app_running, decode, deploy, encode, get, make_checkpoint, photo, post, running_replicas,
+    serve_yaml_for_test, wait_until,
+)
+
+pytestmark = pytest.mark.timeout(240)
+
+API_KEY = "test-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def svc(ray_cluster, tmp_path_factory):
+    """The deployed app: ``url``, the Serve ``config`` it runs, its checkpoints, and ``tmp``."""
+    from ray import serve
+
+    tmp = tmp_path_factory.mktemp("serve_app")
+    checkpoints = {"base": make_checkpoint(tmp / "base.pt", 1), "lowlight": make_checkpoint(tmp / "lowlight.pt", 2)}
+    port = free_port()
+    config = serve_yaml_for_test(tmp, checkpoints, port)
+    deploy(ray_cluster["dashboard"], config)
+    wait_until(app_running, 180, "the matting app to run")
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: get(f"{url}/readyz").status_code == 200, 60, "/readyz")
+    try:
+        yield SimpleNamespace(url=url, config=config, checkpoints=checkpoints, tmp=tmp, dashboard=ray_cluster["dashboard"])
+    finally:
+        serve.shutdown()
+
+
+def luma(rgb: np.ndarray) -> float:
+    """Independent brightness reference: Rec.601 luma of the full-size image, in [0, 1]."""
+    r, g, b = (rgb[..., i].astype(np.float64) for i in range(3))
+    return float((0.299 * r + 0.587 * g + 0.114 * b).mean() / 255.0)
+
+
+def matte(url: str, data: bytes, params: dict | None = None, raw: bool = False, **kw):
+    if raw:
+        return post(f"{url}/v1/matte", params=params, data=data, headers={"Content-Type": "image/png", **kw.pop("headers", {})}, **kw)
+    return post(f"{url}/v1/matte", params=params, files={"file": ("photo.png", data, "image/png")}, **kw)
+
+
+def as_array(data: bytes) -> np.ndarray:
+    return np.asarray(decode(data))
+
+
+def local_alpha(checkpoint: str, rgb: np.ndarray) -> np.ndarray:
+    """The model's alpha computed in this process (max_side 256, as the test config)."""
+    return Predictor.from_checkpoint(checkpoint, device="cpu", max_side=256).predict(rgb)
+
+
+# --------------------------------------------------------------------------- routing
+
+
+def test_dark_goes_to_lowlight_bright_to_base(svc):
+    for light, expected in (("bright", "base"), ("dark", "lowlight")):
+        rgb = photo(120, 160, light, seed=3)
+        r = matte(svc.url, encode(rgb))
+        assert r.status_code == 200, r.text
+        assert r.headers["X-Matting-Model"] == expected
+        brightness = float(r.headers["X-Matting-Brightness"])
+        assert brightness == pytest.approx(luma(rgb), abs=0.01)
+        assert (brightness < DEFAULT_THRESHOLD) == (expected == "lowlight")
+        assert r.headers["X-Matting-Checkpoint"] == svc.checkpoints[expected]
+
+
+def test_forcing_a_model_and_raw_body(svc):
+    dark = encode(photo(64, 80, "dark", seed=4))
+    r = matte(svc.url, dark, {"model": "base"}, raw=True)
+    assert r.status_code == 200, r.text
+    assert r.headers["X-Matting-Model"] == "base"
+    assert float(r.headers["X-Matting-Brightness"]) < DEFAULT_THRESHOLD  # still measured and reported
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+@pytest.mark.parametrize("h,w", [(97, 143), (300, 420)])  # 300x420 is above max_side=256: upsampled
+def test_alpha_is_the_models_at_input_size(svc, h, w):
+    rgb = photo(h, w, "bright", seed=5)
+    r = matte(svc.url, encode(rgb), {"output": "alpha", "model": "base"})
+    assert r.status_code == 200, r.text
+    got = as_array(r.content)
+    assert got.shape == (h, w)
+    want = np.rint(local_alpha(svc.checkpoints["base"], rgb) * 255)
+    assert np.abs(got.astype(int) - want).max() <= 1
+
+
+def test_parameters_change_the_output_as_specified(svc):
+    rgb = photo(90, 120, "bright", seed=6)
+    data = encode(rgb)
+    alpha = local_alpha(svc.checkpoints["base"], rgb)
+    cases = [
+        {"output": "rgba"},
+        {"output": "alpha", "threshold": 0.5},
+        {"output": "alpha", "erosion": 7},
+        {"output": "alpha", "feather": 4},
+        {"output": "composite", "background": "#ff0000", "format": "png"},
+        {"output": "rgba", "decontaminate": "true"},
+    ]
+    outputs = []
+    for params in cases:
+        r = matte(svc.url, data, {"model": "base", **params})
+        assert r.status_code == 200, (params, r.text)
+        got = as_array(r.content).astype(int)
+        pp = PostprocessParams(**{k: (v == "true" if k == "decontaminate" else v) for k, v in params.items()})
+        want = as_array(apply(rgb, alpha, pp)).astype(int)
+        assert got.shape == want.shape, params
+        assert np.abs(got - want).max() <= 2, params
+        outputs.append(got)
+    base_alpha = outputs[0][..., 3]
+    assert not np.array_equal(outputs[1], base_alpha)  # threshold changed something
+    assert np.all((outputs[1] == 0) | (outputs[1] >= 127))
+    assert outputs[2].sum() < base_alpha.sum()  # erosion shrinks the matte
+    assert outputs[4].shape == (90, 120, 3)
+
+
+@pytest.mark.parametrize("fmt,magic,mode", [("jpeg", b"\xff\xd8", "RGB"), ("webp", b"RIFF", "RGBA"), ("png", b"\x89PNG", "RGBA")])
+def test_formats(svc, fmt, magic, mode):
+    r = matte(svc.url, encode(photo(64, 64, "bright", seed=7)), {"format": fmt, "history": "false"})
+    assert r.status_code == 200, r.text
+    assert r.content.startswith(magic)
+    assert r.headers["Content-Type"] == f"image/{fmt}"
+    assert decode(r.content).mode == mode and decode(r.content).size == (64, 64)
+    assert "X-Matting-History-Id" not in r.headers
+
+
+def test_cache_returns_identical_bytes_without_recomputing(svc):
+    data = encode(photo(70, 90, "bright", seed=8))
+    first = matte(svc.url, data, {"erosion": 3})
+    assert first.headers["X-Matting-Cache"] == "miss"
+    calls = get(f"{svc.url}/v1/stats").json()["model_calls"]
+    second = matte(svc.url, data, {"erosion": 3})
+    assert second.headers["X-Matting-Cache"] == "hit"
+    assert second.content == first.content
+    assert second.headers["X-Matting-Model"] == first.headers["X-Matting-Model"]
+    assert get(f"{svc.url}/v1/stats").json()["model_calls"] == calls
+    assert matte(svc.url, data, {"erosion": 5}).headers["X-Matting-Cache"] == "miss"
+
+
+# --------------------------------------------------------------------------- batch
+
+
+def _zip(entries: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_batch_zip_has_every_file_and_the_log(svc):
+    imgs = {f"img{i}.png": encode(photo(48 + 8 * i, 64, "bright" if i % 2 else "dark", seed=10 + i)) for i in range(3)}
+    inner = _zip({"sub/a.jpg": encode(photo(40, 40, "bright", seed=20), "JPEG"), "b.png": encode(photo(40, 50, "dark", seed=21))})
+    files = [("files", (n, d, "image/png")) for n, d in imgs.items()]
+    files += [("files", ("notes.txt", b"not an image", "text/plain")), ("files", ("more.zip", inner, "application/zip"))]
+    r = post(f"{svc.url}/v1/batch", files=files, params={"format": "png", "output": "alpha"})
+    assert r.status_code == 200, r.text
+    assert r.headers["X-Matting-Files"] == "6" and r.headers["X-Matting-Failed"] == "1"
+    zf = zipfile.ZipFile(io.BytesIO(r.content))
+    names = set(zf.namelist())
+    assert {"log.csv", "log.json"} <= names
+    log = json.loads(zf.read("log.json"))
+    rows = list(csv.DictReader(io.StringIO(zf.read("log.csv").decode())))
+    assert [row["file"] for row in rows] == [x["file"] for x in log] == [*imgs, "notes.txt", "sub/a.jpg", "b.png"]
+    ok = [x for x in log if x["status"] == "ok"]
+    assert len(ok) == 5
+    for x in ok:
+        assert x["output"] in names and x["model"] in ("base", "lowlight") and x["ms"] >= 0
+        assert x["model"] == ("lowlight" if x["brightness"] < DEFAULT_THRESHOLD else "base")
+    bad = next(x for x in log if x["file"] == "notes.txt")
+    assert bad["status"] == "error" and bad["http_status"] == 415 and bad["output"] == ""
+    assert decode(zf.read("results/img2.png")).size == (64, 64)
+    assert decode(zf.read("results/sub/a.png")).size == (40, 40)
+
+    raw = post(f"{svc.url}/v1/batch", data=inner, headers={"Content-Type": "application/zip"})
+    assert raw.status_code == 200, raw.text
+    assert sorted(zipfile.ZipFile(io.BytesIO(raw.content)).namelist()) == ["log.csv", "log.json", "results/b.png", "results/sub/a.png"]
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _png_header_only(w: int, h: int) -> bytes:
+    """A tiny PNG that declares ``w`` x ``h`` pixels (a decompression bomb's header)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+GOOD = encode(photo(32, 32, "bright", seed=30))
+BAD_MATTE = [
+    ("over the upload limit", {"data": b"\0" * 2_100_000}, 413),
+    ("too many pixels", {"data": _png_header_only(3000, 2000)}, 413),
+    ("decompression bomb", {"data": _png_header_only(30000, 30000)}, 413),
+    ("not an image", {"data": b"hello, this is text"}, 415),
+    ("truncated png", {"data": GOOD[: len(GOOD) // 2]}, 400),
+    ("truncated jpeg", {"data": encode(photo(64, 64, "bright"), "JPEG")[:300]}, 400),
+    ("empty body", {"data": b""}, 400),
+    ("threshold > 1", {"data": GOOD, "params": {"threshold": 2}}, 422),
+    ("negative erosion", {"data": GOOD, "params": {"erosion": -1}}, 422),
+    ("unknown format", {"data": GOOD, "params": {"format": "gif"}}, 422),
+    ("bad colour", {"data": GOOD, "params": {"background": "reddish"}}, 422),
+    ("unknown model", {"data": GOOD, "params": {"model": "nope"}}, 422),
+    ("max_side over the limit", {"data": GOOD, "params": {"max_side": 2048}}, 422),
+    ("unknown parameter", {"data": GOOD, "params": {"colour": "red"}}, 422),
+]
+
+
+def _zip_declaring(name: str, size: int) -> bytes:
+    """A zip whose entry claims ``size`` uncompressed bytes (a zip bomb) while holding few."""
+    data = bytearray(_zip({name: b"x"}))
+    for sig, off in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+        i = data.find(sig)
+        data[i + off : i + off + 4] = struct.pack("<I", size)
+    return bytes(data)
+
+
+BAD_BATCH = [
+    ("too many entries", _zip({f"{i}.png": GOOD for i in range(9)}), 413),
+    ("entry too large", _zip({"big.png": b"\0" * 2_500_000}), 413),
+    ("declared size over the limit", _zip_declaring("a.png", 50_000_000), 413),
+    ("path traversal", _zip({"../evil.png": GOOD}), 400),
+    ("absolute path", _zip({"/etc/evil.png": GOOD}), 400),
+    ("zip magic but garbage", b"PK\x03\x04" + b"\0" * 100, 400),
+]
+
+
+def _assert_json_error(r, status):
+    assert r.status_code == status, (r.status_code, r.text[:300])
+    body = r.json()
+    assert body["status"] == status and body["error"] and body["detail"]
+    assert "Traceback" not in r.text
+
+
+@pytest.mark.parametrize("case", BAD_MATTE, ids=[c[0] for c in BAD_MATTE])
+def test_bad_matte_input_gets_its_status(svc, case):
+    _, kw, status = case
+    _assert_json_error(matte(svc.url, kw["data"], kw.get("params"), raw=True), status)
+
+
+@pytest.mark.parametrize("case", BAD_BATCH, ids=[c[0] for c in BAD_BATCH])
+def test_bad_batch_input_gets_its_status(svc, case):
+    _, data, status = case
+    _assert_json_error(post(f"{svc.url}/v1/batch", files={"files": ("x.zip", data, "application/zip")}), status)
+
+
+def test_other_errors_are_json(svc):
+    _assert_json_error(get(f"{svc.url}/v1/history/" + "0" * 32), 404)
+    _assert_json_error(get(f"{svc.url}/v1/history/..%2F..%2Fetc%2Fpasswd/result"), 404)
+    _assert_json_error(get(f"{svc.url}/v1/history", params={"limit": 1000}), 422)
+    _assert_json_error(get(f"{svc.url}/no/such/route"), 404)
+    _assert_json_error(post(f"{svc.url}/v1/batch", files={"files": ("a.png", GOOD), "x": (None, "1")}), 422)
+    big = b"\0" * 4_200_000
+    _assert_json_error(post(f"{svc.url}/v1/batch", data=big, headers={"Content-Type": "application/zip"}), 413)
+
+
+# --------------------------------------------------------------------------- history and models
+
+
+def test_history_lists_and_downloads_again(svc):
+    data = encode(photo(60, 80, "bright", seed=40))
+    r = matte(svc.url, data, {"output": "alpha", "format": "webp"})
+    entry_id = r.headers["X-Matting-History-Id"]
+    page = get(f"{svc.url}/v1/history", params={"limit": 2}).json()
+    assert page["items"][0]["id"] == entry_id and page["limit"] == 2 and page["total"] >= 2
+    assert page["next_offset"] == 2
+    older = get(f"{svc.url}/v1/history", params={"limit": 2, "offset": 2}).json()["items"]
+    assert entry_id not in [e["id"] for e in older]
+    entry = get(f"{svc.url}/v1/history/{entry_id}").json()
+    assert entry["model"] == r.headers["X-Matting-Model"] and entry["params"]["format"] == "webp"
+    assert (entry["width"], entry["height"]) == (80, 60)
+    again = get(f"{svc.url}{entry['links']['result']}")
+    assert again.status_code == 200 and again.content == r.content
+    assert again.headers["Content-Type"] == "image/webp" and "attachment" in again.headers["Content-Disposition"]
+    thumb = get(f"{svc.url}{entry['links']['thumbnail']}")
+    assert thumb.status_code == 200 and decode(thumb.content).size == (80, 60)  # under 160 px: kept
+    assert post(f"{svc.url}/v1/batch", files={"files": ("a.png", data)}).headers["X-Matting-History-Id"]
+    latest = get(f"{svc.url}/v1/history", params={"limit": 1}).json()["items"][0]
+    assert latest["kind"] == "batch" and latest["summary"] == {"files": 1, "ok": 1, "failed": 0}
+    assert get(f"{svc.url}/v1/history/{latest['id']}/result").content.startswith(b"PK")
+
+
+def test_models_endpoint(svc):
+    body = get(f"{svc.url}/v1/models").json()
+    models = {m["name"]: m for m in body["models"]}
+    assert set(models) == {"base", "lowlight"}
+    assert models["base"]["checkpoint"] == svc.checkpoints["base"] and models["base"]["role"] == "bright"
+    assert models["lowlight"]["metrics"] == {"val_sad": 2.0} and models["lowlight"]["role"] == "dark"
+    assert body["routing"]["threshold"] == DEFAULT_THRESHOLD
+
+
+# --------------------------------------------------------------------------- hot swap and autoscaling
+
+
+def _load(url: str, stop: threading.Event, out: list, seed: int, params: dict) -> None:
+    """Send unique bright images until ``stop``; append (status, checkpoint header) per request."""
+    rng = np.random.default_rng(seed)
+    while not stop.is_set():
+        rgb = photo(64, 64, "bright", seed=int(rng.integers(1 << 30)))
+        try:
+            r = matte(url, encode(rgb), {"history": "false", **params}, timeout=60)
+            out.append((r.status_code, r.headers.get("X-Matting-Checkpoint")))
+        except Exception as e:  # noqa: BLE001 - a failed request is what the test counts
+            out.append((repr(e), None))
+
+
+def test_hot_swap_under_requests_fails_none(svc):
+    new = make_checkpoint(svc.tmp / "base-v2.pt", 7, {"val_sad": 7.0})
+    config = json.loads(json.dumps(svc.config))
+    config["applications"][0]["deployments"] = [{"name": "model_base", "user_config": {"checkpoint": new}}]
+    stop, results = threading.Event(), []
+    threads = [threading.Thread(target=_load, args=(svc.url, stop, results, s, {"model": "base"})) for s in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: len(results) >= 5, 60, "requests before the swap")
+        deploy(svc.dashboard, config)
+        wait_until(lambda: sum(1 for _, c in results if c == new) >= 5, 90, "requests answered by the new checkpoint")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert all(status == 200 for status, _ in results), [s for s, _ in results if s != 200][:5]
+    assert {c for _, c in results} == {svc.checkpoints["base"], new}
+    info = next(m for m in get(f"{svc.url}/v1/models").json()["models"] if m["name"] == "base")
+    assert info["checkpoint"] == new and info["swaps"] == 1  # reconfigure in place, not a new replica
+    svc.config = config
+    svc.checkpoints["base"] = new
+
+
+def test_autoscaling_goes_from_one_to_two_replicas(svc):
+    assert running_replicas("model_lowlight") == 1
+    stop, results = threading.Event(), []
+    with ThreadPoolExecutor(6) as pool:
+        for s in range(6):
+            pool.submit(_load, svc.url, stop, results, 100 + s, {"model": "lowlight"})
+        try:
+            wait_until(lambda: running_replicas("model_lowlight") == 2, 120, "a second model_lowlight replica")
+        finally:
+            stop.set()
+    assert results and all(status == 200 for status, _ in results)
+
+
+# --------------------------------------------------------------------------- web UI in a real browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is absent (/usr/bin/chromium): apt-get install -y chromium")
+def test_web_ui_in_headless_chromium(svc, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    picture = tmp_path / "portrait.png"
+    picture.write_bytes(encode(photo(120, 160, "bright", seed=60)))
+    second = tmp_path / "night.png"
+    second.write_bytes(encode(photo(60, 80, "dark", seed=61)))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(accept_downloads=True)
+            page.goto(svc.url + "/")
+            expect(page.locator("#p-model option")).to_have_count(3, timeout=30_000)  # auto + the two models
+
+            # single image: upload, see the result, change parameters, download
+            page.set_input_files("#file-single", str(picture))
+            info = page.locator("#result-info")
+            expect(info).to_have_attribute("data-state", "done", timeout=60_000)
+            expect(info).to_contain_text("model base")
+            page.wait_for_function("document.getElementById('result-img').naturalWidth === 160", timeout=30_000)
+            page.select_option("#p-output", "alpha")
+            page.select_option("#p-format", "jpeg")
+            expect(info).to_have_attribute("data-format", "jpeg", timeout=60_000)
+            expect(info).to_have_attribute("data-state", "done", timeout=60_000)
+            with page.expect_download() as dl:
+                page.click("#download")
+            download = dl.value
+            assert download.suggested_filename == "portrait-matte.jpg"
+            got = decode(Path(download.path()).read_bytes())
+            assert got.format == "JPEG" and got.mode == "L" and got.size == (160, 120)
+
+            # batch: progress per file, then the ZIP
+            page.click("button[data-tab=batch]")
+            page.set_input_files("#file-batch", [str(picture), str(second)])
+            page.click("#batch-run")
+            expect(page.locator("#batch-zip")).not_to_have_class("button disabled", timeout=60_000)
+            assert float(page.locator("#batch-progress").get_attribute("value") or 0) == 3
+            expect(page.locator("#batch-table tbody tr td img")).to_have_count(2)
+            with page.expect_download() as dl:
+                page.click("#batch-zip")
+            names = zipfile.ZipFile(dl.value.path()).namelist()
+            assert sorted(names) == ["log.csv", "log.json", "results/night.jpg", "results/portrait.jpg"]
+
+            # history: thumbnails and download again
+            page.click("button[data-tab=history]")
+            expect(page.locator("#history-grid .card img").first).to_be_visible(timeout=30_000)
+            with page.expect_download() as dl:
+                page.locator("#history-grid .card button").first.click()
+            assert dl.value.suggested_filename.endswith(".zip")  # the newest entry is the batch
+        finally:
+            browser.close()
+
+
+# --------------------------------------------------------------------------- restart with an API key (last)
+
+
+def test_history_survives_restart_and_api_key_is_enforced(svc):
+    from ray import serve
+
+    r = matte(svc.url, encode(photo(50, 50, "dark", seed=50)))
+    kept_id, kept_bytes = r.headers["X-Matting-History-Id"], r.content
+    serve.delete("matting")
+    config = json.loads(json.dumps(svc.config))
+    config["applications"][0]["runtime_env"] = {"env_vars": {"MATTING_API_KEY": API_KEY}}
+    deploy(svc.dashboard, config)
+    wait_until(app_running, 180, "the restarted app")
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    wait_until(lambda: get(f"{svc.url}/readyz").status_code == 200, 60, "/readyz after restart")
+
+    ids = [e["id"] for e in get(f"{svc.url}/v1/history", params={"limit": 100}, headers=auth).json()["items"]]
+    assert kept_id in ids
+    assert get(f"{svc.url}/v1/history/{kept_id}/result", headers=auth).content == kept_bytes
+
+    spec = get(f"{svc.url}/openapi.json").json()
+    routes = [(m, p) for p, ops in spec["paths"].items() if p.startswith("/v1") for m in ops]
+    assert len(routes) >= 8
+    for method, path in routes:
+        url = svc.url + path.replace("{entry_id}", kept_id)
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY}):
+            resp = getattr(__import__("requests"), method)(url, headers=headers, timeout=30)
+            _assert_json_error(resp, 401)
+    assert get(f"{svc.url}/healthz").status_code == 200
+    ok = matte(svc.url, GOOD, headers=auth)
+    assert ok.status_code == 200 and ok.headers["X-Matting-Cache"] == "miss"

@@ -1,0 +1,58 @@
+"""``python -m serve_app`` (what ``make serve`` runs): starts its own cluster, serves, stops on Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import _cluster_pids, free_port, stop_ray_head
+from tests.serve_helpers import encode, get, make_checkpoint, photo, post, wait_until
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.timeout(300)
+def test_launcher_serves_and_stops_cleanly_on_ctrl_c(tmp_path):
+    base = make_checkpoint(tmp_path / "base.pt", 1)
+    lowlight = make_checkpoint(tmp_path / "lowlight.pt", 2)
+    port = free_port()
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must stay under 108 bytes
+    cmd = [
+        sys.executable, "-m", "serve_app", "--port", str(port), "--num-cpus", "2", "--temp-dir", ray_tmp,
+        f"models.0.checkpoint={base}", f"models.1.checkpoint={lowlight}",
+        f"history.db_path={tmp_path / 'h.sqlite'}", f"history.store_uri={tmp_path / 'results'}",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: any(url in line for line in lines) or proc.poll() is not None, 240, "the URL line")
+        assert proc.poll() is None, "".join(lines)[-3000:]
+        assert get(f"{url}/readyz").status_code == 200
+        r = post(f"{url}/v1/matte", files={"file": ("d.png", encode(photo(40, 60, "dark")))})
+        assert r.status_code == 200 and r.headers["X-Matting-Model"] == "lowlight"
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+        assert proc.wait(timeout=90) == 0, "".join(lines)[-3000:]
+        reader.join(10)
+        out = "".join(lines)
+        assert "stopped." in out and "Traceback" not in out, out[-3000:]
+        time.sleep(1)
+        assert not _cluster_pids(ray_tmp), "Ray processes outlived the launcher"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        stop_ray_head(ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
