@@ -76,7 +76,7 @@ class AutoscalingSettings:
     metrics_interval_s: float | None = None
     """How often replicas report load; None = Serve's default (10 s). Deprecated by Ray in favour of the
     RAY_SERVE_*_AUTOSCALING_METRIC_PUSH_INTERVAL_S variables; short windows in tests still need it."""
-    look_back_period_s: float = 10.0
+    look_back_period_s: float = 15.0
     upscale_delay_s: float = 5.0
     downscale_delay_s: float = 60.0
 

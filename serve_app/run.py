@@ -91,6 +91,13 @@ def check_checkpoints(cfg: ServeConfig) -> None:
             fail(f"the checkpoint of model '{spec.name}' cannot be read: {e}")
 
 
+def free_port() -> int:
+    """A free loopback port (Ray's agent would otherwise take the well-known 8265)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def check_port_free(host: str, port: int) -> None:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -113,7 +120,8 @@ def start_ray(args: argparse.Namespace, cfg: ServeConfig) -> bool:
     cpus = args.num_cpus or float(os.cpu_count() or 2)
     print(f"starting a local Ray cluster ({cpus:g} CPUs, 127.0.0.1) ...", flush=True)
     ray.init(
-        num_cpus=cpus, object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False, _node_ip_address="127.0.0.1",
+        num_cpus=cpus, object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False, dashboard_port=free_port(),
+        _node_ip_address="127.0.0.1",
         _temp_dir=args.temp_dir, runtime_env=runtime_env, logging_level=logging.WARNING,
     )
     return True
@@ -130,12 +138,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from serve_app.app import build_from_config
 
     started = start_ray(args, cfg)
-    stop = False
 
     def on_signal(signum: int, _frame: Any) -> None:
-        nonlocal stop
-        stop = True
+        raise KeyboardInterrupt  # Ctrl-C and SIGTERM alike; explicit, since a shell may start us ignoring SIGINT
 
+    signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
         print("deploying " + ", ".join(f"{m.name} ({m.checkpoint})" for m in cfg.models) + " ...", flush=True)
@@ -143,8 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         serve.run(build_from_config(raw_cfg), name=name, route_prefix="/", logging_config={"log_level": "WARNING"})
         print(f"\nThe matting service is ready: http://{host}:{port}", flush=True)
         print(f"  web UI http://{host}:{port}/   API docs http://{host}:{port}/docs   Ctrl-C stops it\n", flush=True)
-        while not stop:
-            time.sleep(0.5)
+        while True:
+            time.sleep(3600)
     except KeyboardInterrupt:
         pass
     except Exception as e:  # noqa: BLE001 - a deploy failure is reported in one line; details are in Ray's log above
@@ -153,6 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutdown(started, name)
         return 1
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the clean-up
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     print("stopping ...", flush=True)
     shutdown(started, name)
     print("stopped.", flush=True)
