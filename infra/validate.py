@@ -227,13 +227,16 @@ def _load_sweep(path: str, overrides: list[str]) -> Any:
     """The sweep config, its base training config (with ``train:`` overrides) and its search space."""
     import dataclasses
 
-    from matting_lib.config import load_config
-    from ray_jobs.tune import SweepConfig, load_base, parse_space, resolve_algorithm
+    from matting_lib.config import ConfigError, load_config
+    from ray_jobs.tune import SweepConfig, load_base, max_epochs, parse_space, resolve_algorithm
 
     sweep = load_config(path, overrides, cls=SweepConfig)
     if "://" not in sweep.base_config and not Path(sweep.base_config).is_absolute():
         sweep = dataclasses.replace(sweep, base_config=str(REPO / sweep.base_config))  # the job runs from the repo root
-    parse_space(sweep.space, load_base(sweep), resolve_algorithm(sweep.search.algorithm))
+    base = load_base(sweep)
+    epochs = max_epochs(base, parse_space(sweep.space, base, resolve_algorithm(sweep.search.algorithm)))
+    if sweep.asha.grace_period > epochs:  # the tune job's own start-up check
+        raise ConfigError(f"asha.grace_period: must be <= the longest trial's {epochs} epochs")
     return sweep
 
 
