@@ -24,7 +24,6 @@ per step with its duration; about a minute on 2 cores.
 
 from __future__ import annotations
 
-import io as stdio
 import os
 import shutil
 import subprocess
