@@ -57,11 +57,22 @@ def decode(data: bytes) -> Image.Image:
     return im
 
 
+SHORT_WINDOWS = {
+    "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1, "metrics_interval_s": 0.25,
+    "look_back_period_s": 1.0, "upscale_delay_s": 0.5, "downscale_delay_s": 600,
+}
+"""Autoscaling that reacts within a test."""
+
+
 def serve_yaml_for_test(
-    tmp: Path, checkpoints: dict[str, str], port: int, args: dict[str, Any] | None = None
+    tmp: Path, checkpoints: dict[str, str], port: int, args: dict[str, Any] | None = None, fast_scaling: str = ""
 ) -> dict[str, Any]:
-    """serve_app/config.yaml with test checkpoints, a free port, history under ``tmp``, short
-    autoscaling windows, and ``args`` merged over the application's args (one level deep)."""
+    """serve_app/config.yaml with test checkpoints, a free port, history under ``tmp``, small limits,
+    and ``args`` merged over the application's args (one level deep).
+
+    Models do not scale up during tests (upscale delay 600 s), except ``fast_scaling`` (a model
+    name), whose deployment gets :data:`SHORT_WINDOWS` through the config's ``deployments:``.
+    """
     cfg = copy.deepcopy(load_serve_yaml(DEFAULT_CONFIG_PATH))
     cfg["http_options"] = {"host": "127.0.0.1", "port": port}
     app = app_entry(cfg)
@@ -71,15 +82,14 @@ def serve_yaml_for_test(
     a["model_deployment"] = {
         **a["model_deployment"],
         "max_side": 256,
-        "autoscaling": {
-            "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1, "metrics_interval_s": 0.25,
-            "look_back_period_s": 1.0, "upscale_delay_s": 0.5, "downscale_delay_s": 600,
-        },
+        "autoscaling": {**a["model_deployment"]["autoscaling"], "upscale_delay_s": 600},
     }
     a["limits"] = {**a["limits"], "max_upload_mb": 2, "max_batch_upload_mb": 4, "max_batch_files": 8,
                    "max_zip_total_mb": 3, "max_pixels": 4_000_000, "max_side_limit": 1024}
     for k, v in (args or {}).items():
         a[k] = {**a.get(k, {}), **v} if isinstance(v, dict) else v
+    if fast_scaling:
+        app["deployments"] = [{"name": f"model_{fast_scaling}", "autoscaling_config": dict(SHORT_WINDOWS)}]
     return cfg
 
 

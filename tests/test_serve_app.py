@@ -45,9 +45,9 @@ def svc(ray_cluster, tmp_path_factory):
     from ray import serve
 
     tmp = tmp_path_factory.mktemp("serve_app")
-    checkpoints = {"base": make_checkpoint(tmp / "base.pt", 1), "lowlight": make_checkpoint(tmp / "lowlight.pt", 2)}
+    checkpoints = {name: make_checkpoint(tmp / f"{name}.pt", seed) for seed, name in enumerate(("base", "lowlight", "spare"), 1)}
     port = free_port()
-    config = serve_yaml_for_test(tmp, checkpoints, port)
+    config = serve_yaml_for_test(tmp, checkpoints, port, fast_scaling="spare")  # only spare autoscales quickly
     deploy(ray_cluster["dashboard"], config)
     wait_until(app_running, 180, "the matting app to run")
     url = f"http://127.0.0.1:{port}"
@@ -316,7 +316,8 @@ def test_history_lists_and_downloads_again(svc):
 def test_models_endpoint(svc):
     body = get(f"{svc.url}/v1/models").json()
     models = {m["name"]: m for m in body["models"]}
-    assert set(models) == {"base", "lowlight"}
+    assert set(models) == {"base", "lowlight", "spare"}
+    assert models["spare"]["role"] == "forced only"
     assert models["base"]["checkpoint"] == svc.checkpoints["base"] and models["base"]["role"] == "bright"
     assert models["lowlight"]["metrics"] == {"val_sad": 2.0} and models["lowlight"]["role"] == "dark"
     assert body["routing"]["threshold"] == DEFAULT_THRESHOLD
@@ -340,7 +341,8 @@ def _load(url: str, stop: threading.Event, out: list, seed: int, params: dict) -
 def test_hot_swap_under_requests_fails_none(svc):
     new = make_checkpoint(svc.tmp / "base-v2.pt", 7, {"val_sad": 7.0})
     config = json.loads(json.dumps(svc.config))
-    config["applications"][0]["deployments"] = [{"name": "model_base", "user_config": {"checkpoint": new}}]
+    app = config["applications"][0]
+    app["deployments"] = [*app.get("deployments", []), {"name": "model_base", "user_config": {"checkpoint": new}}]
     stop, results = threading.Event(), []
     threads = [threading.Thread(target=_load, args=(svc.url, stop, results, s, {"model": "base"})) for s in range(3)]
     for t in threads:
@@ -362,13 +364,13 @@ def test_hot_swap_under_requests_fails_none(svc):
 
 
 def test_autoscaling_goes_from_one_to_two_replicas(svc):
-    assert running_replicas("model_lowlight") == 1
+    assert running_replicas("model_spare") == 1
     stop, results = threading.Event(), []
     with ThreadPoolExecutor(6) as pool:
         for s in range(6):
-            pool.submit(_load, svc.url, stop, results, 100 + s, {"model": "lowlight"})
+            pool.submit(_load, svc.url, stop, results, 100 + s, {"model": "spare"})
         try:
-            wait_until(lambda: running_replicas("model_lowlight") == 2, 120, "a second model_lowlight replica")
+            wait_until(lambda: running_replicas("model_spare") == 2, 120, "a second model_spare replica")
         finally:
             stop.set()
     assert results and all(status == 200 for status, _ in results)
@@ -396,7 +398,7 @@ def test_web_ui_in_headless_chromium(svc, tmp_path):
         try:
             page = browser.new_page(accept_downloads=True)
             page.goto(svc.url + "/")
-            expect(page.locator("#p-model option")).to_have_count(3, timeout=30_000)  # auto + the two models
+            expect(page.locator("#p-model option")).to_have_count(4, timeout=30_000)  # auto + the three models
 
             # single image: upload, see the result, change parameters, download
             page.set_input_files("#file-single", str(picture))
