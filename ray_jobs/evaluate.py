@@ -5,7 +5,8 @@
 
 What is scored, per image of ``--split`` (``all``: every split file present):
 
-- every checkpoint (named ``name=URI``, or by file stem: ``models/base.pt`` is ``base``) and
+- every checkpoint (named ``name=URI``, or by file stem: ``models/base.pt`` is ``base``; the
+  first one is the reference that the summary's "SAD vs" column compares every row with) and
   the classical baseline ``grabcut`` (:func:`matting_lib.baselines.grabcut_alpha`, trimap-free,
   same run, same images), through :class:`matting_lib.predictor.Predictor` with the
   service's settings (``--max-side``);
@@ -338,6 +339,12 @@ def build_summary(spec: EvalSpec, args: argparse.Namespace, names: Sequence[str]
                   model_info: dict[str, dict[str, Any]], elapsed: float) -> dict[str, Any]:
     rows = [r for res in results for r in res.rows]
     table = means(rows)
+    reference = spec.models[0][0]
+    for models in table.values():
+        ref_sad = models.get(reference, {}).get("sad")
+        for entry in models.values():
+            entry["sad_vs_reference_pct"] = (
+                100.0 * (entry["sad"] / ref_sad - 1.0) if ref_sad and entry["sad"] is not None else None)
     summary: dict[str, Any] = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": args.command,
@@ -357,6 +364,7 @@ def build_summary(spec: EvalSpec, args: argparse.Namespace, names: Sequence[str]
         "predictor": {"max_side": spec.max_side, "device": spec.device,
                       "device_used": sorted({m["device"] for m in model_info.values()})},
         "units": UNITS,
+        "reference_model": reference,
         "means": table,
         "router": router_summary(rows, table, spec) if spec.routed else None,
         "elapsed_s": round(elapsed, 1),
@@ -375,11 +383,11 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-FORMATS = {"sad": "{:.3f}", "mse": "{:.5f}", "mad": "{:.4f}", "grad": "{:.3f}", "conn": "{:.3f}", "ms": "{:.0f}"}
+NUMBER_FORMATS = {"sad": "{:.3f}", "mse": "{:.5f}", "mad": "{:.4f}", "grad": "{:.3f}", "conn": "{:.3f}", "ms": "{:.0f}"}
 
 
 def _fmt(value: Any, col: str) -> str:
-    return "-" if value is None else FORMATS[col.removesuffix("_unknown")].format(value)
+    return "-" if value is None else NUMBER_FORMATS[col.removesuffix("_unknown")].format(value)
 
 
 def markdown(summary: dict[str, Any]) -> str:
@@ -402,10 +410,12 @@ def markdown(summary: dict[str, Any]) -> str:
     has_unknown = summary["n_with_trimap"] > 0
     cols = list(METRICS) + ([f"{m}_unknown" for m in METRICS] if has_unknown else []) + ["ms"]
     heads = [c.upper().replace("_UNKNOWN", " (unk.)") if c != "ms" else "ms/img" for c in cols]
+    heads.append(f"SAD vs {summary['reference_model']}")
     for cond, models in summary["means"].items():
-        lines += [f"## {cond}", "", "| model | n | " + " | ".join(heads) + " |", "|---|---:|" + "---:|" * len(cols)]
+        lines += [f"## {cond}", "", "| model | n | " + " | ".join(heads) + " |", "|---|---:|" + "---:|" * len(heads)]
         for model, m in models.items():
-            lines.append(f"| {model} | {m['n']} | " + " | ".join(_fmt(m[c], c) for c in cols) + " |")
+            rel = "-" if m["sad_vs_reference_pct"] is None else f"{m['sad_vs_reference_pct']:+.1f}%"
+            lines.append(f"| {model} | {m['n']} | " + " | ".join(_fmt(m[c], c) for c in cols) + f" | {rel} |")
         lines.append("")
     if summary["router"]:
         r = summary["router"]

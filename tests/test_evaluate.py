@@ -119,7 +119,8 @@ def test_outputs_table_summary_markdown_and_grid(result):
     assert summary["lowlight"]["peak"] == 255.0 and summary["lowlight"]["seed"] == 0
     assert summary["baseline"]["params"] == {"margin": 0.05, "iterations": 5, "max_side": 1024, "feather": 2, "seed": 0}
     assert summary["models"]["base"]["uri"].endswith("base.pt") and summary["models"]["base"]["parameters"] > 0
-    for heading in ("## normal", "## lowlight", "## Router", "| grabcut |", "| routed |", "gamma 0.45", "broken"):
+    for heading in ("## normal", "## lowlight", "## Router", "| grabcut |", "| routed |", "gamma 0.45", "broken",
+                    "SAD vs base", "| base | 4 |"):
         assert heading in md
     # Grid: 2 images x 2 conditions; input, ground truth, base, lowlight, grabcut.
     with Image.open(result["out"] / "grid.png") as im:
@@ -150,6 +151,7 @@ def test_every_number_equals_the_metrics_recomputed_on_the_same_predictions(resu
             group = [r for r in result["rows"] if r["condition"] == cond and r["model"] == model]
             assert means["n"] == len(group) == 4 and means["n_unknown"] == 2
             assert means["sad"] == pytest.approx(np.mean([float(r["sad"]) for r in group]), rel=1e-9)
+            assert means["sad_vs_reference_pct"] == pytest.approx(100 * (means["sad"] / by_model["base"]["sad"] - 1))
             assert means["mad_unknown"] == pytest.approx(
                 np.mean([float(r["mad_unknown"]) for r in group if r["mad_unknown"]]), rel=1e-9)
 
