@@ -54,6 +54,7 @@ class MattingModel:
         self.checkpoint = checkpoint
         self.loaded_at = time.time()
         self.swaps = 0
+        self.swap_error = ""
         self.images = 0
         self.batches = 0
         self.consecutive_failures = 0
@@ -68,13 +69,25 @@ class MattingModel:
         return predictor
 
     async def reconfigure(self, user_config: Mapping[str, Any] | None) -> None:
-        """Hot swap to ``user_config['checkpoint']`` if it differs from the one served."""
-        uri = parse_user_config(user_config, self.default_checkpoint)
-        if uri == self.checkpoint:
+        """Hot swap to ``user_config['checkpoint']`` if it differs from the one served.
+
+        A checkpoint that cannot be loaded (or a malformed ``user_config``) does not take the
+        model down: the replica keeps serving what it has, logs the error, and reports it as
+        ``swap_error`` in :meth:`info` (and so in ``GET /v1/models``) until a swap succeeds.
+        """
+        try:
+            uri = parse_user_config(user_config, self.default_checkpoint)
+            if uri == self.checkpoint:
+                self.swap_error = ""
+                return
+            predictor = await asyncio.to_thread(self._load, uri)
+        except Exception as e:  # noqa: BLE001 - reported, the old model keeps serving
+            self.swap_error = f"{type(e).__name__}: {e}"
+            logger.error("model %s: hot swap failed, still serving %s: %s", self.name, self.checkpoint, self.swap_error)
             return
-        predictor = await asyncio.to_thread(self._load, uri)
         self.predictor, self.checkpoint, self.loaded_at = predictor, uri, time.time()
         self.swaps += 1
+        self.swap_error = ""
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
     async def predict(self, requests: list[tuple[np.ndarray, int | None]]) -> list[dict[str, Any]]:
@@ -112,6 +125,7 @@ class MattingModel:
             "max_side": self.predictor.max_side,
             "loaded_at": self.loaded_at,
             "swaps": self.swaps,
+            "swap_error": self.swap_error,
             "images": self.images,
             "batches": self.batches,
         }

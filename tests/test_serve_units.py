@@ -205,3 +205,36 @@ def test_launcher_names_a_missing_checkpoint(tmp_path, capsys):
     assert "model 'base'" in err and "not usable" in err
 
     assert "routing.threshold" in launch("routing.threshold=3")
+
+
+# --------------------------------------------------------------------------- model deployment's hot swap
+
+
+def test_hot_swap_loads_the_new_checkpoint_and_survives_a_bad_one(tmp_path):
+    import asyncio
+
+    import numpy as np
+
+    from serve_app.config import ModelDeploymentSettings
+    from serve_app.model import MattingModel
+    from tests.serve_helpers import make_checkpoint
+
+    a, b = make_checkpoint(tmp_path / "a.pt", 1), make_checkpoint(tmp_path / "b.pt", 2)
+    model = MattingModel.func_or_class("base", a, ModelDeploymentSettings(max_side=256, device="cpu"))
+    rgb = photo(40, 50, "bright")
+    before = model.predictor.predict(rgb)
+
+    asyncio.run(model.reconfigure({"checkpoint": str(tmp_path / "missing.pt")}))
+    assert model.checkpoint == a and "missing.pt" in model.info()["swap_error"]
+    np.testing.assert_array_equal(model.predictor.predict(rgb), before)  # still the old model
+
+    asyncio.run(model.reconfigure({"checkpoint": b}))
+    info = model.info()
+    assert info["checkpoint"] == b and info["swaps"] == 1 and info["swap_error"] == ""
+    assert info["metrics"] == {"val_sad": 2.0}
+    assert not np.array_equal(model.predictor.predict(rgb), before)
+
+    asyncio.run(model.reconfigure({"checkpoint": b, "bogus": 1}))
+    assert "unknown key 'bogus'" in model.info()["swap_error"] and model.checkpoint == b
+    asyncio.run(model.reconfigure({}))  # no checkpoint named: back to the deployment's own
+    assert model.checkpoint == a and model.swaps == 2
