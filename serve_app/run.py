@@ -23,7 +23,6 @@ import signal
 import socket
 import sys
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 from matting_lib.config import ConfigError

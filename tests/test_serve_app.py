@@ -14,14 +14,12 @@ import json
 import os
 import struct
 import threading
-import time
 import zipfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
-import cv2
 import numpy as np
 import pytest
 
