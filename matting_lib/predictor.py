@@ -3,6 +3,11 @@
     predictor = Predictor.from_checkpoint("models/base.pt")          # or s3://...
     alpha = predictor.predict(image)            # uint8 (H, W, 3) RGB or encoded bytes
     alphas = predictor.predict_batch([a, b, c])  # several at once
+    predictor = load_predictor(uri, backend="auto")  # from config: torch, or ONNX Runtime for .onnx
+
+Backends: this module's :class:`Predictor` runs torch; :class:`matting_lib.onnx_backend.OnnxPredictor`
+subclasses it and replaces only ``_forward`` with an ONNX Runtime session, so both share the
+resizing and batching policy below. :func:`load_predictor` is the one entry point that chooses.
 
 Policy for big inputs: the network sees the image resized (area averaging) so its long side
 is at most ``max_side``; the predicted alpha is upsampled bilinearly to the original size.
@@ -95,10 +100,7 @@ class Predictor:
 
     def __post_init__(self) -> None:
         self.device = resolve_device(self.device)
-        if self.max_side is not None and not (32 <= int(self.max_side) <= 8192):
-            raise ValueError(f"max_side must be in [32, 8192] or None, got {self.max_side}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        self._check_policy()
         if self.precision not in ("off", "fp16", "bf16"):
             raise ValueError(f"precision must be 'off', 'fp16' or 'bf16', got {self.precision!r}")
         if self.precision != "off" and self.device.type != "cuda":
@@ -114,10 +116,18 @@ class Predictor:
         meta = {"checkpoint": uri, "metrics": dict(ck.metrics), "model_config": ck.model_config, "data_fingerprint": ck.data_fingerprint}
         return cls(ck.build_model(), metadata=meta, **kwargs)
 
+    def _check_policy(self) -> None:
+        """Validate the backend-independent settings (``max_side``, ``batch_size``)."""
+        if self.max_side is not None and not (32 <= int(self.max_side) <= 8192):
+            raise ValueError(f"max_side must be in [32, 8192] or None, got {self.max_side}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
     # ----------------------------------------------------------------------- inference
     @torch.inference_mode()
     def _forward(self, batch: np.ndarray) -> np.ndarray:
-        """uint8 (N, h, w, 3) -> float32 (N, h, w) alpha in [0, 1]."""
+        """uint8 (N, h, w, 3) -> float32 (N, h, w) alpha in [0, 1]. The one backend-specific
+        step: :class:`matting_lib.onnx_backend.OnnxPredictor` overrides it."""
         x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
         if self.precision == "off":
             y = self.model(x)
@@ -160,3 +170,46 @@ class Predictor:
     def predict(self, image: ImageInput, max_side: int | None = -1) -> np.ndarray:
         """Alpha matte of one image, float32 (H, W) in [0, 1] at the input's size."""
         return self.predict_batch([image], max_side=max_side)[0]
+
+
+BACKENDS = ("auto", "torch", "onnx")
+"""Values of ``load_predictor(backend=...)``."""
+
+CPU_AUTO_BACKEND = "onnx"
+"""What ``backend="auto"`` runs a checkpoint with on CPU: the faster one in ``bench/inference.py``
+(see :func:`load_predictor` for the figures)."""
+
+
+def load_predictor(uri: str, backend: str = "auto", **kwargs: Any) -> Predictor:
+    """The one entry point for a predictor, from config: a checkpoint or an exported ``.onnx``.
+
+    Args:
+        uri: a matting checkpoint (``.pt``) or an ONNX export (``.onnx``, from
+            ``python -m ray_jobs.export``), local or any fsspec URI (``s3://`` included).
+        backend: ``"torch"`` (torch eager), ``"onnx"`` (ONNX Runtime,
+            :class:`matting_lib.onnx_backend.OnnxPredictor`) or ``"auto"``: an ``.onnx`` URI
+            runs on ONNX Runtime; a checkpoint runs on torch when the device is CUDA and on
+            :data:`CPU_AUTO_BACKEND` on CPU. A checkpoint on the ``onnx`` backend is exported in
+            memory at load time (FP32; a second or two).
+        **kwargs: the predictor's settings (``device``, ``max_side``, ``batch_size``; torch also
+            ``precision``; onnx also ``num_threads``).
+
+    CPU choice for ``auto``, measured by ``bench/inference.py`` (base model, FP32, 2-core
+    AMD EPYC, same run): see ``bench/RESULTS.md``, section "Inference".
+
+    Raises:
+        ValueError: unknown backend, or an ``.onnx`` file asked to run on torch.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    is_onnx = uri.lower().endswith(".onnx")
+    if is_onnx and backend == "torch":
+        raise ValueError(f"{uri}: an ONNX export runs only on the 'onnx' backend (got backend='torch')")
+    if backend == "auto":
+        device = resolve_device(kwargs.get("device", "auto")) if not is_onnx else None
+        backend = "onnx" if is_onnx or (device is not None and device.type == "cpu" and CPU_AUTO_BACKEND == "onnx") else "torch"
+    if backend == "torch":
+        return Predictor.from_checkpoint(uri, **kwargs)
+    from matting_lib.onnx_backend import OnnxPredictor
+
+    return OnnxPredictor.from_onnx(uri, **kwargs) if is_onnx else OnnxPredictor.from_checkpoint(uri, **kwargs)

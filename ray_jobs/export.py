@@ -1,0 +1,168 @@
+"""Export a checkpoint to ONNX (FP32, FP16 or INT8) and check the export against torch.
+
+    python -m ray_jobs.export --checkpoint models/base.pt --format onnx --out models/base.onnx
+    python -m ray_jobs.export --checkpoint s3://b/base.pt --format onnx --fp16 --out s3://b/base.fp16.onnx
+    python -m ray_jobs.export --checkpoint models/base.pt --format onnx --int8 \\
+        --calibration s3://b/dataset --out models/base.int8.onnx
+
+Steps: load the checkpoint, export (dynamic batch, height and width), convert (FP16) or
+quantize (INT8: static QDQ, calibrated on up to ``--calibration-samples`` images of the
+dataset's train split), then the parity check through both predictors (same resizing policy,
+``--parity-side`` working side): max and mean absolute alpha difference on the sample images
+(the dataset's validation images when ``--calibration`` is given, otherwise generated images
+of odd sizes such as 97x131), plus, for INT8, the SAD change on the validation split.
+Thresholds default per precision (:func:`matting_lib.onnx_export.default_thresholds`) and
+can be set with ``--max-abs``, ``--mean-abs`` and ``--max-sad-increase``.
+
+Outputs: the ``.onnx`` and, next to it, ``<name>.parity.json`` with the figures, thresholds and
+versions. A failed parity check writes nothing and exits 3; bad arguments or inputs exit 2.
+The work is one process (no Ray cluster needed); through ``ray job submit`` it runs on the
+node the entrypoint runs on. Local paths and any fsspec URI (``s3://``) work everywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, replace
+from typing import Sequence
+
+from matting_lib import io
+from matting_lib.checkpoint import CheckpointError, load_checkpoint
+from matting_lib.data.dataset import DatasetError, Sample, load_sample, read_split
+from matting_lib.io import StorageError
+from ray_jobs.common import fail
+
+EXIT_PARITY = 3
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Export a matting checkpoint to ONNX and check its parity with torch.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint URI (local path or s3://)")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
+    precision = p.add_mutually_exclusive_group()
+    precision.add_argument("--fp16", action="store_true", help="float16 weights and activations (for GPU runtimes)")
+    precision.add_argument("--int8", action="store_true", help="static INT8 quantization (needs --calibration)")
+    p.add_argument("--calibration", default="", help="dataset root (seed format): train split calibrates INT8, val split checks parity")
+    p.add_argument("--out", required=True, help="output URI ending in .onnx (local path or s3://)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    p.add_argument("--calibration-samples", type=int, default=64, help="most train images used for INT8 calibration")
+    p.add_argument("--val-samples", type=int, default=32, help="most validation images used for the parity and SAD checks")
+    p.add_argument("--parity-side", type=int, default=512, help="working long side (max_side) for calibration and parity, px")
+    p.add_argument("--max-abs", type=float, default=None, help="largest accepted per-pixel |alpha difference| (default per precision)")
+    p.add_argument("--mean-abs", type=float, default=None, help="largest accepted per-image mean |alpha difference| (default per precision)")
+    p.add_argument("--max-sad-increase", type=float, default=None, help="INT8: largest accepted relative SAD increase on val (default 0.02)")
+    args = p.parse_args(argv)
+    if not args.out.lower().endswith(".onnx"):
+        p.error(f"--out must end in .onnx, got {args.out!r}")
+    if args.int8 and not args.calibration:
+        p.error("--int8 needs --calibration DATA_URI (real images to calibrate on)")
+    for name in ("calibration_samples", "val_samples"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if not 32 <= args.parity_side <= 8192:
+        p.error("--parity-side must be in [32, 8192]")
+    return args
+
+
+def sidecar_uri(out: str) -> str:
+    """``.../name.onnx`` -> ``.../name.parity.json``."""
+    return out[: -len(".onnx")] + ".parity.json"
+
+
+def load_split(root: str, split: str, limit: int) -> list[Sample]:
+    """Up to ``limit`` decoded samples of ``split`` (evenly spread over the split)."""
+    names = read_split(root, split)
+    step = max(1, len(names) // limit)
+    return [load_sample(root, n) for n in names[::step][:limit]]
+
+
+def thresholds(args: argparse.Namespace, precision: str):
+    from matting_lib.onnx_export import default_thresholds
+
+    t = default_thresholds(precision)
+    given = {"max_abs": args.max_abs, "mean_abs": args.mean_abs, "max_sad_increase": args.max_sad_increase}
+    return replace(t, **{k: v for k, v in given.items() if v is not None})
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Export, check, write; returns the sidecar's content. Raises ParityError on a failed check."""
+    import onnx
+    import onnxruntime
+    import torch
+
+    from matting_lib.onnx_backend import OnnxPredictor, make_session, session_metadata
+    from matting_lib.onnx_export import alpha_parity, check, export_onnx, generated_images, quantize_int8, sad_change, to_fp16
+    from matting_lib.predictor import Predictor
+
+    precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
+    limits = thresholds(args, precision)
+    t0 = time.perf_counter()
+    ck = load_checkpoint(args.checkpoint)
+    model = ck.build_model().eval()
+    print(f"export: loaded {args.checkpoint} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters)", flush=True)
+    data = export_onnx(model, opset=args.opset, checkpoint=args.checkpoint)
+    print(f"export: traced to ONNX opset {args.opset} in {time.perf_counter() - t0:.1f} s", flush=True)
+
+    train: list[Sample] = []
+    val: list[Sample] = []
+    if args.calibration:
+        val = load_split(args.calibration, "val", args.val_samples)
+        if args.int8:
+            train = load_split(args.calibration, "train", args.calibration_samples)
+        print(f"export: data {args.calibration}: {len(train)} calibration, {len(val)} validation images", flush=True)
+    if precision == "fp16":
+        data = to_fp16(data)
+    elif precision == "int8":
+        t1 = time.perf_counter()
+        data = quantize_int8(data, [s.image for s in train], max_side=args.parity_side)
+        print(f"export: INT8 calibrated on {len(train)} images in {time.perf_counter() - t1:.1f} s", flush=True)
+
+    side = args.parity_side
+    reference = Predictor(model, device="cpu", max_side=side)
+    session = make_session(data, "cpu")
+    exported = OnnxPredictor(session, device="cpu", max_side=side, metadata=session_metadata(session))
+    images = [s.image for s in val] or generated_images()
+    figures = alpha_parity(reference, exported, images)
+    if precision == "int8":
+        figures.update(sad_change(reference, exported, val))
+    print("export: parity " + ", ".join(f"{k} {v:.4g}" for k, v in figures.items() if isinstance(v, float)), flush=True)
+    check(figures, limits, f"{precision} export of {args.checkpoint}")
+
+    report = {
+        "onnx": args.out,
+        "checkpoint": args.checkpoint,
+        "precision": precision,
+        "opset": args.opset,
+        "parity_side": side,
+        "parity": figures,
+        "thresholds": asdict(limits),
+        "parity_data": args.calibration or "generated images",
+        "calibration_images": len(train),
+        "bytes": len(data),
+        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+    }
+    io.write_bytes(args.out, data)
+    io.write_text(sidecar_uri(args.out), json.dumps(report, indent=2) + "\n")
+    print(f"export: wrote {args.out} ({len(data) / 1e6:.1f} MB) and {sidecar_uri(args.out)} in {time.perf_counter() - t0:.1f} s", flush=True)
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> dict | None:
+    """Run the job; exits 3 on a failed parity check and 2 on unusable inputs (one clear line)."""
+    from matting_lib.onnx_export import ParityError
+
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except ParityError as e:
+        fail(str(e), code=EXIT_PARITY)
+    except (CheckpointError, DatasetError, StorageError, FileNotFoundError) as e:
+        fail(str(e), code=2)
+    return None
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
