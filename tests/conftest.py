@@ -99,42 +99,81 @@ def synthetic_pair(rng: np.random.Generator, h: int = 64, w: int = 64) -> tuple[
 # --------------------------------------------------------------------------- Ray
 
 
-def _cluster_pids(temp_dir: str) -> list[int]:
-    """PIDs whose command line names ``temp_dir``: the processes of one ``ray start``."""
-    pids = []
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every process we can read."""
+    procs = {}
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+        if not proc.name.isdigit():
             continue
         try:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
-        if temp_dir in cmdline:
-            pids.append(int(proc.name))
-    return pids
+        procs[int(proc.name)] = (ppid, cmdline + " ")
+    return procs
+
+
+def _cluster_pids(temp_dir: str) -> list[int]:
+    """The processes of the ``ray start`` that owns ``temp_dir``.
+
+    Those whose command line names ``temp_dir`` (GCS, raylet, dashboard, monitors), those that
+    name its GCS port (the client server), and every descendant of either (workers and the
+    agents, which rename themselves ``ray::...``).
+    """
+    import re
+
+    procs = _processes()
+    roots = {pid for pid, (_, cmd) in procs.items() if temp_dir in cmd}
+    ports = {m for pid in roots for m in re.findall(r"--gcs[-_]address=\S+?:(\d+)|--gcs_server_port=(\d+)", procs[pid][1]) for m in m if m}
+    roots |= {pid for pid, (_, cmd) in procs.items() if any(f":{port} " in cmd for port in ports)}
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+    stack = list(roots)
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in roots:
+                roots.add(child)
+                stack.append(child)
+    roots.discard(os.getpid())
+    return sorted(roots)
 
 
 def stop_ray_head(temp_dir: str, timeout: float = 30) -> None:
     """Stop only the cluster that owns ``temp_dir``.
 
     ``ray stop`` kills every Ray process on the machine, including clusters that other test
-    runs or services on the same machine own; this stops ours alone. Workers exit by
-    themselves once their raylet is gone.
+    runs or services on the same machine own; this stops ours alone (see :func:`_cluster_pids`).
+    The set is taken once, before anything dies, while the process tree still links the
+    agents and workers to their raylet.
     """
     import signal
     import time
 
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in _cluster_pids(temp_dir):
+    targets = set(_cluster_pids(temp_dir))
+
+    def alive() -> set[int]:
+        return {pid for pid in targets if Path(f"/proc/{pid}").exists() and not _is_zombie(pid)}
+
+    for sig, wait in ((signal.SIGTERM, min(5.0, timeout / 2)), (signal.SIGKILL, timeout / 2)):
+        for pid in alive():
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
-        deadline = time.monotonic() + timeout / 2
-        while _cluster_pids(temp_dir) and time.monotonic() < deadline:
+        deadline = time.monotonic() + wait
+        while alive() and time.monotonic() < deadline:
             time.sleep(0.2)
-        if not _cluster_pids(temp_dir):
+        if not alive():
             return
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def start_ray_head(temp_dir: str, num_cpus: int = 2) -> dict:
