@@ -35,7 +35,7 @@ from matting_lib.config import ModelConfig, to_dict
 from matting_lib.data.dataset import Sample
 from matting_lib.metrics import sad
 from matting_lib.onnx_backend import INPUT_NAME, META_PREFIX, OUTPUT_NAME
-from matting_lib.predictor import Predictor, working_size
+from matting_lib.predictor import Predictor, to_working_size
 
 OPSET = 17
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -88,7 +88,8 @@ def export_onnx(model: nn.Module, opset: int = OPSET, checkpoint: str = "") -> b
     with warnings.catch_warnings(), torch.no_grad():
         # The tracer warns that the pad mode is frozen (see matting_lib.models.unet.pad_to_multiple)
         # and that this exporter is deprecated; both are known and handled.
-        warnings.simplefilter("ignore")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
         torch.onnx.export(
             model, (example,), buf, dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
@@ -126,12 +127,7 @@ def to_fp16(model: bytes) -> bytes:
 
 def network_input(rgb: np.ndarray, max_side: int | None) -> np.ndarray:
     """uint8 (H, W, 3) -> float32 (1, 3, h, w) in [0, 1] at the predictor's working size."""
-    import cv2
-
-    h, w = rgb.shape[:2]
-    wh, ww = working_size(h, w, max_side)
-    if (wh, ww) != (h, w):
-        rgb = cv2.resize(rgb, (ww, wh), interpolation=cv2.INTER_AREA)
+    rgb = to_working_size(rgb, max_side)
     return (rgb.transpose(2, 0, 1)[None].astype(np.float32) / np.float32(255.0)).copy()
 
 

@@ -83,6 +83,13 @@ def working_size(h: int, w: int, max_side: int | None) -> tuple[int, int]:
     return max(1, round(h * s)), max(1, round(w * s))
 
 
+def to_working_size(rgb: np.ndarray, max_side: int | None) -> np.ndarray:
+    """``rgb`` (H, W, 3) resized by area averaging to :func:`working_size` (itself when it fits)."""
+    h, w = rgb.shape[:2]
+    wh, ww = working_size(h, w, max_side)
+    return rgb if (wh, ww) == (h, w) else cv2.resize(rgb, (ww, wh), interpolation=cv2.INTER_AREA)
+
+
 @dataclass
 class Predictor:
     """Runs a matting model on images of any size. See the module docstring for the policy."""
@@ -144,11 +151,7 @@ class Predictor:
         """
         side = self.max_side if max_side == -1 else max_side
         rgbs = [as_rgb(im, name=f"image[{i}]") for i, im in enumerate(images)]
-        work = []
-        for rgb in rgbs:
-            h, w = rgb.shape[:2]
-            wh, ww = working_size(h, w, side)
-            work.append(rgb if (wh, ww) == (h, w) else cv2.resize(rgb, (ww, wh), interpolation=cv2.INTER_AREA))
+        work = [to_working_size(rgb, side) for rgb in rgbs]
         groups: dict[tuple[int, int], list[int]] = {}
         for i, im in enumerate(work):
             groups.setdefault(im.shape[:2], []).append(i)
