@@ -70,12 +70,15 @@ def build_datasets(cfg: TrainConfig, train_rows: list[dict], val_rows: list[dict
         lowlight_sim_prob=cfg.data.lowlight_sim_prob, s3_endpoint_url=cfg.data.s3_endpoint_url,
     )
     val_loader = SampleLoader(size=cfg.data.image_size, augment="none", train=False, s3_endpoint_url=cfg.data.s3_endpoint_url)
-    train_ds = rows_ds(train_rows).random_shuffle(seed=None).map_batches(train_loader, **common)
+    # The shuffle's tasks take 1 CPU unless told: with fractional workers that can starve (hang) a small cluster.
+    train_ds = rows_ds(train_rows).random_shuffle(seed=None, num_cpus=cfg.scaling.data_cpus).map_batches(train_loader, **common)
     val_ds = rows_ds(val_rows).map_batches(val_loader, **common)
     return {"train": train_ds, "val": val_ds}
 
 
-def make_trainer(cfg: TrainConfig, datasets: dict[str, Any], env: dict[str, str] | None = None):
+def make_trainer(cfg: TrainConfig, datasets: dict[str, Any], env: dict[str, str] | None = None, callbacks: list | None = None):
+    """A TorchTrainer for ``cfg``; ``callbacks`` (Ray Train ``UserCallback``s) go to its RunConfig,
+    e.g. Tune's ``TuneReportCallback`` when a sweep trial runs it."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -91,6 +94,7 @@ def make_trainer(cfg: TrainConfig, datasets: dict[str, Any], env: dict[str, str]
             num_to_keep=cfg.run.keep_checkpoints, checkpoint_score_attribute="val_sad", checkpoint_score_order="min"
         ),
         worker_runtime_env={"env_vars": worker_env(env)},
+        callbacks=callbacks,
         **storage_args(cfg.run.storage_path, cfg.data.s3_endpoint_url),
     )
     return TorchTrainer(
@@ -118,9 +122,11 @@ def export_best(result: Any, cfg: TrainConfig) -> tuple[str, dict]:
     return uri, metrics
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = job_parser(__doc__.splitlines()[0]).parse_args(argv)
-    cfg: TrainConfig = load_job_config(args.config, args.overrides)
+def prepare_data(cfg: TrainConfig) -> tuple[list[dict], list[dict], dict[str, str]]:
+    """Driver-side checks before Ray starts: the rows of both splits and the env vars workers need.
+
+    Exits 2 with one clear line for a missing or empty dataset or an unreadable init checkpoint.
+    """
     try:
         train_rows, val_rows, manifest = load_rows(cfg)
     except (ValueError, OSError) as e:
@@ -137,6 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     extra_env = {"MATTING_DATA_FINGERPRINT": fingerprint}
     if cfg.data.s3_endpoint_url:
         extra_env["AWS_ENDPOINT_URL"] = cfg.data.s3_endpoint_url
+    return train_rows, val_rows, extra_env
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = job_parser(__doc__.splitlines()[0]).parse_args(argv)
+    cfg: TrainConfig = load_job_config(args.config, args.overrides)
+    train_rows, val_rows, extra_env = prepare_data(cfg)
     init_ray(args.address, env=extra_env)
     trainer = make_trainer(cfg, build_datasets(cfg, train_rows, val_rows), env=extra_env)
     t0 = time.perf_counter()
