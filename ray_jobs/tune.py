@@ -76,7 +76,7 @@ import numpy as np
 
 from matting_lib import io
 from matting_lib.config import ConfigError, ScalingSettings, TrainConfig, dump_config, from_dict, load_yaml, to_dict
-from ray_jobs.common import fail, init_ray, job_parser, load_job_config, run_uri, storage_args
+from ray_jobs.common import fail, init_ray, job_parser, load_job_config, run_uri, storage_args, worker_env
 from ray_jobs.train import build_datasets, export_best, make_trainer, prepare_data
 
 METRIC = "val_sad"
@@ -655,6 +655,7 @@ def main(argv: list[str] | None = None) -> int:
         fail(f"config error: {e}", code=2)
     train_rows, val_rows, env = prepare_data(base)
     init_ray(args.address, env=env)
+    env = worker_env(env)  # the driver's S3 settings, for the workers of every trial
     import ray
     from ray import tune
 

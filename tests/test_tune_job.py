@@ -118,34 +118,41 @@ def test_asha_sweep_writes_table_plot_best_yaml_and_checkpoint(dataset, tmp_path
 @pytest.mark.slow
 @pytest.mark.timeout(500)
 def test_interrupted_sweep_resumes_by_name(ray_cluster, dataset, tmp_path, capsys):
-    """Ctrl-C once the trial has checkpointed its first epoch, then relaunch: the trial continues
-    from its checkpoint (no epoch reported twice), and a changed config under the name is refused."""
+    """Ctrl-C once the trial has checkpointed its first epoch, then relaunch: the same trial
+    continues from that checkpoint (its next reported epoch is 2 or later, none is reported twice),
+    and a changed config under the same name is refused."""
     from ray_jobs import tune
 
     storage = tmp_path / "sweeps"
     args = _args(dataset, storage, "name=resume", "space={lr: [3.0e-3], model.lowlight: [true], stages.0.epochs: [3]}")
     sweep_dir = storage / "resume"
     env = {**os.environ, "RAY_ADDRESS": ray_cluster["address"]}
-    proc = subprocess.Popen([sys.executable, "-m", "ray_jobs.tune", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 300
-        while not list(sweep_dir.glob("train/*/checkpoint_*")) and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.2)
-        assert proc.poll() is None, "the sweep ended before it could be interrupted"
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
+    log = tmp_path / "stderr.txt"  # a file, not a pipe: a full pipe would stall the sweep
+    with open(log, "w") as err_file:
+        proc = subprocess.Popen([sys.executable, "-m", "ray_jobs.tune", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err_file)
+        try:
+            deadline = time.monotonic() + 300
+            while not list(sweep_dir.glob("train/*/checkpoint_*")) and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.2)
+            assert proc.poll() is None, "the sweep ended before it could be interrupted"
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=120)
+        finally:
+            proc.kill()
+    err = log.read_text()
     assert proc.returncode == 1, err[-3000:]
     assert "relaunch the same command to continue" in err
     (row,) = _csv(sweep_dir / "results.csv")
     assert row["status"] != "TERMINATED" and int(row["epochs_run"]) < 3
+    before = [r["epochs_done"] for rows in _tune_results(sweep_dir).values() for r in rows]  # Tune may not have epoch 1 yet
 
     assert tune.main(args) == 0
     assert "sweep resume: resuming" in capsys.readouterr().out
-    (rows,) = _tune_results(sweep_dir).values()
+    ((trial, rows),) = _tune_results(sweep_dir).items()
+    assert trial == row["trial"]
     epochs = [r["epochs_done"] for r in rows]
-    assert epochs == sorted(set(epochs)) and epochs[-1] == 3, epochs  # a restart from scratch repeats epoch 1
+    assert epochs[: len(before)] == before and epochs[len(before)] >= 2, epochs  # not restarted at epoch 1
+    assert epochs == sorted(set(epochs)) and epochs[-1] == 3, epochs
     (row,) = _csv(sweep_dir / "results.csv")
     assert row["epochs_run"] == "3" and row["stopped_early"] == "False" and row["model.lowlight"] == "True"
 
