@@ -524,7 +524,7 @@ def plot_curves(rows: Sequence[TrialSummary], title: str, size: tuple[int, int] 
         cv2.putText(img, f"{v:.3g}", (8, y + 5), font, 0.45, black, 1, cv2.LINE_AA)
     cv2.rectangle(img, (left, top), (right, bottom), black, 1)
     cv2.putText(img, "epoch", ((left + right) // 2 - 20, h - 12), font, 0.5, black, 1, cv2.LINE_AA)
-    cv2.putText(img, "val SAD", (8, top - 8), font, 0.5, black, 1, cv2.LINE_AA)
+    cv2.putText(img, "val SAD", (8, top - 22), font, 0.5, black, 1, cv2.LINE_AA)
     for i, r in enumerate(drawn):
         color = PALETTE[i % len(PALETTE)]
         pts = np.array([px(e, s) for e, s in r.curve], np.int32)
