@@ -133,7 +133,7 @@ def _containers(doc: dict) -> list[dict]:
 def test_rayjob_entrypoints_name_modules_and_configs_that_load():
     jobs = resources("RayJob")
     modules = {shlex.split(doc["spec"]["entrypoint"])[2] for _, doc in jobs}
-    assert "ray_jobs.train" in modules
+    assert modules == {"ray_jobs.train", "ray_jobs.tune"}
     for name, doc in jobs:
         assert v.manifest_entrypoint_errors(doc, name) == []
         assert doc["spec"]["clusterSelector"]["ray.io/cluster"] == one("RayCluster")["metadata"]["name"]
@@ -148,6 +148,8 @@ def test_rayjob_entrypoints_name_modules_and_configs_that_load():
         ("python -m ray_jobs.train --config configs/tiny.yaml optim.nope=1", "optim.nope: unknown key"),
         ("python -m ray_jobs.train --config configs/tiny.yaml --workers 3", "unrecognised arguments ['--workers']"),
         ("bash -c 'python train.py'", "must start with 'python -m <module>'"),
+        ("python -m ray_jobs.tune --config configs/sweep_lowlight.yaml space.dropout=[0.1]", "dropout"),
+        ("python -m ray_jobs.tune --config configs/sweep_lowlight.yaml asha.grace_period=99", "asha.grace_period"),
     ],
 )
 def test_entrypoint_checker_rejects(entrypoint, needle):
@@ -225,6 +227,39 @@ def test_dockerignore_semantics():
     assert v.docker_ignored("matting_lib/models/__pycache__/unet.pyc", patterns)
     assert v.docker_ignored(".venv/bin/python", patterns)
     assert v.docker_ignored("runs/x/best.pt", patterns)
+
+
+# --------------------------------------------------------------------------- the guide
+
+
+def guide_commands() -> list[str]:
+    """Shell commands of the fenced bash blocks of infra/README.md, continuation lines joined."""
+    text = (ROOT / "infra" / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    joined = "\n".join(re.sub(r"\\\n\s*", " ", b) for b in blocks)
+    return [line.strip() for line in joined.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def test_guide_job_submissions_name_modules_and_configs_that_load():
+    submits = [c.split(" -- ", 1)[1].split(" #")[0] for c in guide_commands() if c.startswith("ray job submit")]
+    modules = {shlex.split(s)[2] for s in submits}
+    assert {"ray_jobs.train", "ray_jobs.tune", "ray_jobs.evaluate"} <= modules
+    config_jobs = [s for s in submits if shlex.split(s)[2] in v.CONFIG_LOADERS]
+    for entrypoint in config_jobs:
+        assert v.entrypoint_errors(entrypoint, "infra/README.md") == []
+    assert all(v.module_exists(m) for m in modules)
+    # The manifests and the guide submit the same jobs with the same arguments.
+    manifests = {doc["spec"]["entrypoint"] for _, doc in resources("RayJob")}
+    assert {" ".join(shlex.split(s)) for s in config_jobs} == {" ".join(shlex.split(m)) for m in manifests}
+
+
+def test_guide_evaluate_command_parses():
+    from ray_jobs.evaluate import parse_args, parse_models
+
+    (cmd,) = [c.split(" -- ", 1)[1] for c in guide_commands() if "ray_jobs.evaluate" in c]
+    args = parse_args(shlex.split(cmd)[3:])
+    assert args.split == "val" and args.ray and args.out.startswith("s3://")
+    assert [name for name, _ in parse_models(args.checkpoint)] == ["current", "candidate"]
 
 
 # --------------------------------------------------------------------------- Serve / RayService
