@@ -616,6 +616,11 @@ def _check_same_sweep(sweep: SweepConfig, sweep_uri: str) -> None:
         fail(f"sweep {sweep.name!r} already exists at {sweep_uri} with a different config: relaunch it unchanged to resume, or choose a new name=", code=2)
 
 
+def experiment_path(sweep: SweepConfig, storage: dict[str, Any]) -> str:
+    """Tune's experiment folder as Tune and pyarrow address it (with ``storage``'s filesystem, if any)."""
+    return io.join(storage["storage_path"], sweep.name)
+
+
 def make_tuner(
     sweep: SweepConfig, params: Mapping[str, Param], algorithm: str, trainable: Any, epochs: int, slots: int, storage: dict[str, Any]
 ) -> tuple[Any, bool]:
@@ -627,7 +632,7 @@ def make_tuner(
     from ray.tune.schedulers import ASHAScheduler
 
     fs = storage.get("storage_filesystem")
-    exp_path = io.join(storage["storage_path"], sweep.name)
+    exp_path = experiment_path(sweep, storage)
     if tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
         return tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs), True
     scheduler = ASHAScheduler(time_attr=TIME_ATTR, max_t=epochs, grace_period=sweep.asha.grace_period, reduction_factor=sweep.asha.reduction_factor)
@@ -678,9 +683,9 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     t0 = time.perf_counter()
-    results = tuner.fit()
+    tuner.fit()
     release_orphaned_placement_groups()
-    analysis = tune.ExperimentAnalysis(results.experiment_path, storage_filesystem=storage.get("storage_filesystem"))
+    analysis = tune.ExperimentAnalysis(experiment_path(sweep, storage), storage_filesystem=storage.get("storage_filesystem"))
     rows = summarize(analysis, base)
     out = write_outputs(rows, list(params), base, template, sweep, sweep_uri)
     print(to_markdown(table_rows(rows, list(params))), flush=True)
