@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	@# torch first and alone: an unpinned resolve would pull the multi-GB CUDA build.
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,tune]"
 	@# s3fs silently falls back to 0.4.2 (2019) when boto3 leaves aiobotocore's band.
 	$(BIN)/python -c "import s3fs, sys; v = tuple(int(x) for x in s3fs.__version__.split('.')[:2]); sys.exit(0 if v >= (2024, 1) else 'stale s3fs ' + s3fs.__version__)"
 	$(BIN)/python -m pip check
