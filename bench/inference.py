@@ -137,6 +137,12 @@ def ort_profile(data: bytes, x: np.ndarray, threads: int, runs: int = 3) -> dict
     return dict(sorted(((k, v / total) for k, v in by_op.items()), key=lambda kv: -kv[1]))
 
 
+def shown(path: str) -> str:
+    """``path`` relative to the repository when inside it (no machine paths in RESULTS.md)."""
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else p.name
+
+
 def base_model(config: str, checkpoint: str) -> tuple[torch.nn.Module, str]:
     """The model to benchmark and where it came from."""
     from matting_lib.models import build_model
@@ -144,9 +150,9 @@ def base_model(config: str, checkpoint: str) -> tuple[torch.nn.Module, str]:
     if checkpoint and Path(checkpoint).exists():
         from matting_lib.checkpoint import load_model
 
-        return load_model(checkpoint), checkpoint
+        return load_model(checkpoint), shown(checkpoint)
     if config and Path(config).exists():
-        return build_model(load_config(config).model).eval(), f"{config} (model section, random weights)"
+        return build_model(load_config(config).model).eval(), f"{shown(config)} (model section, random weights)"
     return build_model(ModelConfig()).eval(), "ModelConfig() defaults (random weights)"
 
 
@@ -179,8 +185,15 @@ def repeats(quick: bool, size: int, batch: int) -> int:
     return 2 if quick else max(2, 5 - (size // 512 - 1) * 2 - (batch > 1))
 
 
+def cpu_seconds() -> tuple[float, float]:
+    """(CPU seconds all processes of the machine have used, CPU seconds this process has used)."""
+    fields = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    busy = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0.0)  # minus idle and iowait
+    return busy / os.sysconf("SC_CLK_TCK"), time.process_time()
+
+
 def measure(settings: list[tuple[int, int]], quick: bool, threads: int, config: str, checkpoint: str) -> tuple[list[Row], dict]:
-    info: dict = {"load_start": os.getloadavg()[0]}
+    info: dict = {"cpu_start": cpu_seconds(), "wall_start": time.perf_counter()}
     info["matmul"] = matmul_peak((1024,) if quick else (1024, 2048, 3072))
     info["peak"] = info["matmul"]["peak"]
     print(f"inference: FP32 matmul peak {info['peak']:.1f} GFLOP/s ({threads} threads)", flush=True)
@@ -204,7 +217,9 @@ def measure(settings: list[tuple[int, int]], quick: bool, threads: int, config: 
                 rows.append(Row(name, backend, size, batch, seconds, flops[size]))
                 print(f"inference: {name:8s} {backend:17s} {size}² x{batch}: {batch / seconds:7.2f} images/s", flush=True)
         print(f"inference: {name} done in {time.perf_counter() - t0:.0f} s", flush=True)
-    info["load_end"] = os.getloadavg()[0]
+    (all0, own0), (all1, own1) = info["cpu_start"], cpu_seconds()
+    info["wall"] = time.perf_counter() - info["wall_start"]
+    info["others_cpu"] = max(0.0, (all1 - all0) - (own1 - own0))
     return rows, info
 
 
@@ -232,16 +247,17 @@ def report(rows: list[Row], info: dict, settings: list[tuple[int, int]], threads
     torch512 = next(r for r in rows if (r.model, r.backend, r.size, r.batch) == ("base", "torch eager FP32", 512, 1))
     ort512 = next(r for r in rows if (r.model, r.backend, r.size, r.batch) == ("base", "ORT FP32", 512, 1))
     target = best(rows, "base", 512, 1).images_per_s / best(rows, "MODNet", 512, 1).images_per_s
-    busy = max(info["load_start"], info["load_end"]) > 0.75 * (os.cpu_count() or 1)
+    others = info["others_cpu"] / (info["wall"] * (os.cpu_count() or 1))
     params = ", ".join(f"{k} {v:.2f}M" for k, v in info["params"].items())
     lines = [
         f"Base model: {info['base_source']}. Parameters: {params}. Threads: {threads} (torch and ONNX Runtime).",
         f"FP32 matmul peak measured in this run: **{peak:.1f} GFLOP/s** (best n x n product, n up to 3072: "
         + ", ".join(f"{k} {v:.1f}" for k, v in info["matmul"].items() if k != "peak")
         + "). INT8 rows can pass 100%: the int8 dot-product units (AVX-512 VNNI) do 4x the multiply-adds of FP32.",
-        f"Load average {info['load_start']:.2f} at the start, {info['load_end']:.2f} at the end"
-        + (" — **other processes were running on this shared machine**, so absolute figures are noisy; "
-           "ratios come from the same run." if busy else "."),
+        f"Other processes used {info['others_cpu']:.0f} CPU-seconds during this {info['wall']:.0f} s run "
+        f"({100 * others:.1f}% of the machine's cores)"
+        + (": **the shared machine was busy**, so absolute figures are noisy; ratios come from the same run."
+           if others > 0.05 else "; the machine was otherwise quiet."),
         "",
         markdown_table(header, table),
         "Ratios, base over anchor (images/s), per setting: best backend of each, and both in torch eager FP32.",

@@ -197,8 +197,11 @@ def load_predictor(uri: str, backend: str = "auto", **kwargs: Any) -> Predictor:
         **kwargs: the predictor's settings (``device``, ``max_side``, ``batch_size``; torch also
             ``precision``; onnx also ``num_threads``).
 
-    CPU choice for ``auto``, measured by ``bench/inference.py`` (base model, FP32, 2-core
-    AMD EPYC, same run): see ``bench/RESULTS.md``, section "Inference".
+    CPU choice for ``auto`` is ONNX Runtime, measured by ``bench/inference.py`` (base model of
+    ``configs/base.yaml``, FP32, 2-core AMD EPYC, both with 2 threads, 2026-11-23): at 512²
+    batch 1, 13.2 images/s on ORT against 5.7 on torch eager in one run and 7.3 against 3.9 in
+    a busier one; ORT led at every size (512², 1024²) and batch (1, 4) measured (``bench/RESULTS.md``,
+    "Inference").
 
     Raises:
         ValueError: unknown backend, or an ``.onnx`` file asked to run on torch.
