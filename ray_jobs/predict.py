@@ -248,7 +248,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--output", required=True, help="folder for <name>.png cut-outs, local path or s3://")
     p.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE,
                    help=f"long side the network works at, in pixels; bigger inputs are downscaled and "
-                        f"their alpha upsampled and refined (0 = full size; default {DEFAULT_MAX_SIDE})")
+                        f"their alpha upsampled bilinearly (0 = full size; default {DEFAULT_MAX_SIDE})")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (same-size images batch together)")
     p.add_argument("--decontaminate", action="store_true",
