@@ -24,7 +24,8 @@ class ConfigError(ValueError):
     """A configuration file or override is invalid. The message names the key."""
 
 
-def _check(cond: bool, key: str, msg: str) -> None:
+def require(cond: bool, key: str, msg: str) -> None:
+    """Raise :class:`ConfigError` ``"<key>: <msg>"`` unless ``cond``; every config check uses it."""
     if not cond:
         raise ConfigError(f"{key}: {msg}")
 
@@ -52,12 +53,12 @@ class ModelConfig:
     """Input image channels (RGB)."""
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.encoder, str) and bool(self.encoder), "model.encoder", "must be a non-empty string")
-        _check(0.1 <= self.encoder_width <= 4.0, "model.encoder_width", f"must be in [0.1, 4], got {self.encoder_width}")
-        _check(len(self.decoder_channels) > 0, "model.decoder_channels", "must not be empty")
-        _check(all(c > 0 for c in self.decoder_channels), "model.decoder_channels", "all entries must be > 0")
-        _check(1 <= self.lowlight_iterations <= 16, "model.lowlight_iterations", "must be in [1, 16]")
-        _check(self.in_channels > 0, "model.in_channels", "must be > 0")
+        require(isinstance(self.encoder, str) and bool(self.encoder), "model.encoder", "must be a non-empty string")
+        require(0.1 <= self.encoder_width <= 4.0, "model.encoder_width", f"must be in [0.1, 4], got {self.encoder_width}")
+        require(len(self.decoder_channels) > 0, "model.decoder_channels", "must not be empty")
+        require(all(c > 0 for c in self.decoder_channels), "model.decoder_channels", "all entries must be > 0")
+        require(1 <= self.lowlight_iterations <= 16, "model.lowlight_iterations", "must be in [1, 16]")
+        require(self.in_channels > 0, "model.in_channels", "must be > 0")
 
 
 # --------------------------------------------------------------------------- loss
@@ -93,11 +94,11 @@ class LossConfig:
             if f.name == "scales":
                 continue
             v = getattr(self, f.name)
-            _check(v >= 0, f"loss.{f.name}", f"must be >= 0, got {v}")
-        _check(len(self.scales) > 0, "loss.scales", "must not be empty")
-        _check(all(0 < s <= 1 for s in self.scales), "loss.scales", "each scale must be in (0, 1]")
+            require(v >= 0, f"loss.{f.name}", f"must be >= 0, got {v}")
+        require(len(self.scales) > 0, "loss.scales", "must not be empty")
+        require(all(0 < s <= 1 for s in self.scales), "loss.scales", "each scale must be in (0, 1]")
         total = sum(getattr(self, n) for n in ("l1", "mse", "bce", "grad", "laplacian", "composition", "ssim", "edge"))
-        _check(total > 0, "loss", "at least one loss weight must be > 0")
+        require(total > 0, "loss", "at least one loss weight must be > 0")
 
 
 # --------------------------------------------------------------------------- optimisation
@@ -119,9 +120,9 @@ class StageConfig:
     """Learning rate of the encoder (layer-wise LR); None means the same as ``lr``."""
 
     def __post_init__(self) -> None:
-        _check(self.epochs >= 1, "stages.epochs", f"must be >= 1, got {self.epochs}")
-        _check(self.lr > 0, "stages.lr", f"must be > 0, got {self.lr}")
-        _check(self.encoder_lr is None or self.encoder_lr > 0, "stages.encoder_lr", "must be > 0")
+        require(self.epochs >= 1, "stages.epochs", f"must be >= 1, got {self.epochs}")
+        require(self.lr > 0, "stages.lr", f"must be > 0, got {self.lr}")
+        require(self.encoder_lr is None or self.encoder_lr > 0, "stages.encoder_lr", "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -146,11 +147,11 @@ class OptimConfig:
     """Mixed precision: auto = bf16 on CUDA when supported, else fp16 with a grad scaler; off on CPU."""
 
     def __post_init__(self) -> None:
-        _check(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
-        _check(self.step_size >= 1, "optim.step_size", "must be >= 1")
-        _check(0 < self.gamma <= 1, "optim.gamma", "must be in (0, 1]")
-        _check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
-        _check(self.grad_clip >= 0, "optim.grad_clip", "must be >= 0")
+        require(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+        require(self.step_size >= 1, "optim.step_size", "must be >= 1")
+        require(0 < self.gamma <= 1, "optim.gamma", "must be in (0, 1]")
+        require(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
+        require(self.grad_clip >= 0, "optim.grad_clip", "must be >= 0")
 
 
 # --------------------------------------------------------------------------- data
@@ -180,10 +181,10 @@ class DataConfig:
     """S3 endpoint override (e.g. a MinIO or moto server); empty = AWS or $AWS_ENDPOINT_URL."""
 
     def __post_init__(self) -> None:
-        _check(32 <= self.image_size <= 4096, "data.image_size", f"must be in [32, 4096], got {self.image_size}")
-        _check(self.image_size % 32 == 0, "data.image_size", f"must be a multiple of 32, got {self.image_size}")
-        _check(self.batch_size >= 1, "data.batch_size", "must be >= 1")
-        _check(0 <= self.lowlight_sim_prob <= 1, "data.lowlight_sim_prob", "must be in [0, 1]")
+        require(32 <= self.image_size <= 4096, "data.image_size", f"must be in [32, 4096], got {self.image_size}")
+        require(self.image_size % 32 == 0, "data.image_size", f"must be a multiple of 32, got {self.image_size}")
+        require(self.batch_size >= 1, "data.batch_size", "must be >= 1")
+        require(0 <= self.lowlight_sim_prob <= 1, "data.lowlight_sim_prob", "must be in [0, 1]")
 
 
 # --------------------------------------------------------------------------- Ray-side settings
@@ -203,9 +204,9 @@ class ScalingSettings:
     """CPUs per Ray Data decode/augment task."""
 
     def __post_init__(self) -> None:
-        _check(self.num_workers >= 1, "scaling.num_workers", "must be >= 1")
-        _check(self.cpus_per_worker > 0, "scaling.cpus_per_worker", "must be > 0")
-        _check(self.data_cpus > 0, "scaling.data_cpus", "must be > 0")
+        require(self.num_workers >= 1, "scaling.num_workers", "must be >= 1")
+        require(self.cpus_per_worker > 0, "scaling.cpus_per_worker", "must be > 0")
+        require(self.data_cpus > 0, "scaling.data_cpus", "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -224,9 +225,9 @@ class RunSettings:
     """Global random seed."""
 
     def __post_init__(self) -> None:
-        _check(bool(self.name) and "/" not in self.name, "run.name", "must be non-empty and contain no '/'")
-        _check(self.max_failures >= -1, "run.max_failures", "must be >= -1 (-1 = unlimited)")
-        _check(self.keep_checkpoints >= 1, "run.keep_checkpoints", "must be >= 1")
+        require(bool(self.name) and "/" not in self.name, "run.name", "must be non-empty and contain no '/'")
+        require(self.max_failures >= -1, "run.max_failures", "must be >= -1 (-1 = unlimited)")
+        require(self.keep_checkpoints >= 1, "run.keep_checkpoints", "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -251,7 +252,7 @@ class TrainConfig:
     """Checkpoint to fine-tune from (partial loading); empty = from scratch."""
 
     def __post_init__(self) -> None:
-        _check(len(self.stages) >= 1, "stages", "at least one stage is required")
+        require(len(self.stages) >= 1, "stages", "at least one stage is required")
 
     @property
     def total_epochs(self) -> int:
@@ -284,22 +285,22 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 errors.append(str(e))
         raise ConfigError(f"{key}: {value!r} does not match {tp}")
     if origin is Literal:
-        _check(value in args, key, f"must be one of {list(args)}, got {value!r}")
+        require(value in args, key, f"must be one of {list(args)}, got {value!r}")
         return value
     if dataclasses.is_dataclass(tp):
-        _check(isinstance(value, Mapping), key, f"must be a mapping, got {type(value).__name__}")
+        require(isinstance(value, Mapping), key, f"must be a mapping, got {type(value).__name__}")
         return _build(tp, value, key)
     if origin is tuple:
-        _check(isinstance(value, (list, tuple)), key, f"must be a list, got {value!r}")
+        require(isinstance(value, (list, tuple)), key, f"must be a list, got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
-        _check(len(value) == len(args), key, f"must have {len(args)} items")
+        require(len(value) == len(args), key, f"must have {len(args)} items")
         return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if tp is bool:
-        _check(isinstance(value, bool), key, f"must be true or false, got {value!r}")
+        require(isinstance(value, bool), key, f"must be true or false, got {value!r}")
         return value
     if tp is int:
-        _check(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer, got {value!r}")
+        require(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer, got {value!r}")
         return value
     if tp is float:
         if isinstance(value, str):  # YAML reads "1e-4" as a string
@@ -307,10 +308,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 value = float(value)
             except ValueError:
                 pass
-        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key, f"must be a number, got {value!r}")
+        require(isinstance(value, (int, float)) and not isinstance(value, bool), key, f"must be a number, got {value!r}")
         return float(value)
     if tp is str:
-        _check(isinstance(value, str), key, f"must be a string, got {value!r}")
+        require(isinstance(value, str), key, f"must be a string, got {value!r}")
         return value
     raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
 
@@ -358,7 +359,7 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     cur: Any = data
     for i, p in enumerate(parts[:-1]):
         if isinstance(cur, list):
-            _check(p.isdigit() and int(p) < len(cur), ".".join(parts[: i + 1]), "list index out of range")
+            require(p.isdigit() and int(p) < len(cur), ".".join(parts[: i + 1]), "list index out of range")
             cur = cur[int(p)]
             continue
         nxt = cur.get(p)
@@ -367,7 +368,7 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
         cur = nxt
     last = parts[-1]
     if isinstance(cur, list):
-        _check(last.isdigit() and int(last) < len(cur), dotted, "list index out of range")
+        require(last.isdigit() and int(last) < len(cur), dotted, "list index out of range")
         cur[int(last)] = value
     else:
         cur[last] = value
@@ -380,7 +381,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             raise ConfigError(f"{ov}: override must look like key=value")
         key, raw = ov.split("=", 1)
         key = key.strip()
-        _check(bool(key), ov, "empty key")
+        require(bool(key), ov, "empty key")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as e:

@@ -75,7 +75,7 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 
 from matting_lib import io
-from matting_lib.config import ConfigError, ScalingSettings, TrainConfig, dump_config, from_dict, load_yaml, to_dict
+from matting_lib.config import ConfigError, ScalingSettings, TrainConfig, dump_config, from_dict, load_yaml, require, to_dict
 from ray_jobs.common import fail, init_ray, job_parser, load_job_config, run_uri, storage_args, worker_env
 from ray_jobs.train import build_datasets, export_best, make_trainer, prepare_data
 
@@ -89,11 +89,6 @@ LOSS_WEIGHTS = ("l1", "grad", "laplacian", "ssim", "edge")
 TUNABLE = ("lr", *(f"loss.{w}" for w in LOSS_WEIGHTS), "model.lowlight", "stages.<i>.epochs")
 DISTRIBUTIONS = ("loguniform", "uniform", "int")
 Algorithm = Literal["auto", "random", "grid", "tpe"]
-
-
-def _require(cond: bool, key: str, msg: str) -> None:
-    if not cond:
-        raise ConfigError(f"{key}: {msg}")
 
 
 # --------------------------------------------------------------------------- sweep config
@@ -113,8 +108,8 @@ class SearchSettings:
     """Upper bound on trials at once; 0 = as many as the cluster's resources fit."""
 
     def __post_init__(self) -> None:
-        _require(self.num_samples >= 1, "search.num_samples", f"must be >= 1, got {self.num_samples}")
-        _require(self.max_concurrent_trials >= 0, "search.max_concurrent_trials", "must be >= 0 (0 = derived from the cluster)")
+        require(self.num_samples >= 1, "search.num_samples", f"must be >= 1, got {self.num_samples}")
+        require(self.max_concurrent_trials >= 0, "search.max_concurrent_trials", "must be >= 0 (0 = derived from the cluster)")
 
 
 @dataclass(frozen=True)
@@ -127,8 +122,8 @@ class AshaSettings:
     """At each rung only the best 1/reduction_factor of trials continue."""
 
     def __post_init__(self) -> None:
-        _require(self.grace_period >= 1, "asha.grace_period", f"must be >= 1, got {self.grace_period}")
-        _require(self.reduction_factor > 1, "asha.reduction_factor", f"must be > 1, got {self.reduction_factor}")
+        require(self.grace_period >= 1, "asha.grace_period", f"must be >= 1, got {self.grace_period}")
+        require(self.reduction_factor > 1, "asha.reduction_factor", f"must be > 1, got {self.reduction_factor}")
 
 
 @dataclass(frozen=True)
@@ -153,10 +148,10 @@ class SweepConfig:
     """Where the sweep folder goes (local folder or s3://bucket/prefix)."""
 
     def __post_init__(self) -> None:
-        _require(bool(self.base_config), "base_config", "must name a training config YAML")
-        _require(isinstance(self.train, Mapping), "train", f"must be a mapping of training-config overrides, got {self.train!r}")
-        _require(isinstance(self.space, Mapping), "space", f"must be a mapping of parameter name -> values, got {self.space!r}")
-        _require(bool(self.name) and "/" not in self.name, "name", "must be non-empty and contain no '/'")
+        require(bool(self.base_config), "base_config", "must name a training config YAML")
+        require(isinstance(self.train, Mapping), "train", f"must be a mapping of training-config overrides, got {self.train!r}")
+        require(isinstance(self.space, Mapping), "space", f"must be a mapping of parameter name -> values, got {self.space!r}")
+        require(bool(self.name) and "/" not in self.name, "name", "must be non-empty and contain no '/'")
 
 
 # --------------------------------------------------------------------------- search space
@@ -201,7 +196,7 @@ def trial_config(base: TrainConfig, params: Mapping[str, Any]) -> TrainConfig:
     for name, value in params.items():
         value = _plain(value)
         if name == "lr":
-            _require(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0, "lr", f"must be a number > 0, got {value!r}")
+            require(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0, "lr", f"must be a number > 0, got {value!r}")
             scale = value / base.stages[0].lr
             for stage in data["stages"]:
                 stage["lr"] *= scale
@@ -219,28 +214,28 @@ def trial_config(base: TrainConfig, params: Mapping[str, Any]) -> TrainConfig:
 def _check_name(name: str, base: TrainConfig) -> None:
     if name.startswith("stages.") and name.endswith(".epochs"):
         index = name.split(".")[1]
-        _require(index.isdigit() and int(index) < len(base.stages), f"space.{name}", f"the base config has {len(base.stages)} stage(s): stages.0.epochs .. stages.{len(base.stages) - 1}.epochs")
+        require(index.isdigit() and int(index) < len(base.stages), f"space.{name}", f"the base config has {len(base.stages)} stage(s): stages.0.epochs .. stages.{len(base.stages) - 1}.epochs")
         return
-    _require(name in TUNABLE, f"space.{name}", f"unknown parameter (tunable: {', '.join(TUNABLE)})")
+    require(name in TUNABLE, f"space.{name}", f"unknown parameter (tunable: {', '.join(TUNABLE)})")
 
 
 def _parse_param(name: str, spec: Any, algorithm: str) -> Param:
     key = f"space.{name}"
     if isinstance(spec, (list, tuple)):
-        _require(len(spec) > 0, key, "empty list of values")
+        require(len(spec) > 0, key, "empty list of values")
         return Param(name, values=tuple(spec))
-    _require(isinstance(spec, Mapping), key, f"must be a list of values or {{distribution, low, high}}, got {spec!r}")
-    _require(algorithm != "grid", key, "grid search needs a list of values")
+    require(isinstance(spec, Mapping), key, f"must be a list of values or {{distribution, low, high}}, got {spec!r}")
+    require(algorithm != "grid", key, "grid search needs a list of values")
     unknown = sorted(set(spec) - {"distribution", "low", "high"})
-    _require(not unknown, f"{key}.{unknown[0] if unknown else ''}", "unknown key (valid keys: distribution, high, low)")
+    require(not unknown, f"{key}.{unknown[0] if unknown else ''}", "unknown key (valid keys: distribution, high, low)")
     dist = spec.get("distribution")
-    _require(dist in DISTRIBUTIONS, f"{key}.distribution", f"must be one of {list(DISTRIBUTIONS)}, got {dist!r}")
+    require(dist in DISTRIBUTIONS, f"{key}.distribution", f"must be one of {list(DISTRIBUTIONS)}, got {dist!r}")
     low, high = spec.get("low"), spec.get("high")
     for k, v in (("low", low), ("high", high)):
-        _require(isinstance(v, (int, float)) and not isinstance(v, bool), f"{key}.{k}", f"must be a number, got {v!r}")
-    _require(low < high, key, f"low must be < high, got {low} >= {high}")
-    _require(dist != "loguniform" or low > 0, f"{key}.low", "loguniform needs low > 0")
-    _require(dist != "int" or (low == int(low) and high == int(high)), key, "int bounds must be whole numbers")
+        require(isinstance(v, (int, float)) and not isinstance(v, bool), f"{key}.{k}", f"must be a number, got {v!r}")
+    require(low < high, key, f"low must be < high, got {low} >= {high}")
+    require(dist != "loguniform" or low > 0, f"{key}.low", "loguniform needs low > 0")
+    require(dist != "int" or (low == int(low) and high == int(high)), key, "int bounds must be whole numbers")
     return Param(name, distribution=dist, low=low, high=high)
 
 
@@ -260,7 +255,7 @@ def flatten_space(space: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def parse_space(space: Mapping[str, Any], base: TrainConfig, algorithm: str) -> dict[str, Param]:
     """Validated parameters; ConfigError (naming ``space.<param>``) for anything a trial could not run."""
     space = flatten_space(space)
-    _require(len(space) > 0, "space", f"empty search space: name at least one parameter ({', '.join(TUNABLE)})")
+    require(len(space) > 0, "space", f"empty search space: name at least one parameter ({', '.join(TUNABLE)})")
     params = {}
     for name, spec in space.items():
         _check_name(name, base)
@@ -288,7 +283,7 @@ def resolve_algorithm(algorithm: str) -> str:
     has_optuna = importlib.util.find_spec("optuna") is not None
     if algorithm == "auto":
         return "tpe" if has_optuna else "random"
-    _require(algorithm != "tpe" or has_optuna, "search.algorithm", "tpe needs optuna: pip install optuna (the project's optional [optuna] extra)")
+    require(algorithm != "tpe" or has_optuna, "search.algorithm", "tpe needs optuna: pip install optuna (the project's optional [optuna] extra)")
     return algorithm
 
 
@@ -319,8 +314,8 @@ def concurrency(res: ScalingSettings, cluster: Mapping[str, float], cap: int = 0
     cpus, gpus = trial_demand(res)
     have_cpu, have_gpu = float(cluster.get("CPU", 0)), float(cluster.get("GPU", 0))
     what = f"{res.num_workers} worker(s) x {res.cpus_per_worker} CPU + {res.data_cpus} data CPU + {TRIAL_CPU}"
-    _require(cpus <= have_cpu + 1e-9, "resources", f"a trial needs {cpus:g} CPUs ({what}) but the cluster has {have_cpu:g}")
-    _require(gpus <= have_gpu + 1e-9, "resources", f"a trial needs {gpus} GPU(s) ({res.num_workers} worker(s) x 1) but the cluster has {have_gpu:g}")
+    require(cpus <= have_cpu + 1e-9, "resources", f"a trial needs {cpus:g} CPUs ({what}) but the cluster has {have_cpu:g}")
+    require(gpus <= have_gpu + 1e-9, "resources", f"a trial needs {gpus} GPU(s) ({res.num_workers} worker(s) x 1) but the cluster has {have_gpu:g}")
     slots = math.floor(have_cpu / cpus + 1e-9)
     if gpus:
         slots = min(slots, math.floor(have_gpu / gpus + 1e-9))
@@ -655,7 +650,7 @@ def main(argv: list[str] | None = None) -> int:
         algorithm = resolve_algorithm(sweep.search.algorithm)
         params = parse_space(sweep.space, base, algorithm)
         epochs = max_epochs(base, params)
-        _require(sweep.asha.grace_period <= epochs, "asha.grace_period", f"must be <= the longest trial's {epochs} epochs")
+        require(sweep.asha.grace_period <= epochs, "asha.grace_period", f"must be <= the longest trial's {epochs} epochs")
     except ConfigError as e:
         fail(f"config error: {e}", code=2)
     train_rows, val_rows, env = prepare_data(base)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from matting_lib.config import ConfigError, apply_overrides, from_dict, load_yaml
+from matting_lib.config import ConfigError, apply_overrides, from_dict, load_yaml, require
 from matting_lib.routing import DEFAULT_THRESHOLD
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -28,11 +28,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().with_name("config.yaml")
 IMPORT_PATH = "serve_app.app:build_app"
 """The application builder that ``config.yaml`` names."""
-
-
-def _check(cond: bool, key: str, msg: str) -> None:
-    if not cond:
-        raise ConfigError(f"{key}: {msg}")
 
 
 @dataclass(frozen=True)
@@ -45,9 +40,9 @@ class ModelSpec:
     """Checkpoint URI: a local path (relative to the repository root) or s3://bucket/key."""
 
     def __post_init__(self) -> None:
-        _check(bool(self.name) and self.name.replace("_", "").replace("-", "").isalnum(), "models.name",
+        require(bool(self.name) and self.name.replace("_", "").replace("-", "").isalnum(), "models.name",
                f"must be letters, digits, '-' or '_', got {self.name!r}")
-        _check(bool(self.checkpoint), f"models.{self.name}.checkpoint", "must not be empty")
+        require(bool(self.checkpoint), f"models.{self.name}.checkpoint", "must not be empty")
 
 
 @dataclass(frozen=True)
@@ -62,7 +57,7 @@ class RoutingSettings:
     """Model for low-light images."""
 
     def __post_init__(self) -> None:
-        _check(0.0 <= self.threshold <= 1.0, "routing.threshold", f"must be in [0, 1], got {self.threshold}")
+        require(0.0 <= self.threshold <= 1.0, "routing.threshold", f"must be in [0, 1], got {self.threshold}")
 
 
 @dataclass(frozen=True)
@@ -81,15 +76,15 @@ class AutoscalingSettings:
     downscale_delay_s: float = 60.0
 
     def __post_init__(self) -> None:
-        _check(self.min_replicas >= 1, "model_deployment.autoscaling.min_replicas", "must be >= 1")
-        _check(self.max_replicas >= self.min_replicas, "model_deployment.autoscaling.max_replicas",
+        require(self.min_replicas >= 1, "model_deployment.autoscaling.min_replicas", "must be >= 1")
+        require(self.max_replicas >= self.min_replicas, "model_deployment.autoscaling.max_replicas",
                "must be >= min_replicas")
-        _check(self.target_ongoing_requests > 0, "model_deployment.autoscaling.target_ongoing_requests", "must be > 0")
-        _check(self.metrics_interval_s is None or self.metrics_interval_s > 0,
+        require(self.target_ongoing_requests > 0, "model_deployment.autoscaling.target_ongoing_requests", "must be > 0")
+        require(self.metrics_interval_s is None or self.metrics_interval_s > 0,
                "model_deployment.autoscaling.metrics_interval_s", "must be > 0")
-        _check(self.look_back_period_s > 0, "model_deployment.autoscaling.look_back_period_s", "must be > 0")
+        require(self.look_back_period_s > 0, "model_deployment.autoscaling.look_back_period_s", "must be > 0")
         for name in ("upscale_delay_s", "downscale_delay_s"):
-            _check(getattr(self, name) >= 0, f"model_deployment.autoscaling.{name}", "must be >= 0")
+            require(getattr(self, name) >= 0, f"model_deployment.autoscaling.{name}", "must be >= 0")
 
     def to_serve(self) -> dict[str, Any]:
         """The mapping Serve's ``autoscaling_config`` takes (unset fields left to Serve)."""
@@ -118,13 +113,13 @@ class ModelDeploymentSettings:
     autoscaling: AutoscalingSettings = field(default_factory=AutoscalingSettings)
 
     def __post_init__(self) -> None:
-        _check(0 < self.num_cpus <= 64, "model_deployment.num_cpus", f"must be in (0, 64], got {self.num_cpus}")
-        _check(self.num_gpus >= 0, "model_deployment.num_gpus", "must be >= 0")
-        _check(32 <= self.max_side <= 8192, "model_deployment.max_side", f"must be in [32, 8192], got {self.max_side}")
-        _check(self.max_batch_size >= 1, "model_deployment.max_batch_size", "must be >= 1")
-        _check(self.batch_wait_timeout_s >= 0, "model_deployment.batch_wait_timeout_s", "must be >= 0")
-        _check(self.max_ongoing_requests >= 1, "model_deployment.max_ongoing_requests", "must be >= 1")
-        _check(self.health_check_period_s > 0, "model_deployment.health_check_period_s", "must be > 0")
+        require(0 < self.num_cpus <= 64, "model_deployment.num_cpus", f"must be in (0, 64], got {self.num_cpus}")
+        require(self.num_gpus >= 0, "model_deployment.num_gpus", "must be >= 0")
+        require(32 <= self.max_side <= 8192, "model_deployment.max_side", f"must be in [32, 8192], got {self.max_side}")
+        require(self.max_batch_size >= 1, "model_deployment.max_batch_size", "must be >= 1")
+        require(self.batch_wait_timeout_s >= 0, "model_deployment.batch_wait_timeout_s", "must be >= 0")
+        require(self.max_ongoing_requests >= 1, "model_deployment.max_ongoing_requests", "must be >= 1")
+        require(self.health_check_period_s > 0, "model_deployment.health_check_period_s", "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -142,12 +137,12 @@ class IngressSettings:
     """Files of one /v1/batch request processed at once (lets @serve.batch fill batches)."""
 
     def __post_init__(self) -> None:
-        _check(0 < self.num_cpus <= 64, "ingress.num_cpus", f"must be in (0, 64], got {self.num_cpus}")
-        _check(self.num_replicas >= 1, "ingress.num_replicas", "must be >= 1")
-        _check(self.max_ongoing_requests >= 1, "ingress.max_ongoing_requests", "must be >= 1")
-        _check(self.model_timeout_s > 0, "ingress.model_timeout_s", "must be > 0")
-        _check(0 <= self.model_retries <= 5, "ingress.model_retries", "must be in [0, 5]")
-        _check(self.batch_concurrency >= 1, "ingress.batch_concurrency", "must be >= 1")
+        require(0 < self.num_cpus <= 64, "ingress.num_cpus", f"must be in (0, 64], got {self.num_cpus}")
+        require(self.num_replicas >= 1, "ingress.num_replicas", "must be >= 1")
+        require(self.max_ongoing_requests >= 1, "ingress.max_ongoing_requests", "must be >= 1")
+        require(self.model_timeout_s > 0, "ingress.model_timeout_s", "must be > 0")
+        require(0 <= self.model_retries <= 5, "ingress.model_retries", "must be in [0, 5]")
+        require(self.batch_concurrency >= 1, "ingress.batch_concurrency", "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -169,10 +164,10 @@ class LimitSettings:
 
     def __post_init__(self) -> None:
         for name in ("max_upload_mb", "max_batch_upload_mb", "max_zip_total_mb"):
-            _check(getattr(self, name) > 0, f"limits.{name}", "must be > 0")
-        _check(self.max_batch_files >= 1, "limits.max_batch_files", "must be >= 1")
-        _check(self.max_pixels >= 1, "limits.max_pixels", "must be >= 1")
-        _check(32 <= self.max_side_limit <= 8192, "limits.max_side_limit", "must be in [32, 8192]")
+            require(getattr(self, name) > 0, f"limits.{name}", "must be > 0")
+        require(self.max_batch_files >= 1, "limits.max_batch_files", "must be >= 1")
+        require(self.max_pixels >= 1, "limits.max_pixels", "must be >= 1")
+        require(32 <= self.max_side_limit <= 8192, "limits.max_side_limit", "must be in [32, 8192]")
 
     @property
     def max_upload_bytes(self) -> int:
@@ -195,7 +190,7 @@ class CacheSettings:
     """Bound on the cached result bytes; least recently used entries go first. 0 disables."""
 
     def __post_init__(self) -> None:
-        _check(self.max_mb >= 0, "cache.max_mb", "must be >= 0")
+        require(self.max_mb >= 0, "cache.max_mb", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -214,11 +209,11 @@ class HistorySettings:
     """Long side (px) of the stored thumbnails."""
 
     def __post_init__(self) -> None:
-        _check(bool(self.db_path) and "://" not in self.db_path, "history.db_path", "must be a local file path")
-        _check(bool(self.store_uri), "history.store_uri", "must not be empty")
-        _check(self.max_entries >= 1, "history.max_entries", "must be >= 1")
-        _check(self.max_age_days > 0, "history.max_age_days", "must be > 0")
-        _check(16 <= self.thumbnail_side <= 1024, "history.thumbnail_side", "must be in [16, 1024]")
+        require(bool(self.db_path) and "://" not in self.db_path, "history.db_path", "must be a local file path")
+        require(bool(self.store_uri), "history.store_uri", "must not be empty")
+        require(self.max_entries >= 1, "history.max_entries", "must be >= 1")
+        require(self.max_age_days > 0, "history.max_age_days", "must be > 0")
+        require(16 <= self.thumbnail_side <= 1024, "history.thumbnail_side", "must be in [16, 1024]")
 
 
 def _default_models() -> tuple[ModelSpec, ...]:
@@ -243,12 +238,12 @@ class ServeConfig:
     """Environment variable (in the ingress replica) holding the API key when ``api_key`` is empty."""
 
     def __post_init__(self) -> None:
-        _check(len(self.models) >= 1, "models", "at least one model is required")
+        require(len(self.models) >= 1, "models", "at least one model is required")
         names = [m.name for m in self.models]
-        _check(len(set(names)) == len(names), "models", f"model names must be unique, got {names}")
+        require(len(set(names)) == len(names), "models", f"model names must be unique, got {names}")
         for key in ("bright_model", "dark_model"):
             name = getattr(self.routing, key)
-            _check(name in names, f"routing.{key}", f"{name!r} is not a configured model (models: {', '.join(names)})")
+            require(name in names, f"routing.{key}", f"{name!r} is not a configured model (models: {', '.join(names)})")
 
     @property
     def model_names(self) -> list[str]:
@@ -298,5 +293,5 @@ def load_serve_yaml(path: str | Path = DEFAULT_CONFIG_PATH) -> dict[str, Any]:
 def app_entry(serve_yaml: Mapping[str, Any]) -> dict[str, Any]:
     """The application of a Serve config that runs this app (``import_path: serve_app.app:build_app``)."""
     apps = [a for a in serve_yaml.get("applications", []) if a.get("import_path") == IMPORT_PATH]
-    _check(len(apps) == 1, "applications", f"expected exactly one application with import_path {IMPORT_PATH}")
+    require(len(apps) == 1, "applications", f"expected exactly one application with import_path {IMPORT_PATH}")
     return apps[0]
