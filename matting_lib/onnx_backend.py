@@ -137,7 +137,7 @@ class OnnxPredictor(Predictor):
         from matting_lib.checkpoint import load_checkpoint
 
         ck = load_checkpoint(uri)
-        meta = {"checkpoint": uri, "metrics": dict(ck.metrics), "data_fingerprint": ck.data_fingerprint}
+        meta = {"checkpoint": uri, "metrics": dict(ck.metrics), "model_config": ck.model_config, "data_fingerprint": ck.data_fingerprint}
         return cls.from_torch(ck.build_model(), metadata=meta, **kwargs)
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:

@@ -195,7 +195,9 @@ def load_predictor(uri: str, backend: str = "auto", **kwargs: Any) -> Predictor:
             :data:`CPU_AUTO_BACKEND` on CPU. A checkpoint on the ``onnx`` backend is exported in
             memory at load time (FP32; a second or two).
         **kwargs: the predictor's settings (``device``, ``max_side``, ``batch_size``; torch also
-            ``precision``; onnx also ``num_threads``).
+            ``precision``). ``num_threads`` (None = the library default) is the ORT session's
+            intra-op threads on onnx; on torch it sets ``torch.set_num_threads`` for the whole
+            process, which is what a serving replica or a predict worker wants.
 
     CPU choice for ``auto`` is ONNX Runtime, measured by ``bench/inference.py`` (base model of
     ``configs/base.yaml``, FP32, 2-core AMD EPYC, both with 2 threads, 2026-11-23): at 512²
@@ -215,7 +217,19 @@ def load_predictor(uri: str, backend: str = "auto", **kwargs: Any) -> Predictor:
         device = resolve_device(kwargs.get("device", "auto")) if not is_onnx else None
         backend = "onnx" if is_onnx or (device is not None and device.type == "cpu" and CPU_AUTO_BACKEND == "onnx") else "torch"
     if backend == "torch":
+        threads = kwargs.pop("num_threads", None)
+        if threads is not None:
+            if threads < 1:
+                raise ValueError(f"num_threads must be >= 1 or None, got {threads}")
+            torch.set_num_threads(threads)
         return Predictor.from_checkpoint(uri, **kwargs)
     from matting_lib.onnx_backend import OnnxPredictor
 
     return OnnxPredictor.from_onnx(uri, **kwargs) if is_onnx else OnnxPredictor.from_checkpoint(uri, **kwargs)
+
+
+def backend_name(predictor: Predictor) -> str:
+    """``"onnx"`` or ``"torch"``: the backend a predictor from :func:`load_predictor` runs on."""
+    from matting_lib.onnx_backend import OnnxPredictor
+
+    return "onnx" if isinstance(predictor, OnnxPredictor) else "torch"

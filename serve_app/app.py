@@ -35,7 +35,7 @@ def build_from_config(cfg: ServeConfig) -> Application:
             max_ongoing_requests=md.max_ongoing_requests,
             health_check_period_s=md.health_check_period_s,
             user_config={"checkpoint": spec.checkpoint},
-        ).bind(spec.name, spec.checkpoint, md)
+        ).bind(spec.name, spec.checkpoint, md, spec.backend)
         for spec in cfg.models
     }
     ing = cfg.ingress

@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 
 from matting_lib.config import ConfigError, apply_overrides, from_dict, load_yaml, require
 from matting_lib.routing import DEFAULT_THRESHOLD
+from matting_lib.predictor import BACKENDS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 """Base of relative paths in the config."""
@@ -37,12 +38,17 @@ class ModelSpec:
     name: str
     """Model name, e.g. 'base'; the Serve deployment is called ``model_<name>``."""
     checkpoint: str
-    """Checkpoint URI: a local path (relative to the repository root) or s3://bucket/key."""
+    """Checkpoint URI: a local path (relative to the repository root) or s3://bucket/key; an
+    ONNX export (``.onnx``, from ``python -m ray_jobs.export``) runs on ONNX Runtime."""
+    backend: str = ""
+    """This model's inference backend; empty = ``model_deployment.backend``."""
 
     def __post_init__(self) -> None:
         require(bool(self.name) and self.name.replace("_", "").replace("-", "").isalnum(), "models.name",
                f"must be letters, digits, '-' or '_', got {self.name!r}")
         require(bool(self.checkpoint), f"models.{self.name}.checkpoint", "must not be empty")
+        require(self.backend in ("", *BACKENDS), f"models.{self.name}.backend",
+                f"must be one of {', '.join(BACKENDS)} (or empty), got {self.backend!r}")
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,13 @@ class ModelDeploymentSettings:
     """GPUs per replica (0 on CPU machines)."""
     device: str = "auto"
     """Torch device: 'auto' (CUDA when present), 'cpu', 'cuda:0'..."""
+    backend: str = "auto"
+    """Inference backend: 'torch' (eager), 'onnx' (ONNX Runtime, the checkpoint exported in
+    memory at load) or 'auto': ONNX Runtime on CPU, where ``bench/inference.py`` measured it
+    faster, torch on CUDA (see :func:`matting_lib.predictor.load_predictor`)."""
+    num_threads: int = 1
+    """Intra-op threads of each replica's forward pass (0 = the library default, one per core).
+    Replicas hold fractions of a CPU, so one thread each avoids oversubscribing the cores."""
     max_side: int = 1024
     """Long side (px) the network works at by default; larger inputs are downscaled and their alpha upsampled."""
     max_batch_size: int = 4
@@ -115,6 +128,8 @@ class ModelDeploymentSettings:
     def __post_init__(self) -> None:
         require(0 < self.num_cpus <= 64, "model_deployment.num_cpus", f"must be in (0, 64], got {self.num_cpus}")
         require(self.num_gpus >= 0, "model_deployment.num_gpus", "must be >= 0")
+        require(self.backend in BACKENDS, "model_deployment.backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        require(0 <= self.num_threads <= 256, "model_deployment.num_threads", f"must be in [0, 256], got {self.num_threads}")
         require(32 <= self.max_side <= 8192, "model_deployment.max_side", f"must be in [32, 8192], got {self.max_side}")
         require(self.max_batch_size >= 1, "model_deployment.max_batch_size", "must be >= 1")
         require(self.batch_wait_timeout_s >= 0, "model_deployment.batch_wait_timeout_s", "must be >= 0")

@@ -21,7 +21,7 @@ import numpy as np
 from ray import serve
 
 from matting_lib.config import to_dict
-from matting_lib.predictor import Predictor
+from matting_lib.predictor import Predictor, backend_name, load_predictor
 from serve_app.config import ModelDeploymentSettings
 
 logger = logging.getLogger("ray.serve")
@@ -46,9 +46,10 @@ def parse_user_config(user_config: Mapping[str, Any] | None, default_checkpoint:
 class MattingModel:
     """Serves one checkpoint. Methods: ``predict`` (batched), ``info``, ``check_health``, ``reconfigure``."""
 
-    def __init__(self, name: str, checkpoint: str, settings: ModelDeploymentSettings):
+    def __init__(self, name: str, checkpoint: str, settings: ModelDeploymentSettings, backend: str = ""):
         self.name = name
         self.settings = settings
+        self.backend = backend or settings.backend
         self.default_checkpoint = checkpoint
         self.predictor = self._load(checkpoint)
         self.checkpoint = checkpoint
@@ -64,8 +65,11 @@ class MattingModel:
     def _load(self, uri: str) -> Predictor:
         s = self.settings
         t0 = time.perf_counter()
-        predictor = Predictor.from_checkpoint(uri, device=s.device, max_side=s.max_side, batch_size=s.max_batch_size)
-        logger.info("model %s: loaded %s in %.2f s", self.name, uri, time.perf_counter() - t0)
+        predictor = load_predictor(
+            uri, backend=self.backend, device=s.device, max_side=s.max_side, batch_size=s.max_batch_size,
+            num_threads=s.num_threads or None,
+        )
+        logger.info("model %s: loaded %s on %s in %.2f s", self.name, uri, backend_name(predictor), time.perf_counter() - t0)
         return predictor
 
     async def reconfigure(self, user_config: Mapping[str, Any] | None) -> None:
@@ -122,6 +126,7 @@ class MattingModel:
             "metrics": meta.get("metrics", {}),
             "model_config": to_dict(meta["model_config"]) if meta.get("model_config") else None,
             "device": str(self.predictor.device),
+            "backend": backend_name(self.predictor),
             "max_side": self.predictor.max_side,
             "loaded_at": self.loaded_at,
             "swaps": self.swaps,

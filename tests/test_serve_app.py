@@ -46,6 +46,7 @@ def svc(ray_cluster, tmp_path_factory):
     checkpoints = {name: make_checkpoint(tmp / f"{name}.pt", seed) for seed, name in enumerate(("base", "lowlight", "spare"), 1)}
     port = free_port()
     config = serve_yaml_for_test(tmp, checkpoints, port, fast_scaling="spare")  # only spare autoscales quickly
+    config["applications"][0]["args"]["models"][2]["backend"] = "torch"  # the others: auto = ONNX Runtime on CPU
     deploy(ray_cluster["dashboard"], config)
     wait_until(app_running, 180, "the matting app to run")
     url = f"http://127.0.0.1:{port}"
@@ -319,6 +320,18 @@ def test_models_endpoint(svc):
     assert models["base"]["checkpoint"] == svc.checkpoints["base"] and models["base"]["role"] == "bright"
     assert models["lowlight"]["metrics"] == {"val_sad": 2.0} and models["lowlight"]["role"] == "dark"
     assert body["routing"]["threshold"] == DEFAULT_THRESHOLD
+    assert (models["base"]["backend"], models["lowlight"]["backend"], models["spare"]["backend"]) == ("onnx", "onnx", "torch")
+
+
+def test_both_backends_answer_with_the_checkpoints_alpha(svc):
+    """ONNX Runtime (base, backend auto on CPU) and torch (spare) both match the torch reference."""
+    rgb = photo(90, 130, "bright", seed=11)
+    for name in ("base", "spare"):
+        r = matte(svc.url, encode(rgb), {"output": "alpha", "model": name, "history": "false"})
+        assert r.status_code == 200, r.text
+        assert r.headers["X-Matting-Model"] == name
+        want = np.rint(local_alpha(svc.checkpoints[name], rgb) * 255)
+        assert np.abs(as_array(r.content).astype(int) - want).max() <= 1
 
 
 # --------------------------------------------------------------------------- hot swap and autoscaling
