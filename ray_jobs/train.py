@@ -60,6 +60,10 @@ def build_datasets(cfg: TrainConfig, train_rows: list[dict], val_rows: list[dict
     """Ray Datasets that stream decoded, augmented samples (lazily, per epoch)."""
     import ray.data
 
+    # Progress bars redraw thousands of times per epoch; in `ray job logs` or a log file
+    # they only bury the per-epoch lines, so show them on a terminal only.
+    ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
+
     def rows_ds(rows: list[dict]) -> "ray.data.Dataset":
         items = [{"image_uri": r["image_uri"], "mask_uri": r["mask_uri"]} for r in rows]
         return ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 64)))
