@@ -4,6 +4,12 @@
     python -m ray_jobs.export --checkpoint s3://b/base.pt --format onnx --fp16 --out s3://b/base.fp16.onnx
     python -m ray_jobs.export --checkpoint models/base.pt --format onnx --int8 \\
         --calibration s3://b/dataset --out models/base.int8.onnx
+    python -m ray_jobs.export --checkpoint runs/base/checkpoint_.../model.pt --format checkpoint --out models/base.pt
+
+``--format checkpoint`` publishes a training checkpoint for serving: the same self-describing
+file without the optimizer and scheduler state (``training_state``, about two thirds of a
+training checkpoint), its weights, configs, metrics and data fingerprint unchanged, and the
+reloaded model checked to give bit-identical alphas.
 
 Steps: load the checkpoint, export (dynamic batch, height and width), convert (FP16) or
 quantize (INT8: static QDQ, calibrated on up to ``--calibration-samples`` images of the
@@ -41,7 +47,8 @@ EXIT_PARITY = 3
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Export a matting checkpoint to ONNX and check its parity with torch.")
     p.add_argument("--checkpoint", required=True, help="checkpoint URI (local path or s3://)")
-    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
+    p.add_argument("--format", default="onnx", choices=["onnx", "checkpoint"],
+                   help="onnx, or checkpoint: a slim release checkpoint (no optimizer state) for serving")
     precision = p.add_mutually_exclusive_group()
     precision.add_argument("--fp16", action="store_true", help="float16 weights and activations (for GPU runtimes)")
     precision.add_argument("--int8", action="store_true", help="static INT8 quantization (needs --calibration)")
@@ -55,6 +62,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mean-abs", type=float, default=None, help="largest accepted per-image mean |alpha difference| (default per precision)")
     p.add_argument("--max-sad-increase", type=float, default=None, help="INT8: largest accepted relative SAD increase on val (default 0.02)")
     args = p.parse_args(argv)
+    if args.format == "checkpoint":
+        if not args.out.lower().endswith(".pt"):
+            p.error(f"--format checkpoint: --out must end in .pt, got {args.out!r}")
+        if args.fp16 or args.int8:
+            p.error("--fp16 and --int8 are ONNX precisions; --format checkpoint keeps the FP32 weights")
+        return args
     if not args.out.lower().endswith(".onnx"):
         p.error(f"--out must end in .onnx, got {args.out!r}")
     if args.int8 and not args.calibration:
@@ -85,6 +98,30 @@ def thresholds(args: argparse.Namespace, precision: str):
     t = default_thresholds(precision)
     given = {"max_abs": args.max_abs, "mean_abs": args.mean_abs, "max_sad_increase": args.max_sad_increase}
     return replace(t, **{k: v for k, v in given.items() if v is not None})
+
+
+def publish(args: argparse.Namespace) -> dict:
+    """``--format checkpoint``: rewrite without ``training_state``; check the reload is identical."""
+    import numpy as np
+
+    from matting_lib.checkpoint import checkpoint_bytes, parse_checkpoint
+    from matting_lib.onnx_export import generated_images
+    from matting_lib.predictor import Predictor
+
+    ck = load_checkpoint(args.checkpoint)
+    model = ck.build_model().eval()
+    data = checkpoint_bytes(model, model_config=ck.model_config, train_config=ck.train_config, metrics=ck.metrics,
+                            data_fingerprint=ck.data_fingerprint)
+    again = parse_checkpoint(data, args.out).build_model().eval()
+    images = generated_images()
+    a = Predictor(model, device="cpu", max_side=args.parity_side).predict_batch(images)
+    b = Predictor(again, device="cpu", max_side=args.parity_side).predict_batch(images)
+    max_abs = max(float(np.abs(x - y).max()) for x, y in zip(a, b))
+    if max_abs != 0.0:
+        raise CheckpointError(f"{args.out}: reloaded model differs from {args.checkpoint} (max |alpha difference| {max_abs})")
+    io.write_bytes(args.out, data)
+    print(f"export: wrote {args.out} ({len(data) / 1e6:.1f} MB, without training state); reload gives identical alphas", flush=True)
+    return {"checkpoint": args.checkpoint, "out": args.out, "bytes": len(data), "metrics": dict(ck.metrics)}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -156,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
 
     args = parse_args(argv)
     try:
-        return run(args)
+        return publish(args) if args.format == "checkpoint" else run(args)
     except ParityError as e:
         fail(str(e), code=EXIT_PARITY)
     except (CheckpointError, DatasetError, StorageError, FileNotFoundError) as e:

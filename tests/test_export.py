@@ -174,3 +174,25 @@ def test_load_predictor_picks_the_backend(tiny, fp32_export):
         load_predictor(ckpt, backend="tensorrt")
     with pytest.raises(ValueError, match="precision"):
         load_predictor(onnx_uri, precision="fp16")
+
+
+def test_publish_drops_training_state_and_keeps_the_model(tiny, capsys):
+    """--format checkpoint: same weights, configs and metrics; no optimizer state; smaller file."""
+    from matting_lib.checkpoint import load_checkpoint
+
+    opt = torch.optim.AdamW(tiny["model"].parameters(), 1e-3)
+    tiny["model"](torch.rand(1, 3, 64, 64)).mean().backward()
+    opt.step()
+    trained = save_checkpoint(str(tiny["root"] / "trained.pt"), tiny["model"], metrics={"val_sad": 3.5},
+                              data_fingerprint="sha256:abc", training_state={"optimizer": opt.state_dict(), "epoch": 4})
+    out = str(tiny["root"] / "release.pt")
+    report = export_job.main(["--checkpoint", trained, "--format", "checkpoint", "--out", out])
+    src, rel = load_checkpoint(trained), load_checkpoint(out)
+    assert rel.training_state is None and src.training_state is not None
+    assert (rel.metrics, rel.data_fingerprint, rel.model_config) == (src.metrics, src.data_fingerprint, src.model_config)
+    assert src.state_dict.keys() == rel.state_dict.keys()
+    assert all(torch.equal(src.state_dict[k], rel.state_dict[k]) for k in src.state_dict)
+    assert report["bytes"] == len(io.read_bytes(out)) < len(io.read_bytes(trained))
+    with pytest.raises(SystemExit) as exc:
+        export_job.main(["--checkpoint", trained, "--format", "checkpoint", "--out", str(tiny["root"] / "x.onnx")])
+    assert exc.value.code == 2 and "must end in .pt" in capsys.readouterr().err
