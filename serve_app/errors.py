@@ -15,7 +15,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from matting_lib.data.decode import ImageDecodeError
+from matting_lib.data.decode import (
+    EmptyImageError, ImageDecodeError, ImageTooLargeError, UnsupportedImageError,
+)
 
 logger = logging.getLogger("ray.serve")
 
@@ -48,17 +50,17 @@ class ApiError(Exception):
 
 
 def decode_error_to_api(e: ImageDecodeError) -> ApiError:
-    """Map :func:`matting_lib.data.decode.decode_image`'s errors to statuses.
+    """Map :func:`matting_lib.data.decode.decode_image`'s error classes to statuses.
 
-    too many pixels / decompression bomb -> 413; not an image -> 415; empty, truncated or
-    corrupt -> 400. The mapping reads decode.py's messages; tests pin every case.
+    too many pixels / decompression bomb -> 413; not an allowed image format or an
+    unconvertible mode -> 415; empty -> 400; truncated, corrupt (or any other decode error) -> 400.
     """
     msg = str(e)
-    if "max_pixels" in msg or "too large" in msg:
+    if isinstance(e, ImageTooLargeError):
         return ApiError(413, msg, "too_many_pixels")
-    if "not a recognised image format" in msg:
+    if isinstance(e, UnsupportedImageError):
         return ApiError(415, msg, "not_an_image")
-    if "empty file" in msg:
+    if isinstance(e, EmptyImageError):
         return ApiError(400, msg, "empty_file")
     return ApiError(400, msg, "corrupt_image")
 

@@ -6,17 +6,23 @@ Two entry points and one encoder:
 - :func:`decode_mask`  -> ``uint8 (H, W)`` alpha in ``[0, 255]`` (0 = background).
 - :func:`encode_png`   -> PNG bytes of a ``uint8`` HxW / HxWx3 / HxWx4 or ``uint16`` HxW array.
 
-Safety: the header's dimensions are checked against ``max_pixels`` *before* the pixels
-are decoded (``PIL.Image.open`` only reads the header), so a small file declaring a huge
-size (a decompression bomb) is rejected cheaply. PIL's own hard limit
-(``2 * Image.MAX_IMAGE_PIXELS``) still applies on top of ``max_pixels``. Truncated files
-raise instead of decoding partially: this module sets PIL's process-wide
-``ImageFile.LOAD_TRUNCATED_IMAGES`` to False at import and always calls ``.load()``.
+Safety: only the formats in :data:`ALLOWED_FORMATS` are opened (Pillow's other plugins,
+e.g. EPS, which runs Ghostscript, are never tried on untrusted bytes). The header's dimensions
+are checked against ``max_pixels`` *before* the pixels are decoded (``PIL.Image.open`` only
+reads the header), so a small file declaring a huge size (a decompression bomb) is rejected
+cheaply. PIL's own hard limit (``2 * Image.MAX_IMAGE_PIXELS``) still applies on top of
+``max_pixels``. Truncated files raise instead of decoding partially: this module sets PIL's
+process-wide ``ImageFile.LOAD_TRUNCATED_IMAGES`` to False at import and always calls ``.load()``.
+
+Errors: every failure is an :class:`ImageDecodeError`; its subclass says what kind
+(:class:`EmptyImageError`, :class:`UnsupportedImageError`, :class:`ImageTooLargeError`,
+:class:`CorruptImageError`), so callers (the Serve app's HTTP statuses) never parse messages.
 
 Mode handling of :func:`decode_image`:
 
 - EXIF orientation is applied (``ImageOps.exif_transpose``), so the array is upright.
-- Animated images (GIF, APNG, WebP): the first frame.
+- Animated images (GIF, APNG, WebP): the first frame (the other frames are never read, so
+  a file with a huge number of frames costs no more than its first).
 - ``L``/``1``/``I;16``/``I`` grayscale -> replicated to 3 channels; 16-bit values are
   scaled to 8 bits with ``round(v / 257)`` (65535 -> 255). 16-bit *RGB* PNGs are reduced to
   8 bits by PIL itself (high byte).
@@ -44,38 +50,78 @@ RGBA_BACKGROUND = (255, 255, 255)
 """Colour that transparent images are composited over in :func:`decode_image`."""
 
 
+ALLOWED_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
+"""Pillow format names that :func:`decode_image` / :func:`decode_mask` open (the JPEG plugin also opens MPO camera files)."""
+
+SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF87a": "GIF", b"GIF89a": "GIF",
+    b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF",
+}
+"""Leading bytes of the allowed formats: a file that starts with one but has no readable header is corrupt, not foreign."""
+
+
 class ImageDecodeError(ValueError):
     """Bytes could not be decoded into an image or mask. The message names the file."""
+
+
+class EmptyImageError(ImageDecodeError):
+    """The data is empty (0 bytes)."""
+
+
+class UnsupportedImageError(ImageDecodeError):
+    """Not an image in one of :data:`ALLOWED_FORMATS`, or a pixel mode that cannot be converted."""
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """More pixels than ``max_pixels``, or a decompression bomb, detected before the pixels are decoded."""
+
+
+class CorruptImageError(ImageDecodeError):
+    """A recognised format whose header or pixel data is truncated or corrupt."""
+
+
+def _signature(data: bytes) -> str | None:
+    """The allowed format whose magic bytes ``data`` starts with, or None."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return next((fmt for magic, fmt in SIGNATURES.items() if data.startswith(magic)), None)
 
 
 def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
     """Open the header, check the size, load the pixels (first frame) and apply EXIF orientation."""
     if not data:
-        raise ImageDecodeError(f"{name}: empty file (0 bytes)")
+        raise EmptyImageError(f"{name}: empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError as e:
-        raise ImageDecodeError(f"{name}: image too large, rejected before decoding ({e})") from None
+        raise ImageTooLargeError(f"{name}: image too large, rejected before decoding ({e})") from None
     except UnidentifiedImageError:
-        raise ImageDecodeError(f"{name}: not a recognised image format (first bytes {data[:8]!r})") from None
+        fmt = _signature(data)
+        if fmt is not None:
+            raise CorruptImageError(f"{name}: {fmt} signature but the header is truncated or corrupt") from None
+        raise UnsupportedImageError(
+            f"{name}: not a recognised image format (first bytes {data[:8]!r}; accepted: {', '.join(ALLOWED_FORMATS)})"
+        ) from None
+    except ValueError as e:  # Pillow's limit on compressed metadata (PNG text chunks) is a ValueError
+        if "too large" in str(e).lower():
+            raise ImageTooLargeError(f"{name}: metadata too large, rejected before decoding ({e})") from None
+        raise CorruptImageError(f"{name}: cannot read image header (ValueError: {e})") from None
     except Exception as e:  # noqa: BLE001 - corrupt headers raise anything from SyntaxError to struct.error
-        raise ImageDecodeError(f"{name}: cannot read image header ({type(e).__name__}: {e})") from None
+        raise CorruptImageError(f"{name}: cannot read image header ({type(e).__name__}: {e})") from None
     w, h = im.size
     if w <= 0 or h <= 0:
-        raise ImageDecodeError(f"{name}: invalid image size {w}x{h}")
+        raise CorruptImageError(f"{name}: invalid image size {w}x{h}")
     if w * h > max_pixels:
-        raise ImageDecodeError(
+        raise ImageTooLargeError(
             f"{name}: image is {w}x{h} = {w * h} pixels, more than max_pixels={max_pixels}; rejected before decoding"
         )
     try:
-        if getattr(im, "n_frames", 1) > 1:
-            im.seek(0)
-        im.load()
+        im.load()  # Image.open is positioned on the first frame; the others are never read
         im = ImageOps.exif_transpose(im)
     except Exception as e:  # noqa: BLE001 - truncated/corrupt data: OSError, SyntaxError, ValueError, zlib.error...
-        raise ImageDecodeError(f"{name}: corrupt or truncated image data ({type(e).__name__}: {e})") from None
+        raise CorruptImageError(f"{name}: corrupt or truncated image data ({type(e).__name__}: {e})") from None
     return im
 
 
@@ -86,7 +132,7 @@ def _to_uint8_gray(im: Image.Image, name: str) -> np.ndarray:
     if im.mode.startswith("I"):  # I;16, I;16B, I;16L, I (PNG 16-bit grey may open as I)
         arr = np.asarray(im).astype(np.float64)
         return np.clip(np.round(arr / 257.0), 0, 255).astype(np.uint8)
-    raise ImageDecodeError(f"{name}: unsupported single-channel mode {im.mode!r}")
+    raise UnsupportedImageError(f"{name}: unsupported single-channel mode {im.mode!r}")
 
 
 def _composite(rgba: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
@@ -111,7 +157,7 @@ def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXEL
         ``uint8`` array of shape ``(H, W, 3)``, RGB, upright (EXIF orientation applied).
 
     Raises:
-        ImageDecodeError: empty, unrecognised, truncated, corrupt or too-large data.
+        ImageDecodeError: empty, unrecognised, truncated, corrupt or too-large data (the subclass says which).
     """
     im = _open(data, name, max_pixels)
     if im.mode in ("P", "PA", "LA", "La", "RGBa"):  # palettes may carry transparency
@@ -126,7 +172,7 @@ def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXEL
     try:
         return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()  # CMYK, YCbCr, LAB, HSV, RGBX
     except Exception as e:  # noqa: BLE001
-        raise ImageDecodeError(f"{name}: cannot convert mode {im.mode!r} to RGB ({e})") from None
+        raise UnsupportedImageError(f"{name}: cannot convert mode {im.mode!r} to RGB ({e})") from None
 
 
 def decode_mask(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -151,7 +197,7 @@ def decode_mask(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXELS
         try:
             im = im.convert("RGBA" if im.mode in ("P", "PA", "La", "RGBa") else "RGB")
         except Exception as e:  # noqa: BLE001
-            raise ImageDecodeError(f"{name}: cannot read mask of mode {im.mode!r} ({e})") from None
+            raise UnsupportedImageError(f"{name}: cannot read mask of mode {im.mode!r} ({e})") from None
     arr = np.asarray(im, dtype=np.uint8)
     n_colour = 1 if im.mode == "LA" else 3
     colour, alpha = arr[..., :n_colour], (arr[..., n_colour] if arr.shape[2] > n_colour else None)
