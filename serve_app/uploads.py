@@ -131,8 +131,8 @@ def read_zip(data: bytes, max_entries: int, max_entry_bytes: int, max_total_byte
     """
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, ValueError, EOFError) as e:
-        raise ApiError(400, f"not a readable zip archive ({e})", "bad_zip") from None
+    except Exception as e:  # noqa: BLE001 - forged headers raise anything from BadZipFile to struct.error
+        raise ApiError(400, f"not a readable zip archive ({type(e).__name__}: {e})", "bad_zip") from None
     with zf:
         infos = [i for i in zf.infolist()]
         names = [safe_member_name(i.filename) for i in infos]  # any unsafe name rejects the whole archive
@@ -151,8 +151,8 @@ def read_zip(data: bytes, max_entries: int, max_entry_bytes: int, max_total_byte
             try:
                 with zf.open(info) as f:
                     content = f.read(max_entry_bytes + 1)
-            except (zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError, OSError) as e:
-                raise ApiError(400, f"zip entry {name!r} cannot be read ({e})", "bad_zip") from None
+            except Exception as e:  # noqa: BLE001 - BadZipFile, encrypted, unknown method, zlib.error, negative offsets...
+                raise ApiError(400, f"zip entry {name!r} cannot be read ({type(e).__name__}: {e})", "bad_zip") from None
             if len(content) > max_entry_bytes:
                 raise ApiError(413, f"zip entry {name!r} is larger than declared and over {_mb(max_entry_bytes)}")
             files.append(UploadedFile(name, content))
@@ -177,8 +177,13 @@ def expand_batch(files: list[UploadedFile], max_files: int, max_entry_bytes: int
 
 
 def output_name(name: str, ext: str, used: set[str]) -> str:
-    """``dir/stem.<ext>`` for an input name, made unique within ``used`` (which it updates)."""
-    clean = re.sub(r"[^A-Za-z0-9._/-]+", "_", name).strip("/") or "image"
+    """``dir/stem.<ext>`` for an input name, made unique within ``used`` (which it updates).
+
+    Only letters, digits, '.', '_', '-' and '/' survive, and empty, '.' and '..' components are
+    dropped, so the result is always a relative path inside the archive's ``results/``.
+    """
+    parts = re.sub(r"[^A-Za-z0-9._/-]+", "_", name).split("/")
+    clean = "/".join(p for p in parts if p not in ("", ".", "..")) or "image"
     stem = posixpath.splitext(clean)[0] or "image"
     candidate, k = f"{stem}.{ext}", 1
     while candidate in used:
