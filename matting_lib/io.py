@@ -4,14 +4,31 @@ Every function takes a URI string. S3 settings come from the environment
 (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``) or from
 :func:`configure_s3`. S3 calls get connect/read timeouts and a bounded number of
 retries, so an unreachable endpoint raises :class:`StorageError` instead of hanging.
+
+Two retry layers, both bounded, both set from the environment:
+
+- botocore's, per request: ``MATTING_S3_CONNECT_TIMEOUT`` (s, default 5),
+  ``MATTING_S3_READ_TIMEOUT`` (s, default 30), ``MATTING_S3_MAX_ATTEMPTS`` (default 3);
+- this module's, per call on object storage (reads, listings and whole-object writes, all
+  idempotent): a call that fails with :class:`StorageError` (endpoint unreachable, timeout,
+  5xx) is tried again with exponential backoff (``MATTING_S3_RETRY_BACKOFF`` s, default 0.25,
+  doubling, at most 4 s between tries, jittered) while less than ``MATTING_S3_RETRY_SECONDS``
+  (s, default 10; 0 turns it off) have passed since the first try. An outage shorter than that
+  window is ridden out; a longer one raises :class:`StorageError` naming the URI, the endpoint,
+  the number of attempts and the time spent. Each retry logs one warning line
+  (``matting_lib.io``, starting ``S3 retry``). Missing objects and refused permissions are
+  never retried. Local files are never retried.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
+import random
+import time
 import uuid
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import fsspec
 
@@ -19,7 +36,12 @@ S3_CONNECT_TIMEOUT_S = float(os.environ.get("MATTING_S3_CONNECT_TIMEOUT", "5"))
 S3_READ_TIMEOUT_S = float(os.environ.get("MATTING_S3_READ_TIMEOUT", "30"))
 S3_MAX_ATTEMPTS = int(os.environ.get("MATTING_S3_MAX_ATTEMPTS", "3"))
 
+RETRY_MAX_SLEEP_S = 4.0
+"""Longest pause between two tries of one call, in seconds."""
+
 _s3_overrides: dict[str, Any] = {}
+_log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class StorageError(OSError):
@@ -82,15 +104,55 @@ def _wrap(uri: str, exc: Exception) -> Exception:
     return exc
 
 
+def retry_window_s() -> float:
+    """``MATTING_S3_RETRY_SECONDS``: how long (s) a failing storage call keeps being retried."""
+    return max(0.0, float(os.environ.get("MATTING_S3_RETRY_SECONDS", "10")))
+
+
+def _endpoint() -> str:
+    return s3_storage_options().get("endpoint_url") or "the default AWS endpoint"
+
+
+def _with_retries(uri: str, call: Callable[[], T]) -> T:
+    """``call()``, retried on :class:`StorageError` with backoff for object-storage URIs.
+
+    Other exceptions (missing object, permissions, bad arguments) pass through at once.
+    """
+    if protocol(uri) == "file":
+        return call()
+    window = retry_window_s()
+    delay = float(os.environ.get("MATTING_S3_RETRY_BACKOFF", "0.25"))
+    start = time.monotonic()
+    attempt = 1
+    while True:
+        try:
+            return call()
+        except StorageError as e:
+            elapsed = time.monotonic() - start
+            pause = min(delay, RETRY_MAX_SLEEP_S) * random.uniform(0.8, 1.2)
+            if elapsed + pause > window:
+                raise StorageError(
+                    f"{e} [gave up after {attempt} attempt(s) over {elapsed:.1f} s; endpoint {_endpoint()}]"
+                ) from e.__cause__
+            _log.warning("S3 retry %d for %s in %.2f s: %s", attempt, uri, pause, e)
+            time.sleep(pause)
+            delay *= 2
+            attempt += 1
+
+
 def read_bytes(uri: str) -> bytes:
     """Whole object as bytes. Raises FileNotFoundError or StorageError naming ``uri``."""
-    fs, path = filesystem(uri)
-    try:
-        return fs.cat_file(path)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no such file: {uri}") from None
-    except Exception as e:  # noqa: BLE001 - re-raised with the URI
-        raise _wrap(uri, e) from e
+
+    def call() -> bytes:
+        fs, path = filesystem(uri)
+        try:
+            return fs.cat_file(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no such file: {uri}") from None
+        except Exception as e:  # noqa: BLE001 - re-raised with the URI
+            raise _wrap(uri, e) from e
+
+    return _with_retries(uri, call)
 
 
 def read_text(uri: str, encoding: str = "utf-8") -> str:
@@ -100,23 +162,38 @@ def read_text(uri: str, encoding: str = "utf-8") -> str:
 def write_bytes(uri: str, data: bytes) -> None:
     """Write atomically: readers never see a half-written object.
 
-    Local files are written to a temporary sibling and renamed; S3 PUTs are atomic.
+    Local files are written to a temporary sibling, synced and renamed (the temporary file is
+    removed if anything fails); S3 PUTs are atomic, and retried as a whole.
     """
-    fs, path = filesystem(uri)
-    try:
-        if protocol(uri) == "file":
-            parent = os.path.dirname(path)
-            if parent:
-                os.makedirs(parent, exist_ok=True)
-            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        else:
+    if protocol(uri) == "file":
+        _write_local(uri, data)
+        return
+
+    def call() -> None:
+        fs, path = filesystem(uri)
+        try:
             fs.pipe_file(path, data)
+        except Exception as e:  # noqa: BLE001
+            raise _wrap(uri, e) from e
+
+    _with_retries(uri, call)
+
+
+def _write_local(uri: str, data: bytes) -> None:
+    _, path = filesystem(uri)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        parent = os.path.dirname(path)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
     except Exception as e:  # noqa: BLE001
+        if os.path.exists(tmp):
+            os.remove(tmp)
         raise _wrap(uri, e) from e
 
 
@@ -124,31 +201,32 @@ def write_text(uri: str, text: str, encoding: str = "utf-8") -> None:
     write_bytes(uri, text.encode(encoding))
 
 
+def _query(uri: str, op: Callable[[fsspec.AbstractFileSystem, str], T]) -> T:
+    """``op(fs, path)`` with errors named by ``uri`` and storage failures retried."""
+
+    def call() -> T:
+        fs, path = filesystem(uri)
+        try:
+            return op(fs, path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no such file or directory: {uri}") from None
+        except Exception as e:  # noqa: BLE001
+            raise _wrap(uri, e) from e
+
+    return _with_retries(uri, call)
+
+
 def exists(uri: str) -> bool:
-    fs, path = filesystem(uri)
-    try:
-        return fs.exists(path)
-    except Exception as e:  # noqa: BLE001
-        raise _wrap(uri, e) from e
+    return _query(uri, lambda fs, path: fs.exists(path))
 
 
 def isdir(uri: str) -> bool:
-    fs, path = filesystem(uri)
-    try:
-        return fs.isdir(path)
-    except Exception as e:  # noqa: BLE001
-        raise _wrap(uri, e) from e
+    return _query(uri, lambda fs, path: fs.isdir(path))
 
 
 def listdir(uri: str) -> list[str]:
     """Names (not full paths) of the entries directly under ``uri``, sorted."""
-    fs, path = filesystem(uri)
-    try:
-        entries = fs.ls(path, detail=False)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no such directory: {uri}") from None
-    except Exception as e:  # noqa: BLE001
-        raise _wrap(uri, e) from e
+    entries = _query(uri, lambda fs, path: fs.ls(path, detail=False))
     return sorted(posixpath.basename(str(p).rstrip("/")) for p in entries)
 
 
