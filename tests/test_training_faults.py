@@ -1,0 +1,321 @@
+"""Training under faults: a worker killed mid-epoch, S3 outages while reading, broken checkpoints.
+
+Fast versions of the scenarios in ``bench/faults.py`` (which runs them larger and writes
+``bench/RELIABILITY.md``). S3 faults use a moto server of this module's own on a fixed port,
+stopped and started again, so an outage is a real refused connection, not a mock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import struct
+import threading
+import time
+import zipfile
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bench.faults import RestartableS3
+from matting_lib import io
+from matting_lib.checkpoint import CheckpointError, checkpoint_bytes, load_checkpoint, parse_checkpoint, save_checkpoint
+from matting_lib.config import ModelConfig
+from matting_lib.models import build_model
+from tests.conftest import ROOT, write_dataset
+
+TINY = str(ROOT / "configs" / "tiny.yaml")
+SMALL = ModelConfig(encoder="mobilenetv2", encoder_width=0.35, decoder_channels=(16, 16, 8, 8, 8))
+
+
+# --------------------------------------------------------------------------- S3 outages
+
+
+@pytest.fixture(scope="module")
+def s3():
+    server = RestartableS3()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3, monkeypatch):
+    """This module's server as the endpoint, a 20 s retry window, and fresh s3fs clients."""
+    import boto3
+    import s3fs
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
+    monkeypatch.setenv("MATTING_S3_RETRY_SECONDS", "20")
+    monkeypatch.setattr(io, "_s3_overrides", {})
+    s3fs.S3FileSystem.clear_instance_cache()
+    bucket = f"faults-{random.getrandbits(32):08x}"
+    boto3.client("s3", endpoint_url=s3.endpoint).create_bucket(Bucket=bucket)
+    yield f"s3://{bucket}"
+    if not s3.running:
+        s3.start()
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def _rows(root: str, split: str) -> list[dict]:
+    from matting_lib.data.manifest import ensure_manifest, read_manifest
+
+    return read_manifest(ensure_manifest(root, ""), split=split)
+
+
+@pytest.mark.timeout(90)
+def test_short_s3_outage_during_reading_is_retried(s3, s3_env, caplog):
+    """The data loader reading a batch while S3 is down for 3 s gets the same arrays as before,
+    after logged retries, and no sooner than the endpoint is back."""
+    from matting_lib.data.samples import SampleLoader
+
+    root = write_dataset(f"{s3_env}/ds", n_train=4, n_val=2, size=48)
+    rows = _rows(root, "val")
+    loader = SampleLoader(size=48, augment="none", train=False)
+    expected = loader.rows(rows)
+    caplog.set_level(logging.WARNING, logger="matting_lib.io")
+
+    t0 = time.monotonic()
+    restarter = s3.outage(3.0)
+    got = loader.rows(rows)
+    elapsed = time.monotonic() - t0
+    restarter.join()
+
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key])
+    retries = [r.getMessage() for r in caplog.records if r.getMessage().startswith("S3 retry")]
+    assert retries and rows[0]["image_uri"] in retries[0], retries
+    assert 3.0 <= elapsed < 20, elapsed
+    # Listings (the driver's manifest checks) ride out an outage the same way.
+    restarter = s3.outage(2.0)
+    assert io.listdir(f"{root}/images") == sorted(Path(r["image_uri"]).name for r in _rows(root, "train") + rows)
+    restarter.join()
+
+
+@pytest.mark.timeout(90)
+def test_long_s3_outage_fails_clearly_within_the_window(s3, s3_env, monkeypatch, capsys):
+    """With S3 down for good, reads give up after the retry window with an error naming the
+    object and the endpoint; the training job's driver exits 2 with that line, no traceback.
+    A missing object is not retried."""
+    root = write_dataset(f"{s3_env}/ds", n_train=2, n_val=1, size=32)
+    t0 = time.monotonic()
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        io.read_bytes(f"{root}/images/nope.png")
+    assert time.monotonic() - t0 < 5  # a retried miss would take the whole 20 s window
+
+    monkeypatch.setenv("MATTING_S3_RETRY_SECONDS", "3")
+    s3.stop()
+    uri = f"{root}/images/tr000.png"
+    t0 = time.monotonic()
+    with pytest.raises(io.StorageError) as e:
+        io.read_bytes(uri)
+    elapsed = time.monotonic() - t0
+    msg = str(e.value)
+    assert uri in msg and s3.endpoint in msg and "gave up after" in msg, msg
+    assert 2.5 <= elapsed < 30, elapsed  # the 3 s window plus one last attempt, not a hang
+
+    from matting_lib.config import load_config
+    from ray_jobs.train import prepare_data
+
+    cfg = load_config(TINY, [f"data.uri={root}"])
+    t0 = time.monotonic()
+    with pytest.raises(SystemExit) as exit_:
+        prepare_data(cfg)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and root in err and s3.endpoint in err and "Traceback" not in err, err
+    assert time.monotonic() - t0 < 30
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model(SMALL).eval()
+
+
+def _same(a, b) -> bool:
+    return (
+        a.model_config == b.model_config and a.metrics == b.metrics and a.training_state == b.training_state
+        and a.state_dict.keys() == b.state_dict.keys() and all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+    )
+
+
+def test_truncated_checkpoint_is_detected_at_every_offset(tmp_path):
+    good = checkpoint_bytes(_model(), metrics={"epoch": 2}, training_state={"epoch": 2, "history": [{"epoch": 0}]})
+    with zipfile.ZipFile(BytesIO(good)) as z:
+        biggest = max(z.infolist(), key=lambda i: i.compress_size)
+    offsets = {
+        "first byte": 1, "local header": 20, "pickled metadata": 200,
+        "inside the largest tensor": _data_start(good, biggest) + biggest.compress_size // 2,
+        "middle": len(good) // 2, "central directory": len(good) - 200, "end record": len(good) - 10, "last byte": len(good) - 1,
+    }
+    for where, cut in offsets.items():
+        path = tmp_path / f"cut-{cut}.pt"
+        path.write_bytes(good[:cut])
+        with pytest.raises(CheckpointError) as e:
+            load_checkpoint(str(path))
+        assert str(path) in str(e.value), where
+        assert "truncated" in str(e.value) or "not a checkpoint" in str(e.value), (where, str(e.value))
+
+
+def _data_start(archive: bytes, info: zipfile.ZipInfo) -> int:
+    """Offset of a zip record's data: after its local header, whose name/extra lengths are its own."""
+    name_len, extra_len = struct.unpack_from("<HH", archive, info.header_offset + 26)
+    return info.header_offset + 30 + name_len + extra_len
+
+
+def test_bit_flips_never_load_a_different_model():
+    """Any single flipped bit either fails the CRC/structure checks or changes nothing that is
+    loaded (zip padding and timestamps); a flip inside tensor data is always caught."""
+    good = checkpoint_bytes(_model(), metrics={"val_sad": 1.5}, training_state={"epoch": 0})
+    ref = parse_checkpoint(good, "ref.pt")
+    rng = random.Random(0)
+    detected = 0
+    for off in [rng.randrange(len(good)) for _ in range(150)]:
+        bad = bytearray(good)
+        bad[off] ^= 1 << rng.randrange(8)
+        try:
+            got = parse_checkpoint(bytes(bad), "flipped.pt")
+        except CheckpointError as e:
+            assert "flipped.pt" in str(e)
+            detected += 1
+            continue
+        assert _same(got, ref), f"a flip at byte {off} loaded different contents"
+    assert detected > 100  # tensor bytes are most of the file
+    with zipfile.ZipFile(BytesIO(good)) as z:
+        records = [i for i in z.infolist() if "/data/" in i.filename and i.compress_size > 64]
+    for info in records[:: max(1, len(records) // 10)]:
+        bad = bytearray(good)
+        bad[_data_start(good, info) + info.compress_size // 2] ^= 0x01
+        with pytest.raises(CheckpointError, match=rf"flipped\.pt: corrupt checkpoint: record .*{info.filename.split('/')[-1]}"):
+            parse_checkpoint(bytes(bad), "flipped.pt")
+
+
+@pytest.mark.timeout(60)
+def test_truncated_checkpoint_on_s3_is_detected(s3_env):
+    uri = f"{s3_env}/models/m.pt"
+    good = checkpoint_bytes(_model())
+    io.write_bytes(uri, good[: len(good) - 1])
+    with pytest.raises(CheckpointError, match=rf"{uri}: truncated"):
+        load_checkpoint(uri)
+
+
+def test_checkpoint_writes_are_atomic_under_concurrent_reads(tmp_path, monkeypatch):
+    """A reader polling while a writer replaces the file sees one whole version or the other,
+    never a partial file; a write that fails leaves the old file and no temporary behind."""
+    uri = str(tmp_path / "live.pt")
+    versions = [checkpoint_bytes(_model(s), metrics={"version": s}) for s in (0, 1)]
+    io.write_bytes(uri, versions[0])
+    stop = threading.Event()
+    seen: list[float] = []
+    errors: list[str] = []
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                seen.append(load_checkpoint(uri).metrics["version"])
+            except CheckpointError as e:
+                errors.append(str(e))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for i in range(30):
+            io.write_bytes(uri, versions[i % 2])
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors, errors[:3]
+    assert seen and set(seen) <= {0.0, 1.0}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live.pt"]
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="live.pt"):
+        save_checkpoint(uri, _model(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live.pt"]
+    assert load_checkpoint(uri).metrics["version"] == 1.0
+
+
+# --------------------------------------------------------------------------- worker loss
+
+
+def _train_worker_pids(address: str) -> list[int]:
+    """PIDs of the live Ray Train workers of the cluster at ``address`` (never another cluster's)."""
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], detail=True)
+    return sorted(int(a.pid) for a in actors if a.pid)
+
+
+def _checkpoints(run_dir: Path) -> list[str]:
+    return sorted(p.name for p in run_dir.glob("checkpoint_*"))
+
+
+def _registered(run_dir: Path) -> list[str]:
+    """Checkpoints the Train controller has registered (a checkpoint folder alone may be mid-upload)."""
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    try:
+        text = snapshot.read_text()
+    except OSError:
+        return []
+    return [c for c in _checkpoints(run_dir) if c in text]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)  # ~40 s on an idle 2-core machine; generous for a loaded one
+def test_worker_killed_mid_epoch_resumes_without_duplicate_or_lost_epochs(ray_cluster, tmp_path, capsys):
+    """SIGKILL one of two DDP workers from outside once epoch 0's checkpoint is registered and
+    before the next one is: the group restarts from the last checkpoint, and both records of the
+    run (the history in the final checkpoint, and Ray's per-checkpoint metrics) hold epochs
+    0, 1, 2 exactly once, in order."""
+    from ray.train import Result
+
+    from ray_jobs.train import main
+
+    root = write_dataset(str(tmp_path / "ds"), n_train=32, n_val=4, size=64)
+    storage, name = tmp_path / "runs", "killed"
+    run_dir = storage / name
+    killed: dict = {}
+
+    def killer() -> None:
+        deadline = time.monotonic() + 200
+        while time.monotonic() < deadline and not _registered(run_dir):
+            time.sleep(0.05)
+        pids = _train_worker_pids(ray_cluster["address"])
+        if len(pids) != 2:
+            killed["error"] = f"expected 2 train workers, found {pids}"
+            return
+        registered = _registered(run_dir)
+        cmdline = Path(f"/proc/{pids[-1]}/cmdline").read_bytes().decode(errors="replace")
+        if "RayTrainWorker" not in cmdline:
+            killed["error"] = f"pid {pids[-1]} is not a train worker: {cmdline!r}"
+            return
+        os.kill(pids[-1], signal.SIGKILL)
+        killed.update(pid=pids[-1], registered=registered, folders=_checkpoints(run_dir))
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    args = [f"data.uri={root}", f"run.storage_path={storage}", f"run.name={name}", "run.max_failures=2", "run.keep_checkpoints=10"]
+    assert main(["--config", TINY, *args]) == 0
+    thread.join(timeout=5)
+    out = capsys.readouterr().out
+
+    assert "pid" in killed, killed
+    done = len(killed["registered"])
+    assert 1 <= done < 3 and len(killed["folders"]) < 3, killed  # killed while an epoch was unfinished
+    assert f"resuming at epoch {done + 1}/3" in out, out[-3000:]
+    history = json.loads((run_dir / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    reported = Result.from_path(str(run_dir)).metrics_dataframe
+    assert sorted(reported["epoch"].tolist()) == [0, 1, 2], reported
