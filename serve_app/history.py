@@ -190,7 +190,7 @@ class History:
         return [self._entry(r) for r in rows], total
 
     def get(self, entry_id: str) -> Entry | None:
-        if not ID_RE.match(entry_id):
+        if not ID_RE.fullmatch(entry_id):  # not .match: '$' would accept a trailing newline
             return None
         with self._connect() as db:
             row = db.execute(f"SELECT {', '.join(COLUMNS)} FROM history WHERE id = ?", (entry_id,)).fetchone()

@@ -14,13 +14,15 @@ import asyncio
 import hmac
 import logging
 import posixpath
+import re
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Awaitable
 
 import numpy as np
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from ray import serve
@@ -73,7 +75,16 @@ BATCH_BODY = {
     },
 }
 
+async def _require_api_key(request: Request) -> None:
+    """The app-wide first dependency: a /v1 request without the key gets 401 before any of its
+    parameters is parsed or validated (route parameters would otherwise answer 422 first).
+    Every /v1 route, including any added later, goes through it."""
+    if request.url.path.startswith("/v1"):
+        serve.get_replica_context().servable_object._authorize(request)
+
+
 app = FastAPI(
+    dependencies=[Depends(_require_api_key)],
     title="Universal matting",
     version="1.0",
     description=(
@@ -116,6 +127,20 @@ def _stem(name: str) -> str:
     return posixpath.splitext(posixpath.basename(name))[0] or "image"
 
 
+def _disposition(kind: str, stem: str, suffix: str) -> str:
+    """A Content-Disposition header for a download named ``stem + suffix`` (``stem`` comes from the client).
+
+    The quoted ``filename`` is ASCII letters, digits, '.', '_' and '-' only ('image' if nothing is left),
+    so no client name can break the header or fail Latin-1 encoding; the exact name follows as RFC 6266
+    ``filename*`` (UTF-8, percent-encoded) when it differs.
+    """
+    plain = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "image"
+    header = f'{kind}; filename="{plain}{suffix}"'
+    if plain != stem:
+        header += f"; filename*=UTF-8''{urllib.parse.quote(stem + suffix, safe='')}"
+    return header
+
+
 @serve.deployment(name="ingress", ray_actor_options={"num_cpus": 0.1})
 @serve.ingress(app)
 class MattingIngress:
@@ -136,6 +161,7 @@ class MattingIngress:
 
     # ------------------------------------------------------------------ helpers
     def _authorize(self, request: Request) -> None:
+        """401 unless the request carries ``Authorization: Bearer <key>`` (when a key is configured)."""
         if not self.api_key:
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -251,7 +277,6 @@ class MattingIngress:
     # ------------------------------------------------------------------ API
     @app.get("/v1/models", summary="Served models: names, checkpoints, metrics, and the routing rule")
     async def list_models(self, request: Request) -> dict[str, Any]:
-        self._authorize(request)
         infos = await self._model_infos()
         r = self.config.routing
         models = []
@@ -284,7 +309,6 @@ class MattingIngress:
         openapi_extra={"requestBody": IMAGE_BODY},
     )
     async def matte(self, request: Request, query: Annotated[MatteParams, Query()]) -> Response:
-        self._authorize(request)
         limits = self.config.limits
         body = await read_body(request, limits.max_upload_bytes + MULTIPART_OVERHEAD)
         upload = await parse_upload(request, body, max_files=1)
@@ -303,7 +327,7 @@ class MattingIngress:
             "X-Matting-Cache": "hit" if out.cache_hit else "miss",
             "X-Matting-Checkpoint": res.checkpoint,
             "X-Matting-Ms": f"{out.ms:.1f}",
-            "Content-Disposition": f'inline; filename="{_stem(f.name)}-matte.{ext}"',
+            "Content-Disposition": _disposition("inline", _stem(f.name), f"-matte.{ext}"),
         }
         if params.history:
             entry_id = await self._record(
@@ -328,7 +352,6 @@ class MattingIngress:
         openapi_extra={"requestBody": BATCH_BODY},
     )
     async def batch(self, request: Request, query: Annotated[MatteParams, Query()]) -> Response:
-        self._authorize(request)
         limits = self.config.limits
         body = await read_body(request, limits.max_batch_upload_bytes + MULTIPART_OVERHEAD)
         upload = await parse_upload(request, body, max_files=limits.max_batch_files)
@@ -388,7 +411,6 @@ class MattingIngress:
         limit: Annotated[int, Query(ge=1, le=100, description="Entries per page.")] = 20,
         offset: Annotated[int, Query(ge=0, description="Entries to skip.")] = 0,
     ) -> dict[str, Any]:
-        self._authorize(request)
         entries, total = await asyncio.to_thread(self.history.list, limit, offset)
         nxt = offset + len(entries)
         return {
@@ -400,7 +422,6 @@ class MattingIngress:
         }
 
     async def _entry(self, request: Request, entry_id: str) -> Entry:
-        self._authorize(request)
         entry = await asyncio.to_thread(self.history.get, entry_id)
         if entry is None:
             raise ApiError(404, f"no history entry {entry_id!r}")
@@ -417,8 +438,11 @@ class MattingIngress:
             data = await asyncio.to_thread(self.history.read_result, entry)
         except FileNotFoundError:
             raise ApiError(404, f"the result file of {entry_id} is gone from the store") from None
-        name = f"{_stem(entry.name)}-matte.{entry.ext}" if entry.kind == "image" else f"mattes-{entry_id[:8]}.zip"
-        return Response(data, media_type=entry.media_type, headers={"Content-Disposition": f'attachment; filename="{name}"'})
+        if entry.kind == "image":
+            disposition = _disposition("attachment", _stem(entry.name), f"-matte.{entry.ext}")
+        else:
+            disposition = _disposition("attachment", f"mattes-{entry.id[:8]}", ".zip")
+        return Response(data, media_type=entry.media_type, headers={"Content-Disposition": disposition})
 
     @app.get("/v1/history/{entry_id}/thumbnail", summary="A history entry's thumbnail (PNG)", response_class=Response)
     async def history_thumbnail(self, request: Request, entry_id: str) -> Response:
@@ -436,5 +460,4 @@ class MattingIngress:
 
     @app.get("/v1/stats", summary="This ingress replica's counters: cache and model calls")
     async def stats(self, request: Request) -> dict[str, Any]:
-        self._authorize(request)
         return {"cache": self.cache.stats(), "model_calls": self.model_calls, "model_retries": self.model_retries}
