@@ -1,0 +1,168 @@
+"""The hostile-input corpus against a running Serve app; writes "Hostile input" in ``bench/RELIABILITY.md``.
+
+    python -m bench.hostile                 # starts a local Ray cluster and the app with tiny random models
+    python -m bench.hostile --url http://127.0.0.1:8000 --dashboard http://127.0.0.1:8265 [--api-key KEY]
+
+Every case of :func:`tests.hostile_corpus.corpus` is sent once; the report is a table of case,
+expected and got answer, the slowest reply, and the number of replicas that were replaced
+during the run (from Serve's REST API: a replica id or process id that changed). That number
+must be 0: no hostile upload may crash a replica. Exit status 1 when a case is answered
+wrongly or a replica was replaced. The local app uses the test limits of
+``tests/serve_helpers.py`` (2 MB uploads, 4 Mpx), so the oversized cases stay small.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import requests
+
+from bench.results import markdown_table, update_results
+from serve_app.config import LimitSettings, app_entry
+from tests.hostile_corpus import Case, corpus, outcome, problem, send
+
+RELIABILITY = Path(__file__).resolve().parent / "RELIABILITY.md"
+HEADER = (
+    "# Reliability results\n\n"
+    "Written by the reliability runs in `bench/` themselves (hostile input, load and faults); each "
+    "section is replaced by the latest run of its script.\n"
+)
+SECTION = "Hostile input"
+
+
+@dataclass(frozen=True)
+class Result:
+    """One case's reply: what it got, what is wrong (None if right), and how long it took (s)."""
+
+    case: Case
+    got: str
+    problem: str | None
+    seconds: float
+
+
+def replica_identities(dashboard: str, app: str = "matting") -> dict[str, tuple[str, int, str]]:
+    """``replica_id -> (actor_id, pid, state)`` of every replica of ``app``, from Serve's REST API."""
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    details = ServeSubmissionClient(dashboard).get_serve_details()
+    deployments = details["applications"][app]["deployments"]
+    return {
+        r["replica_id"]: (r["actor_id"], int(r["pid"]), r["state"])
+        for d in deployments.values()
+        for r in d["replicas"]
+    }
+
+
+def run_cases(url: str, cases: list[Case], headers: Mapping[str, str] | None = None, log: bool = False) -> list[Result]:
+    """Send every case in order and judge its reply."""
+    results = []
+    for i, case in enumerate(cases, 1):
+        t0 = time.perf_counter()
+        reply = send(url, case, headers)
+        dt = time.perf_counter() - t0
+        results.append(Result(case, outcome(reply), problem(case, reply), dt))
+        if log:
+            print(f"[{i}/{len(cases)}] {case.name}: {results[-1].got} ({dt * 1000:.0f} ms)", flush=True)
+    return results
+
+
+def report(results: list[Result], replaced: int, replicas: int) -> str:
+    """The Markdown section: counts, replica restarts, and the case -> expected -> got table."""
+    wrong = [r for r in results if r.problem]
+    slowest = max(results, key=lambda r: r.seconds)
+    rows = [
+        [r.case.name.replace("|", "\\|"), r.case.endpoint, r.case.expected, r.got, "ok" if not r.problem else "WRONG"]
+        for r in results
+    ]
+    lines = [
+        f"{len(results)} cases from `tests/hostile_corpus.py` sent to one running app "
+        f"({sum(r.case.expect == 200 for r in results)} legitimately odd inputs that must succeed, the rest must be refused "
+        "with their documented status and JSON error).",
+        "",
+        f"- answered as documented: **{len(results) - len(wrong)} / {len(results)}**",
+        f"- replicas replaced during the run: **{replaced}** of {replicas} (must be 0)",
+        f"- slowest reply: {slowest.seconds * 1000:.0f} ms ({slowest.case.name})",
+    ]
+    lines += [f"- WRONG: {r.case.name}: {r.problem}" for r in wrong]
+    return "\n".join(lines) + "\n\n" + markdown_table(["case", "endpoint", "expected", "got", ""], rows)
+
+
+def write_section(markdown: str, path: Path = RELIABILITY) -> Path:
+    """Replace this benchmark's section of ``RELIABILITY.md`` (created with its header if absent)."""
+    if not path.exists():
+        path.write_text(HEADER)
+    return update_results(SECTION, markdown, path=path)
+
+
+def _local_app(tmp: Path):
+    """A local Ray cluster running the app with tiny random checkpoints; returns (url, dashboard, limits, stop)."""
+    import ray
+    from ray import serve
+
+    from serve_app.app import build_app
+    from tests.conftest import free_port
+    from tests.serve_helpers import make_checkpoint, serve_yaml_for_test, wait_until
+
+    checkpoints = {name: make_checkpoint(tmp / f"{name}.pt", seed) for seed, name in enumerate(("base", "lowlight"), 1)}
+    port = free_port()
+    cfg = serve_yaml_for_test(tmp, checkpoints, port)
+    args = app_entry(cfg)["args"]
+    ctx = ray.init(num_cpus=2, object_store_memory=300_000_000, include_dashboard=True, dashboard_host="127.0.0.1",
+                   dashboard_port=free_port(), logging_level="ERROR")
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(args), name="matting", route_prefix="/")
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: requests.get(f"{url}/readyz", timeout=10).status_code == 200, 120, "/readyz")
+
+    def stop() -> None:
+        serve.shutdown()
+        ray.shutdown()
+
+    return url, f"http://{ctx.dashboard_url}", LimitSettings(**args["limits"]), stop
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--url", help="a running app with the shipped limits (default: start one locally)")
+    ap.add_argument("--dashboard", help="the Ray dashboard of --url's cluster (for the replica check)")
+    ap.add_argument("--api-key", default="", help="the app's API key, if it has one")
+    ap.add_argument("--no-write", action="store_true", help="print the section instead of writing RELIABILITY.md")
+    args = ap.parse_args(argv)
+    stop = None
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.url:
+            if not args.dashboard:
+                ap.error("--dashboard is needed with --url")
+            url, dashboard, limits = args.url, args.dashboard, LimitSettings()  # the shipped limits
+        else:
+            print("starting a local cluster and the app...", flush=True)
+            url, dashboard, limits, stop = _local_app(Path(tmp))
+        try:
+            headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+            before = replica_identities(dashboard)
+            results = run_cases(url, corpus(limits), headers, log=True)
+            after = replica_identities(dashboard)
+        finally:
+            if stop is not None:
+                stop()
+    replaced = sum(1 for rid, ident in before.items() if after.get(rid, (None,))[:2] != ident[:2])
+    replaced += sum(1 for rid in after if rid not in before)
+    section = report(results, replaced, len(before))
+    if args.no_write:
+        print(section)
+    else:
+        print(f"wrote {write_section(section)}")
+    bad = [r for r in results if r.problem]
+    for r in bad:
+        print(f"WRONG {r.case.name}: {r.problem}", file=sys.stderr)
+    return 1 if bad or replaced else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
