@@ -101,30 +101,34 @@ def write_section(markdown: str, path: Path = RELIABILITY) -> Path:
 
 
 def _local_app(tmp: Path):
-    """A local Ray cluster running the app with tiny random checkpoints; returns (url, dashboard, limits, stop)."""
+    """The tests' machinery: ``ray start --head`` on loopback (free ports, token auth) and the app
+    deployed through the dashboard with tiny random checkpoints and the test limits.
+    Returns (url, dashboard, limits, stop)."""
+    import os
+
     import ray
     from ray import serve
 
-    from serve_app.app import build_app
-    from tests.conftest import free_port
-    from tests.serve_helpers import make_checkpoint, serve_yaml_for_test, wait_until
+    from tests.conftest import ROOT, free_port, start_ray_head, stop_ray_head
+    from tests.serve_helpers import app_running, deploy, make_checkpoint, serve_yaml_for_test, wait_until
 
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     checkpoints = {name: make_checkpoint(tmp / f"{name}.pt", seed) for seed, name in enumerate(("base", "lowlight"), 1)}
+    cluster = start_ray_head(str(tmp / "ray"))
+    ray.init(address=cluster["address"], log_to_driver=False)
     port = free_port()
-    cfg = serve_yaml_for_test(tmp, checkpoints, port)
-    args = app_entry(cfg)["args"]
-    ctx = ray.init(num_cpus=2, object_store_memory=300_000_000, include_dashboard=True, dashboard_host="127.0.0.1",
-                   dashboard_port=free_port(), logging_level="ERROR")
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(args), name="matting", route_prefix="/")
+    config = serve_yaml_for_test(tmp, checkpoints, port)
+    deploy(cluster["dashboard"], config)
+    wait_until(app_running, 300, "the matting app to run")
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: requests.get(f"{url}/readyz", timeout=10).status_code == 200, 120, "/readyz")
 
     def stop() -> None:
         serve.shutdown()
         ray.shutdown()
+        stop_ray_head(cluster["temp_dir"])
 
-    return url, f"http://{ctx.dashboard_url}", LimitSettings(**args["limits"]), stop
+    return url, cluster["dashboard"], LimitSettings(**app_entry(config)["args"]["limits"]), stop
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--api-key", default="", help="the app's API key, if it has one")
     ap.add_argument("--no-write", action="store_true", help="print the section instead of writing RELIABILITY.md")
     args = ap.parse_args(argv)
+    import tests.conftest  # noqa: F401 - sets the auth and S3 environment before Ray is imported
+
     stop = None
     with tempfile.TemporaryDirectory() as tmp:
         if args.url:
