@@ -49,6 +49,9 @@ class ModelConfig:
     """Zero-DCE style low-light enhancement module at the input."""
     lowlight_iterations: int = 8
     """Number of curve iterations of the enhancement module."""
+    lowlight_scale: int = 1
+    """The enhancement module estimates its curves at 1/scale resolution (Zero-DCE++ style) and
+    upsamples them; 1 = full resolution, as in Zero-DCE. Checkpoints without it load as 1."""
     in_channels: int = 3
     """Input image channels (RGB)."""
 
@@ -58,6 +61,7 @@ class ModelConfig:
         require(len(self.decoder_channels) > 0, "model.decoder_channels", "must not be empty")
         require(all(c > 0 for c in self.decoder_channels), "model.decoder_channels", "all entries must be > 0")
         require(1 <= self.lowlight_iterations <= 16, "model.lowlight_iterations", "must be in [1, 16]")
+        require(self.lowlight_scale in (1, 2, 4, 8, 16), "model.lowlight_scale", f"must be 1, 2, 4, 8 or 16, got {self.lowlight_scale}")
         require(self.in_channels > 0, "model.in_channels", "must be > 0")
 
 

@@ -111,4 +111,4 @@ def test_lowlight_config_is_the_seed_recipe():
     assert all(s.encoder_lr is None or s.encoder_lr < s.lr for s in cfg.stages)
     base = load_config(CONFIGS / "base.yaml")
     # Same network apart from the enhancement module, so base weights load into it.
-    assert dataclasses.replace(cfg.model, lowlight=False) == base.model
+    assert dataclasses.replace(cfg.model, lowlight=False, lowlight_scale=1) == base.model

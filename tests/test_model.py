@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from matting_lib.config import ModelConfig
+from matting_lib.config import ConfigError, ModelConfig
 from matting_lib.models import ENCODERS, build_model, count_parameters, get_encoder, param_groups, set_trainable
 from matting_lib.models.finetune import encoder_stages
 from matting_lib.models.lowlight import (
@@ -323,3 +323,28 @@ def test_same_config_and_seed_give_same_state_dict(cfg: ModelConfig) -> None:
 
 def test_model_keeps_its_config() -> None:
     assert build_model(TINY).config == TINY
+
+
+def test_lowlight_scale_estimates_curves_small_and_applies_them_full_size() -> None:
+    """scale=4: curves of the 4x average-pooled image, bilinearly upsampled, then the same
+    iterated LE curve; checked against a reference built from the full-resolution module."""
+    torch.manual_seed(0)
+    full = LowLightEnhancer(iterations=3, channels=8)
+    nn.init.normal_(full.out.weight, std=0.1)
+    scaled = LowLightEnhancer(iterations=3, channels=8, scale=4)
+    scaled.load_state_dict(full.state_dict())
+    x = torch.rand(2, 3, 64, 96) * 0.3
+    with torch.no_grad():
+        small = x.reshape(2, 3, 16, 4, 24, 4).mean(dim=(3, 5))  # 4x4 block means
+        curves = torch.nn.functional.interpolate(full.curves(small), size=(64, 96), mode="bilinear", align_corners=False)
+        want = x
+        for a in curves.split(3, dim=1):
+            want = want + a * want * (1 - want)
+        got, got_curves = scaled.enhance(x)
+    torch.testing.assert_close(got_curves, curves, atol=1e-6, rtol=0)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    assert not torch.allclose(got, x)  # the curves do something
+    cfg = ModelConfig(**{**TINY.__dict__, "lowlight": True, "lowlight_scale": 4})
+    assert build_model(cfg).lowlight.scale == 4
+    with pytest.raises(ConfigError, match="model.lowlight_scale"):
+        ModelConfig(lowlight_scale=3)

@@ -5,6 +5,11 @@ A small CNN (DCE-Net: seven 3x3 convs, 32 channels, symmetric skip concatenation
 applying the quadratic light-enhancement curve ``LE(x) = x + a * x * (1 - x)`` that many
 times. For x in [0, 1] every step stays in [0, 1]. About 79K parameters at 8 iterations.
 
+``scale`` > 1 estimates the curve maps on the image average-pooled by ``scale`` and upsamples
+them bilinearly to full resolution before applying them (the Zero-DCE++ recipe, Li et al.
+2021, which uses 12x; curves are smooth, so little is lost). At 4x the DCE-Net costs 1/16 of
+its full-resolution FLOPs: 2.6 instead of 41.5 GFLOPs at 512².
+
 The last conv is zero-initialised, so a fresh module is exactly the identity: adding it in
 front of a trained matting network changes nothing until it is trained.
 
@@ -25,13 +30,15 @@ class LowLightEnhancer(nn.Module):
     Args:
         iterations: number of curve applications (curve maps: 3 * iterations channels).
         channels: width of the hidden convs (32 in the paper).
+        scale: curves are estimated at 1/scale resolution and upsampled (1 = full resolution).
 
     ``forward(image)`` maps (B, 3, H, W) in [0, 1] to the enhanced (B, 3, H, W) in [0, 1].
     """
 
-    def __init__(self, iterations: int = 8, channels: int = 32) -> None:
+    def __init__(self, iterations: int = 8, channels: int = 32, scale: int = 1) -> None:
         super().__init__()
         self.iterations = iterations
+        self.scale = scale
         c = channels
         self.convs = nn.ModuleList(
             [nn.Conv2d(cin, cout, 3, padding=1) for cin, cout in ((3, c), (c, c), (c, c), (c, c), (2 * c, c), (2 * c, c))]
@@ -42,6 +49,12 @@ class LowLightEnhancer(nn.Module):
 
     def curves(self, image: torch.Tensor) -> torch.Tensor:
         """Curve maps (B, 3 * iterations, H, W) in [-1, 1] for an image (B, 3, H, W) in [0, 1]."""
+        if self.scale > 1:
+            small = F.avg_pool2d(image, self.scale, ceil_mode=True)
+            return F.interpolate(self._curves(small), size=image.shape[-2:], mode="bilinear", align_corners=False)
+        return self._curves(image)
+
+    def _curves(self, image: torch.Tensor) -> torch.Tensor:
         x1 = F.relu(self.convs[0](image))
         x2 = F.relu(self.convs[1](x1))
         x3 = F.relu(self.convs[2](x2))

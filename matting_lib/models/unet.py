@@ -136,7 +136,7 @@ class MattingUNet(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.lowlight = LowLightEnhancer(config.lowlight_iterations) if config.lowlight else None
+        self.lowlight = LowLightEnhancer(config.lowlight_iterations, scale=config.lowlight_scale) if config.lowlight else None
         self.encoder = get_encoder(config.encoder, config.encoder_width, config.in_channels)
         self.decoder = UNetDecoder(
             tuple(self.encoder.out_channels), config.in_channels, tuple(config.decoder_channels), config.attention
