@@ -276,7 +276,7 @@ class MattingIngress:
 
     # ------------------------------------------------------------------ API
     @app.get("/v1/models", summary="Served models: names, checkpoints, metrics, and the routing rule")
-    async def list_models(self, request: Request) -> dict[str, Any]:
+    async def list_models(self) -> dict[str, Any]:
         infos = await self._model_infos()
         r = self.config.routing
         models = []
@@ -407,7 +407,6 @@ class MattingIngress:
     @app.get("/v1/history", summary="History, newest first (paginated)")
     async def history_list(
         self,
-        request: Request,
         limit: Annotated[int, Query(ge=1, le=100, description="Entries per page.")] = 20,
         offset: Annotated[int, Query(ge=0, description="Entries to skip.")] = 0,
     ) -> dict[str, Any]:
@@ -421,19 +420,19 @@ class MattingIngress:
             "next_offset": nxt if nxt < total else None,
         }
 
-    async def _entry(self, request: Request, entry_id: str) -> Entry:
+    async def _entry(self, entry_id: str) -> Entry:
         entry = await asyncio.to_thread(self.history.get, entry_id)
         if entry is None:
             raise ApiError(404, f"no history entry {entry_id!r}")
         return entry
 
     @app.get("/v1/history/{entry_id}", summary="One history entry")
-    async def history_get(self, request: Request, entry_id: str) -> dict[str, Any]:
-        return (await self._entry(request, entry_id)).to_json()
+    async def history_get(self, entry_id: str) -> dict[str, Any]:
+        return (await self._entry(entry_id)).to_json()
 
     @app.get("/v1/history/{entry_id}/result", summary="Download a history entry's result again", response_class=Response)
-    async def history_result(self, request: Request, entry_id: str) -> Response:
-        entry = await self._entry(request, entry_id)
+    async def history_result(self, entry_id: str) -> Response:
+        entry = await self._entry(entry_id)
         try:
             data = await asyncio.to_thread(self.history.read_result, entry)
         except FileNotFoundError:
@@ -445,19 +444,19 @@ class MattingIngress:
         return Response(data, media_type=entry.media_type, headers={"Content-Disposition": disposition})
 
     @app.get("/v1/history/{entry_id}/thumbnail", summary="A history entry's thumbnail (PNG)", response_class=Response)
-    async def history_thumbnail(self, request: Request, entry_id: str) -> Response:
-        entry = await self._entry(request, entry_id)
+    async def history_thumbnail(self, entry_id: str) -> Response:
+        entry = await self._entry(entry_id)
         data = await asyncio.to_thread(self.history.read_thumbnail, entry)
         if data is None:
             raise ApiError(404, f"history entry {entry_id} has no thumbnail")
         return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
 
     @app.delete("/v1/history/{entry_id}", summary="Delete a history entry and its files")
-    async def history_delete(self, request: Request, entry_id: str) -> dict[str, Any]:
-        entry = await self._entry(request, entry_id)
+    async def history_delete(self, entry_id: str) -> dict[str, Any]:
+        entry = await self._entry(entry_id)
         await asyncio.to_thread(self.history.delete, entry.id)
         return {"deleted": entry.id}
 
     @app.get("/v1/stats", summary="This ingress replica's counters: cache and model calls")
-    async def stats(self, request: Request) -> dict[str, Any]:
+    async def stats(self) -> dict[str, Any]:
         return {"cache": self.cache.stats(), "model_calls": self.model_calls, "model_retries": self.model_retries}
