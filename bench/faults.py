@@ -5,12 +5,12 @@
 Scenarios (each writes its own section of ``bench/RELIABILITY.md``; other sections are kept):
 
 - **worker kill**: the training job (2 DDP workers, data from S3) has one ``RayTrainWorker``
-  process killed with SIGKILL from outside, mid-epoch. Figures: epochs planned / completed /
+  process killed with SIGKILL from outside during an epoch (5 s after a checkpoint). Figures: epochs planned / completed /
   duplicated / lost in the run's history and in Ray's checkpoint records, worker groups started,
   the time from the kill to the next checkpoint against a normal epoch.
 - **S3 outage**: the S3 server (moto on loopback, restarted on the same port, objects kept) is
-  stopped for a few seconds while the training job streams its data from it; then reads with
-  S3 down for good. Figures: the same epoch counts, the retries logged by the data tasks
+  stopped for a few seconds (``--outage``) in every four times that, for the whole time the
+  training job streams its data from it; then reads with S3 down for good. Figures: the same epoch counts, the retries logged by the data tasks
   (``S3 retry`` lines in the cluster's logs), worker groups started, the time to a clear error.
 - **interrupted sweep**: a Tune sweep's driver is killed with SIGKILL (no clean shutdown) once
   its trial has checkpointed, then relaunched by name. Figures: trials, epochs reported per trial
@@ -162,6 +162,12 @@ def registered(run_dir: Path) -> list[str]:
     return sorted(p.name for p in run_dir.glob("checkpoint_*") if p.name in text)
 
 
+def in_epoch(run_dir: Path) -> bool:
+    """An epoch's checkpoint is registered and the next one's not begun: training is mid-epoch."""
+    done = registered(run_dir)
+    return bool(done) and len(done) == len(list(run_dir.glob("checkpoint_*")))
+
+
 class RunWatcher:
     """Polls a training run: when each checkpoint gets registered, and every train worker seen."""
 
@@ -261,13 +267,21 @@ def count_retries(ray_temp: str) -> int:
 
 
 def scenario_kill(ctx: dict) -> None:
-    log("worker kill: training 2 workers, SIGKILL one once the first checkpoint is registered")
+    log("worker kill: training 2 workers, SIGKILL one mid-epoch")
     run_dir = Path(ctx["tmp"]) / "runs" / "kill"
     killed: dict = {}
     with RunWatcher(run_dir, ctx["address"]) as watch:
 
         def killer() -> None:
+            # 5 s after the first checkpoint is registered: the next epoch is training (or, on a
+            # slow machine, reporting a checkpoint the controller has not registered yet).
+            if not wait_for(lambda: bool(watch.worker_pids), 900):
+                return
+            killed["started"] = time.monotonic()
             if not wait_for(lambda: bool(registered(run_dir)), 900):
+                return
+            time.sleep(5.0)
+            if len(registered(run_dir)) >= EPOCHS:
                 return
             victim = train_worker_pids(ctx["address"])[-1]
             if "RayTrainWorker" in Path(f"/proc/{victim}/cmdline").read_bytes().decode(errors="replace"):
@@ -284,22 +298,32 @@ def scenario_kill(ctx: dict) -> None:
     after = sorted(t for t in watch.checkpoint_times.values() if "at" in killed and t > killed["at"])
     gaps = epoch_gaps(watch.checkpoint_times)
     normal = statistics.median(gaps) if gaps else float("nan")
+    first = min(watch.checkpoint_times.values(), default=float("nan")) - killed.get("started", float("nan"))
     recover = (after[0] - killed["at"]) if after else float("nan")
     rows = [
         ["run history (final checkpoint)", *epoch_counts(history, EPOCHS).values()],
         ["Ray checkpoint records", *epoch_counts(reported, EPOCHS).values()],
     ]
+    if "pid" in killed:
+        what = (
+            f"one `RayTrainWorker` killed with SIGKILL from outside during epoch {killed['done'] + 1}, 5 s after epoch "
+            f"{killed['done']}'s checkpoint was registered ({killed['done']} registered checkpoint(s) and "
+            f"{killed['folders']} checkpoint folder(s) at the kill: a folder beyond the registered ones is a report in flight, "
+            f"which the restarted group redoes)"
+        )
+    else:
+        what = "**no worker was killed** (the run ended before a mid-epoch moment was found)"
     md = (
         f"Training job, 2 DDP workers (0.5 CPU each), {EPOCHS} epochs of {ctx['n_train']} samples "
-        f"({ctx['size']}²) streamed from S3 (moto on loopback); one `RayTrainWorker` killed with SIGKILL "
-        f"from outside after epoch {killed.get('done', '?')}'s checkpoint was registered and before the next "
-        f"(checkpoint folders at the kill: {killed.get('folders', '?')}). Exit code {code}; "
-        f"`resuming at epoch` printed: {'yes' if 'resuming at epoch' in out else 'no'}.\n\n"
+        f"({ctx['size']}²) streamed from S3 (moto on loopback); {what}. Exit code {code}; "
+        f"`resuming at epoch` printed: {'yes' if 'resuming at epoch' in out else 'no'}. "
+        f"Kill → next checkpoint covers the group's restart and the redone part of the epoch; the first epoch "
+        f"(worker group start to its checkpoint) includes the data pipeline's start.\n\n"
         + markdown_table(["record", "epochs planned", "completed", "duplicated", "lost", "in order"], rows)
         + "\n"
         + markdown_table(
-            ["worker groups started", "failures (restarts)", "kill → next checkpoint (s)", "normal epoch (median gap, s)", "whole run (s)"],
-            [[watch.groups, max(0, watch.groups - 1), recover, normal, seconds]],
+            ["worker groups started", "failures (restarts)", "kill → next checkpoint (s)", "first epoch (s)", "epochs (median gap, s)", "whole run (s)"],
+            [[watch.groups, max(0, watch.groups - 1), recover, first, normal, seconds]],
         )
     )
     write_section("Training faults: worker killed mid-epoch", md)
@@ -309,28 +333,35 @@ def scenario_kill(ctx: dict) -> None:
 def scenario_outage(ctx: dict) -> None:
     s3: RestartableS3 = ctx["s3"]
     outage_s = ctx["outage_s"]
-    log(f"S3 outage: training from S3, server down for {outage_s:g} s once the first checkpoint is registered")
+    log(f"S3 outage: training from S3, server down for {outage_s:g} s in every {4 * outage_s:g} s")
     run_dir = Path(ctx["tmp"]) / "runs" / "outage"
     before = count_retries(ctx["ray_temp"])
     window: dict = {}
     with RunWatcher(run_dir, ctx["address"]) as watch:
 
+        finished = threading.Event()
+
         def cut() -> None:
-            if not wait_for(lambda: bool(registered(run_dir)), 900):
+            # From the worker group's start to the end of the run: down outage_s, up 3 x outage_s,
+            # so that every epoch's reads (a few seconds of each epoch) are likely to meet one.
+            if not wait_for(lambda: bool(watch.worker_pids) or finished.is_set(), 900) or finished.is_set():
                 return
             window["start"] = time.monotonic()
-            s3.outage(outage_s).join()
-            log("S3 outage: server back")
+            while not finished.is_set():
+                s3.outage(outage_s).join()
+                window["outages"] = window.get("outages", 0) + 1
+                finished.wait(3 * outage_s)
 
         thread = threading.Thread(target=cut, daemon=True)
         thread.start()
         code, out, seconds = run_training(ctx["train_args"] + ["run.name=outage"])
+        finished.set()
         thread.join(timeout=outage_s + 5)
+        log(f"S3 outage: {window.get('outages', 0)} outage(s) during the run")
     retries = count_retries(ctx["ray_temp"]) - before
     history, reported = records(run_dir) if code == 0 else ([], [])
     gaps = epoch_gaps(watch.checkpoint_times)
-    times = sorted(watch.checkpoint_times.values())
-    hit = [b - a for a, b in zip(times, times[1:]) if "start" in window and a <= window["start"] < b]
+    first = min(watch.checkpoint_times.values(), default=float("nan")) - window.get("start", float("nan"))
 
     # S3 down for good: how long until a read and the job's driver fail, and what they say.
     from matting_lib import io
@@ -356,13 +387,15 @@ def scenario_outage(ctx: dict) -> None:
     ]
     md = (
         f"Training job as above, its data read from the S3 server, which is stopped for {outage_s:g} s "
-        f"(connections refused) once epoch 0's checkpoint is registered, then started again on the same port. "
+        f"(connections refused) and started again on the same port every {4 * outage_s:g} s from the worker group's "
+        f"start to the end of the run: {window.get('outages', 0)} outage(s). First epoch: from the worker group's start "
+        f"to its checkpoint. "
         f"Retry window `MATTING_S3_RETRY_SECONDS`={io.retry_window_s():g} s (the default). Exit code {code}.\n\n"
         + markdown_table(["record", "epochs planned", "completed", "duplicated", "lost", "in order"], rows)
         + "\n"
         + markdown_table(
-            ["S3 retries logged", "worker groups started", "failures (restarts)", "epoch with the outage (s)", "normal epoch (median gap, s)", "whole run (s)"],
-            [[retries, watch.groups, max(0, watch.groups - 1), hit[0] if hit else float("nan"), statistics.median(gaps) if gaps else float("nan"), seconds]],
+            ["S3 retries logged", "worker groups started", "failures (restarts)", "first epoch (s)", "later epochs (median, s)", "whole run (s)"],
+            [[retries, watch.groups, max(0, watch.groups - 1), first, statistics.median(gaps) if gaps else float("nan"), seconds]],
         )
         + "\nS3 down for good:\n\n"
         + markdown_table(
@@ -387,6 +420,20 @@ def _tune_rows(sweep_dir: Path) -> dict[str, list[int]]:
     return out
 
 
+def _trial_history(run_dir: Path) -> list[int]:
+    """Epochs in the history of a Train run's latest checkpoint (every epoch it trained, once each)."""
+    from ray.train import Result
+
+    from matting_lib.checkpoint import load_checkpoint
+    from ray_jobs.train import CHECKPOINT_FILE
+
+    latest = Result.from_path(str(run_dir)).checkpoint
+    if latest is None:
+        return []
+    state = load_checkpoint(f"{latest.path}/{CHECKPOINT_FILE}").training_state or {}
+    return [int(h["epoch"]) for h in state.get("history", [])]
+
+
 def scenario_sweep(ctx: dict) -> None:
     log("interrupted sweep: SIGKILL the Tune driver once a trial has checkpointed, then relaunch")
     storage = Path(ctx["tmp"]) / "sweeps"
@@ -394,7 +441,7 @@ def scenario_sweep(ctx: dict) -> None:
     planned = 3
     args = [
         "--config", str(ROOT / "configs" / "sweep_tiny.yaml"), "--address", ctx["address"], f"base_config={TINY}",
-        f"train.data.uri={ctx['root']}", f"storage_path={storage}", "name=killed",
+        f"train.data.uri={ctx['root']}", "train.run.keep_checkpoints=10", f"storage_path={storage}", "name=killed",
         f"space={{lr: [3.0e-3], stages.0.epochs: [{planned}]}}",
     ]
     cmd = [sys.executable, "-m", "ray_jobs.tune", *args]
@@ -410,6 +457,7 @@ def scenario_sweep(ctx: dict) -> None:
         killed_alive = proc.poll() is None
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+    checkpoints_before = {p.name for p in sweep_dir.glob("train/*/checkpoint_*")}
     first_s = time.monotonic() - t0
     before = _tune_rows(sweep_dir)
     log(f"interrupted sweep: killed after {first_s:.0f} s (alive: {killed_alive}); epochs so far {before}")
@@ -421,15 +469,20 @@ def scenario_sweep(ctx: dict) -> None:
     rows = []
     for trial, epochs in sorted(after.items()):
         counts = epoch_counts([e - 1 for e in epochs], planned)  # epochs_done is 1-based
-        rows.append([trial, len(before.get(trial, [])), len(epochs), *counts.values()])
+        rows.append([f"{trial}: Tune's rows", len(before.get(trial, [])), len(epochs), *counts.values()])
+        history = _trial_history(sweep_dir / "train" / trial)
+        rows.append([f"{trial}: Train run's history", "", len(history), *epoch_counts(history, planned).values()])
     resumed = "resuming" in second.stdout
+    # Each epoch leaves one checkpoint folder (all kept): those made after the relaunch are the epochs it trained.
+    trained_after = len({p.name for p in sweep_dir.glob("train/*/checkpoint_*")} - checkpoints_before)
     md = (
         f"`ray_jobs.tune` with `configs/sweep_tiny.yaml` (one trial of {planned} epochs, 1 worker) on the same data; "
         f"the driver process is killed with SIGKILL (no clean shutdown) {first_s:.0f} s in, once a trial checkpoint and "
         f"Tune's experiment state exist, then relaunched with the same name: exit code {second.returncode}, "
-        f"resumed: {'yes' if resumed else 'no'}, {resume_s:.0f} s to finish after the relaunch. "
-        f"Epochs are Tune's reported `epochs_done` per trial (result.json), before the kill and at the end.\n\n"
-        + markdown_table(["trial", "rows before kill", "rows at end", "epochs planned", "completed", "duplicated", "lost", "in order"], rows)
+        f"resumed: {'yes' if resumed else 'no'}, {len(checkpoints_before)} epoch checkpoint(s) before the kill, {trained_after} epoch(s) trained after the relaunch "
+        f"(of {planned}), {resume_s:.0f} s to finish after the relaunch. Records: Tune's reported `epochs_done` per trial "
+        f"(result.json, as flushed before the kill and at the end) and the history in the trial's last Train checkpoint.\n\n"
+        + markdown_table(["record", "rows before kill", "rows at end", "epochs planned", "completed", "duplicated", "lost", "in order"], rows)
     )
     if second.returncode != 0:
         md += f"\nRelaunch stderr (last lines): `{' / '.join(second.stderr.strip().splitlines()[-3:])[:600]}`\n"
