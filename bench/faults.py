@@ -80,6 +80,15 @@ def log(msg: str) -> None:
     print(f"[faults] {msg}", file=sys.stderr, flush=True)
 
 
+def free_port() -> int:
+    """A TCP port free on loopback now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 class RestartableS3:
     """A moto S3 server on one fixed loopback port that can be stopped and started again.
 
@@ -88,12 +97,8 @@ class RestartableS3:
     """
 
     def __init__(self) -> None:
-        import socket
-
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._server = None
 
@@ -575,7 +580,10 @@ def main(argv: list[str] | None = None) -> int:
     log(f"writing {a.samples} + 8 samples of {a.size}² to s3://faults/ds")
     root = write_dataset("s3://faults/ds", a.samples, 8, a.size)
     ray_temp = tempfile.mkdtemp(prefix="rf-", dir="/tmp")
-    ray.init(num_cpus=2, object_store_memory=400 * 2**20, _temp_dir=ray_temp, include_dashboard=True, log_to_driver=True)
+    ray.init(  # the dashboard (for the state API) on a free port: 8265 may be another cluster's
+        num_cpus=2, object_store_memory=400 * 2**20, _temp_dir=ray_temp, include_dashboard=True,
+        dashboard_host="127.0.0.1", dashboard_port=free_port(), log_to_driver=True,
+    )
     ctx |= {
         "s3": s3, "root": root, "ray_temp": ray_temp, "address": ray.get_runtime_context().gcs_address,
         "train_args": [
