@@ -31,6 +31,7 @@ from serve_app.config import DEFAULT_CONFIG_PATH, ServeConfig, app_entry, load_s
 FORWARDED_ENV = (
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
     "AWS_EC2_METADATA_DISABLED", "MATTING_S3_CONNECT_TIMEOUT", "MATTING_S3_READ_TIMEOUT", "MATTING_S3_MAX_ATTEMPTS",
+    "MATTING_S3_RETRY_SECONDS", "MATTING_S3_RETRY_BACKOFF",
 )
 """Environment variables the replicas need (S3 access); the API key variable is added from the config."""
 

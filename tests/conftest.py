@@ -30,6 +30,7 @@ os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 os.environ.setdefault("MATTING_S3_CONNECT_TIMEOUT", "2")
 os.environ.setdefault("MATTING_S3_READ_TIMEOUT", "10")
 os.environ.setdefault("MATTING_S3_MAX_ATTEMPTS", "2")
+os.environ.setdefault("MATTING_S3_RETRY_SECONDS", "2")  # the retry window (default 10 s); fault tests set their own
 # Ray reads its auth settings at import: the test cluster runs with token auth, as a real one.
 os.environ["RAY_AUTH_MODE"] = "token"
 os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
