@@ -14,6 +14,7 @@ group is restarted from it up to ``run.max_failures`` times.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -150,9 +151,22 @@ def prepare_data(cfg: TrainConfig) -> tuple[list[dict], list[dict], dict[str, st
     return train_rows, val_rows, extra_env
 
 
+def absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """Local relative paths (init checkpoint, dataset, manifest) made absolute on the driver.
+
+    Ray workers do not run in the driver's directory (unless the job ships a working_dir), so
+    ``init_checkpoint: models/base.pt`` must be resolved where the user typed it.
+    """
+    def fix(uri: str) -> str:
+        return os.path.abspath(uri) if uri and "://" not in uri else uri
+
+    data = dataclasses.replace(cfg.data, uri=fix(cfg.data.uri), manifest=fix(cfg.data.manifest))
+    return dataclasses.replace(cfg, init_checkpoint=fix(cfg.init_checkpoint), data=data)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = job_parser(__doc__.splitlines()[0]).parse_args(argv)
-    cfg: TrainConfig = load_job_config(args.config, args.overrides)
+    cfg: TrainConfig = absolute_paths(load_job_config(args.config, args.overrides))
     train_rows, val_rows, extra_env = prepare_data(cfg)
     init_ray(args.address, env=extra_env)
     trainer = make_trainer(cfg, build_datasets(cfg, train_rows, val_rows), env=extra_env)

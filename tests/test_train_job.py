@@ -144,3 +144,18 @@ def test_ray_job_submit(ray_cluster, s3_dataset, tmp_path):
         capture_output=True, text=True, timeout=60, env={k: v for k, v in env.items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE")},
     )
     assert denied.returncode != 0
+
+
+def test_relative_local_paths_are_resolved_on_the_driver(tmp_path, monkeypatch):
+    """Workers do not run in the driver's directory: `init_checkpoint: models/base.pt` (as in
+    configs/lowlight.yaml) must reach them as an absolute path; URIs stay as they are."""
+    from matting_lib.config import load_config
+    from ray_jobs.train import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(ROOT / "configs" / "lowlight.yaml", ["data.uri=data/ds", "data.manifest=s3://b/m.jsonl"])
+    fixed = absolute_paths(cfg)
+    assert fixed.init_checkpoint == str(tmp_path / "models" / "base.pt")
+    assert fixed.data.uri == str(tmp_path / "data" / "ds")
+    assert fixed.data.manifest == "s3://b/m.jsonl"
+    assert absolute_paths(fixed) == fixed
