@@ -115,15 +115,22 @@ def start_ray(args: argparse.Namespace, cfg: ServeConfig) -> bool:
     runtime_env = {"env_vars": env}
     if args.address:
         print(f"connecting to the Ray cluster at {args.address} ...", flush=True)
-        ray.init(address=args.address, runtime_env=runtime_env, logging_level=logging.WARNING)
+        try:
+            ray.init(address=args.address, runtime_env=runtime_env, logging_level=logging.WARNING)
+        except Exception as e:  # noqa: BLE001 - ConnectionError, timeouts, auth: one clear line
+            fail(f"cannot connect to the Ray cluster at {args.address}: {type(e).__name__}: {e}")
         return False
     cpus = args.num_cpus or float(os.cpu_count() or 2)
     print(f"starting a local Ray cluster ({cpus:g} CPUs, 127.0.0.1) ...", flush=True)
-    ray.init(
-        num_cpus=cpus, object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False, dashboard_port=free_port(),
-        _node_ip_address="127.0.0.1",
-        _temp_dir=args.temp_dir, runtime_env=runtime_env, logging_level=logging.WARNING,
-    )
+    try:
+        ray.init(
+            num_cpus=cpus, object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False, dashboard_port=free_port(),
+            _node_ip_address="127.0.0.1",
+            _temp_dir=args.temp_dir, runtime_env=runtime_env, logging_level=logging.WARNING,
+        )
+    except Exception as e:  # noqa: BLE001 - e.g. the node timed out during startup on an overloaded machine
+        fail(f"could not start a local Ray cluster: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+             "(is the machine overloaded or out of memory? try again, or pass --address of a running cluster)")
     return True
 
 
