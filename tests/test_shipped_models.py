@@ -1,0 +1,68 @@
+"""The shipped models (``models/*.pt``): present, small, self-describing, matching their configs
+and their model card, and answering through both inference backends.
+
+``make serve`` serves these files; their quality is measured by ``ray_jobs.evaluate`` and
+recorded in ``models/README.md`` (not re-measured here: that needs the real photos).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from matting_lib.checkpoint import load_checkpoint
+from matting_lib.config import load_config
+from matting_lib.predictor import load_predictor
+from serve_app.config import DEFAULT_CONFIG_PATH, load_serve_yaml, serve_config_from_args
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "models"
+SHIPPED = {"base": "configs/base.yaml", "lowlight": "configs/lowlight.yaml"}
+MAX_BYTES = 25 * 1024 * 1024
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_file_is_small_self_describing_and_built_from_its_config(name):
+    path = MODELS / f"{name}.pt"
+    assert path.is_file(), f"{path} is missing"
+    assert path.stat().st_size <= MAX_BYTES
+    ck = load_checkpoint(str(path))
+    assert ck.training_state is None, "published checkpoints carry no optimizer state"
+    assert ck.model_config == load_config(ROOT / SHIPPED[name]).model
+    assert ck.model_config.lowlight == (name == "lowlight")
+    assert {"val_sad", "val_mad", "epoch"} <= set(ck.metrics)
+    assert ck.data_fingerprint.startswith("sha256:")
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_model_card_names_the_exact_file(name):
+    """The card lists each file's SHA-256, so its numbers cannot silently describe other weights."""
+    card = (MODELS / "README.md").read_text()
+    digest = hashlib.sha256((MODELS / f"{name}.pt").read_bytes()).hexdigest()
+    assert re.search(rf"`{name}\.pt`.*{digest}", card), f"models/README.md does not give {name}.pt's sha256 {digest}"
+
+
+def test_serve_config_serves_the_shipped_files():
+    cfg = serve_config_from_args(load_serve_yaml(DEFAULT_CONFIG_PATH)["applications"][0]["args"])
+    assert {m.name: m.checkpoint for m in cfg.models} == {n: f"models/{n}.pt" for n in SHIPPED}
+    assert (cfg.routing.bright_model, cfg.routing.dark_model) == ("base", "lowlight")
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_both_backends_give_the_same_alpha(name):
+    """torch eager and ONNX Runtime agree on a photo-like image at an odd size (FP32 export)."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:150, 0:211]
+    fg = ((yy - 75) ** 2 + (xx - 105) ** 2 < 50**2)[..., None]
+    rgb = np.where(fg, [200, 150, 120], [40, 90, 60]) + rng.normal(0, 8, (150, 211, 3))
+    rgb = np.clip(rgb, 0, 255).astype(np.uint8)
+    path = str(MODELS / f"{name}.pt")
+    a = load_predictor(path, backend="torch", device="cpu", max_side=256).predict(rgb)
+    b = load_predictor(path, backend="onnx", device="cpu", max_side=256, num_threads=1).predict(rgb)
+    assert a.shape == b.shape == (150, 211)
+    assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+    assert np.abs(a - b).max() < 1e-4
