@@ -9,7 +9,9 @@
 ``--format checkpoint`` publishes a training checkpoint for serving: the same self-describing
 file without the optimizer and scheduler state (``training_state``, about two thirds of a
 training checkpoint), its weights, configs, metrics and data fingerprint unchanged, and the
-reloaded model checked to give bit-identical alphas.
+reloaded model checked to give bit-identical alphas. Absolute local paths in its training config
+(dataset, run folder, init checkpoint) become ``<local>/<name>``: a published file names no
+machine's folders; URIs (``s3://...``) are kept.
 
 Steps: load the checkpoint, export (dynamic batch, height and width), convert (FP16) or
 quantize (INT8: static QDQ, calibrated on up to ``--calibration-samples`` images of the
@@ -33,7 +35,7 @@ import json
 import sys
 import time
 from dataclasses import asdict, replace
-from typing import Sequence
+from typing import Any, Sequence
 
 from matting_lib import io
 from matting_lib.checkpoint import CheckpointError, load_checkpoint
@@ -100,6 +102,17 @@ def thresholds(args: argparse.Namespace, precision: str):
     return replace(t, **{k: v for k, v in given.items() if v is not None})
 
 
+def redact_local_paths(value: Any) -> Any:
+    """``value`` with every absolute local path string replaced by ``<local>/<basename>``."""
+    if isinstance(value, dict):
+        return {k: redact_local_paths(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact_local_paths(v) for v in value)
+    if isinstance(value, str) and value.startswith("/") and "://" not in value:
+        return "<local>/" + value.rstrip("/").rsplit("/", 1)[-1]
+    return value
+
+
 def publish(args: argparse.Namespace) -> dict:
     """``--format checkpoint``: rewrite without ``training_state``; check the reload is identical."""
     import numpy as np
@@ -110,7 +123,7 @@ def publish(args: argparse.Namespace) -> dict:
 
     ck = load_checkpoint(args.checkpoint)
     model = ck.build_model().eval()
-    data = checkpoint_bytes(model, model_config=ck.model_config, train_config=ck.train_config, metrics=ck.metrics,
+    data = checkpoint_bytes(model, model_config=ck.model_config, train_config=redact_local_paths(ck.train_config), metrics=ck.metrics,
                             data_fingerprint=ck.data_fingerprint)
     again = parse_checkpoint(data, args.out).build_model().eval()
     images = generated_images()

@@ -183,12 +183,14 @@ def test_publish_drops_training_state_and_keeps_the_model(tiny, capsys):
     opt = torch.optim.AdamW(tiny["model"].parameters(), 1e-3)
     tiny["model"](torch.rand(1, 3, 64, 64)).mean().backward()
     opt.step()
-    trained = save_checkpoint(str(tiny["root"] / "trained.pt"), tiny["model"], metrics={"val_sad": 3.5},
+    train_config = {"data": {"uri": "/home/someone/data/composites", "manifest": "s3://b/m.jsonl"}, "init_checkpoint": "/srv/x/base.pt"}
+    trained = save_checkpoint(str(tiny["root"] / "trained.pt"), tiny["model"], metrics={"val_sad": 3.5}, train_config=train_config,
                               data_fingerprint="sha256:abc", training_state={"optimizer": opt.state_dict(), "epoch": 4})
     out = str(tiny["root"] / "release.pt")
     report = export_job.main(["--checkpoint", trained, "--format", "checkpoint", "--out", out])
     src, rel = load_checkpoint(trained), load_checkpoint(out)
     assert rel.training_state is None and src.training_state is not None
+    assert rel.train_config == {"data": {"uri": "<local>/composites", "manifest": "s3://b/m.jsonl"}, "init_checkpoint": "<local>/base.pt"}
     assert (rel.metrics, rel.data_fingerprint, rel.model_config) == (src.metrics, src.data_fingerprint, src.model_config)
     assert src.state_dict.keys() == rel.state_dict.keys()
     assert all(torch.equal(src.state_dict[k], rel.state_dict[k]) for k in src.state_dict)
