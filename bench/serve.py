@@ -34,7 +34,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +61,7 @@ class Level:
     latencies_ms: list[float]
     seconds: float
     errors: int = 0
-    server_ms: list[float] = None  # type: ignore[assignment]
+    server_ms: list[float] = field(default_factory=list)
     """Serve only: the ingress's X-Matting-Ms per request (cache lookup + model call, i.e. the
     Ray hop to the replica, batching wait and the forward pass)."""
 
@@ -109,7 +109,7 @@ def free_port() -> int:
 
 
 def run_level(who: str, batching: str, concurrency: int, images: list[bytes], call) -> Level:
-    """``call(png)`` for every image from ``concurrency`` threads; per-call latency and wall time."""
+    """``call(png) -> (ok, server ms or None)`` for every image from ``concurrency`` threads; per-call latency and wall time."""
     latencies: list[float] = []
     server: list[float] = []
     errors = 0
@@ -118,13 +118,13 @@ def run_level(who: str, batching: str, concurrency: int, images: list[bytes], ca
     def one(png: bytes) -> None:
         nonlocal errors
         t0 = time.perf_counter()
-        ok = call(png)
+        ok, server_ms = call(png)
         ms = (time.perf_counter() - t0) * 1000
         with lock:
             if ok:
                 latencies.append(ms)
-                if isinstance(ok, float):
-                    server.append(ok)
+                if server_ms is not None:
+                    server.append(server_ms)
             else:
                 errors += 1
 
@@ -147,9 +147,9 @@ def direct_levels(args: argparse.Namespace, images: dict[int, list[bytes]]) -> l
     print(f"direct predictor: {backend_name(pred)}, {args.threads} thread(s)", flush=True)
     pred.predict(images[1][0])  # warm-up
 
-    def single(png: bytes) -> bool:
+    def single(png: bytes) -> tuple[bool, None]:
         alpha_png(pred.predict(png))
-        return True
+        return True, None
 
     out = [run_level("direct", "off", 1, images[1], single)]
     batch = images[16]
@@ -191,17 +191,18 @@ def serve_levels(args: argparse.Namespace, images: dict[int, list[bytes]], batch
     url = f"http://127.0.0.1:{port}/v1/matte"
     session = threading.local()
 
-    def call(png: bytes) -> float | bool:
-        """The ingress's X-Matting-Ms on success, False on failure."""
+    def call(png: bytes) -> tuple[bool, float | None]:
+        """(answered 200, the ingress's X-Matting-Ms when it sent one)."""
         s = getattr(session, "s", None) or requests.Session()
         session.s = s
         r = s.post(url, params={"output": "alpha", "history": "false"}, files={"file": ("x.png", png, "image/png")}, timeout=300)
-        return float(r.headers.get("X-Matting-Ms", 0.0)) if r.status_code == 200 else False
+        server_ms = r.headers.get("X-Matting-Ms")
+        return r.status_code == 200, float(server_ms) if server_ms is not None else None
 
     batching = "on" if batch_size > 1 else "off"
     try:
         for png in images[0]:  # warm-up: model load, first batches, HTTP connections
-            assert call(png), "warm-up request failed"
+            assert call(png)[0], "warm-up request failed"
         return [run_level("serve", batching, c, images[c], call) for c in CONCURRENCY]
     finally:
         serve.delete("matting")
