@@ -198,11 +198,12 @@ def train_one_epoch(
         n_samples += bs
         steps += 1
         for k, v in terms.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach()) * bs
+            # Summed on the device: a float() per term would sync the GPU several times a step.
+            sums[k] = sums.get(k, 0.0) + v.detach().float() * bs
         if log is not None and log_every and steps % log_every == 0:
-            log(f"  step {steps}: loss {float(loss):.4f}")
+            log(f"  step {steps}: loss {float(loss.detach()):.4f} ({n_samples / (time.perf_counter() - t0):.1f} samples/s)")
     elapsed = time.perf_counter() - t0
-    out = {k: v / max(n_samples, 1) for k, v in sums.items()}
+    out = {k: float(v) / max(n_samples, 1) for k, v in sums.items()}
     out.update(samples=float(n_samples), steps=float(steps), skipped_steps=float(skipped), samples_per_s=n_samples / max(elapsed, 1e-9))
     return out
 
@@ -306,14 +307,17 @@ class TrainingRun:
     def epochs(self) -> range:
         return range(self.next_epoch, self.cfg.total_epochs)
 
-    def train_epoch(self, epoch: int, batches: Iterable[Batch], step_hook: Callable[[int], None] | None = None) -> dict[str, float]:
+    def train_epoch(
+        self, epoch: int, batches: Iterable[Batch], step_hook: Callable[[int], None] | None = None,
+        log: Callable[[str], None] | None = None, log_every: int = 0,
+    ) -> dict[str, float]:
         idx, _, _ = stage_at(self.cfg.stages, epoch)
         stage = self._ensure_stage(idx)
         assert self.stage is not None
         stats = train_one_epoch(
             self.model, batches, self.stage.optimizer, self.cfg.loss,
             device=self.device, precision=self.precision, scaler=self.stage.scaler,
-            grad_clip=self.cfg.optim.grad_clip, step_hook=step_hook,
+            grad_clip=self.cfg.optim.grad_clip, step_hook=step_hook, log=log, log_every=log_every,
         )
         lr = self.stage.optimizer.param_groups[0]["lr"]
         self.stage.scheduler.step()
@@ -349,12 +353,16 @@ def fit(
     device: torch.device | None = None,
     checkpoint_uri: str = "",
     log: Callable[[str], None] = print,
+    log_every: int = 0,
+    data_fingerprint: str = "",
 ) -> list[dict[str, Any]]:
     """Train on one device without Ray; returns the per-epoch history.
 
     ``train_batches(epoch)`` yields training batches; ``val_batches()`` validation ones.
     With ``checkpoint_uri`` the best epoch (lowest validation SAD) is saved there, and
     ``<checkpoint_uri>.last`` keeps the latest state; an existing ``.last`` is resumed.
+    ``log_every`` > 0 also logs every that many steps; ``data_fingerprint`` goes into the
+    checkpoints (see :func:`matting_lib.checkpoint.data_fingerprint`).
     """
     from matting_lib.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 
@@ -373,12 +381,12 @@ def fit(
             best = min((h.get("sad", float("inf")) for h in run.history), default=best)
             log(f"resuming at epoch {run.next_epoch + 1}")
     for epoch in run.epochs():
-        train_stats = run.train_epoch(epoch, train_batches(epoch))
+        train_stats = run.train_epoch(epoch, train_batches(epoch), log=log, log_every=log_every)
         val = evaluate(model, val_batches(), cfg.loss, device=device, precision=run.precision)
         row = run.end_epoch(epoch, train_stats | val)
         log(format_epoch(row, cfg.total_epochs))
         if checkpoint_uri:
-            common = dict(train_config=cfg, metrics=row)
+            common = dict(train_config=cfg, metrics=row, data_fingerprint=data_fingerprint)
             save_checkpoint(checkpoint_uri + ".last", model, training_state=run.training_state(), **common)
             if val["sad"] < best:
                 best = val["sad"]

@@ -86,7 +86,7 @@ class SampleLoader:
         if self._transform is None:
             from matting_lib.data.augment import build_augmentation
 
-            self._transform = build_augmentation(self.augment, self.size)
+            self._transform = build_augmentation(self.augment, self.size, seed=self.seed)
         return self._transform
 
     def one(self, image: np.ndarray, alpha: np.ndarray) -> dict[str, np.ndarray]:
