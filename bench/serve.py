@@ -1,11 +1,11 @@
 """Serving overhead: the HTTP endpoint against the direct predictor, on the same cores, in one run.
 
-    python -m bench.serve [--checkpoint models/base.pt] [--size 512] [--backend auto] [--quick]
+    python -m bench.serve [--checkpoint models/base.pt] [--size 512 1024] [--backend auto] [--quick]
 
 One model (``base``) is served by the real app (:func:`serve_app.app.build_from_config`) on a
 local Ray cluster, one replica (no autoscaling), so the endpoint and the direct predictor have
 the same compute: the replica runs the same backend with the same thread count as the direct
-predictor in this process. Every request is a distinct PNG photo of ``--size``² (so the result
+predictor in this process. Every request is a distinct PNG photo of each ``--size``² (so the result
 cache never answers) posted to ``/v1/matte?output=alpha&history=false``; the answer is the
 alpha PNG.
 
@@ -43,12 +43,30 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.results import load_average, machine, markdown_table, update_results  # noqa: E402
+from matting_lib.data.decode import decode_image  # noqa: E402
 
 TARGET_LATENCY_OVERHEAD = 1.15
 """Serve p50 at concurrency 1 over the direct predictor's p50, at most."""
 TARGET_THROUGHPUT_SHARE = 0.85
 """Serve throughput at concurrency 16 over the direct predictor's, at least."""
 CONCURRENCY = (1, 4, 16)
+STAGES = ("upload", "decode", "model", "forward", "encode", "total")
+"""Stages reported per level (``Server-Timing`` names; ``model`` = the call to the model replica)."""
+
+
+def parse_server_timing(header: str) -> dict[str, float]:
+    """``"decode;dur=5.1, model;dur=60.2"`` -> ``{"decode": 5.1, "model": 60.2}`` (RFC Server-Timing)."""
+    out: dict[str, float] = {}
+    for metric in header.split(","):
+        name, *params = (p.strip() for p in metric.split(";"))
+        for param in params:
+            key, _, value = param.partition("=")
+            if name and key.strip() == "dur":
+                try:
+                    out[name] = float(value.strip().strip('"'))
+                except ValueError:
+                    pass
+    return out
 
 
 @dataclass
@@ -61,9 +79,13 @@ class Level:
     latencies_ms: list[float]
     seconds: float
     errors: int = 0
-    server_ms: list[float] = field(default_factory=list)
-    """Serve only: the ingress's X-Matting-Ms per request (cache lookup + model call, i.e. the
-    Ray hop to the replica, batching wait and the forward pass)."""
+    stages: list[dict[str, float]] = field(default_factory=list)
+    """Per request, milliseconds per stage: the service's ``Server-Timing`` header for Serve
+    (key, decode, model, forward, encode, total), measured in-process for the direct path."""
+
+    def stage_p50(self, name: str) -> float | None:
+        values = [s[name] for s in self.stages if name in s]
+        return statistics.median(values) if values else None
 
     @property
     def p50(self) -> float:
@@ -109,7 +131,7 @@ def free_port() -> int:
 
 
 def run_level(who: str, batching: str, concurrency: int, images: list[bytes], call) -> Level:
-    """``call(png) -> (ok, server ms or None)`` for every image from ``concurrency`` threads; per-call latency and wall time."""
+    """``call(png) -> (ok, stage ms)`` for every image from ``concurrency`` threads; per-call latency and wall time."""
     latencies: list[float] = []
     server: list[float] = []
     errors = 0
@@ -118,13 +140,13 @@ def run_level(who: str, batching: str, concurrency: int, images: list[bytes], ca
     def one(png: bytes) -> None:
         nonlocal errors
         t0 = time.perf_counter()
-        ok, server_ms = call(png)
+        ok, stages = call(png)
         ms = (time.perf_counter() - t0) * 1000
         with lock:
             if ok:
                 latencies.append(ms)
-                if server_ms is not None:
-                    server.append(server_ms)
+                if stages:
+                    server.append(stages)
             else:
                 errors += 1
 
@@ -132,7 +154,7 @@ def run_level(who: str, batching: str, concurrency: int, images: list[bytes], ca
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(one, images))
     level = Level(who, batching, concurrency, latencies, time.perf_counter() - t0, errors, server)
-    extra = f"  ingress model call p50 {statistics.median(server):7.1f} ms" if server else ""
+    extra = "  " + " ".join(f"{k} {level.stage_p50(k):.1f}" for k in STAGES if level.stage_p50(k) is not None)
     print(f"  {who:6s} batching {batching:3s} c={concurrency:2d}: p50 {level.p50:7.1f} ms  p95 {level.p95:7.1f} ms  "
           f"{level.throughput:6.2f} img/s  errors {errors}{extra}", flush=True)
     return level
@@ -147,9 +169,15 @@ def direct_levels(args: argparse.Namespace, images: dict[int, list[bytes]]) -> l
     print(f"direct predictor: {backend_name(pred)}, {args.threads} thread(s)", flush=True)
     pred.predict(images[1][0])  # warm-up
 
-    def single(png: bytes) -> tuple[bool, None]:
-        alpha_png(pred.predict(png))
-        return True, None
+    def single(png: bytes) -> tuple[bool, dict[str, float]]:
+        t0 = time.perf_counter()
+        rgb = decode_image(png)
+        t1 = time.perf_counter()
+        alpha = pred.predict(rgb)
+        t2 = time.perf_counter()
+        alpha_png(alpha)
+        t3 = time.perf_counter()
+        return True, {"decode": (t1 - t0) * 1000, "forward": (t2 - t1) * 1000, "encode": (t3 - t2) * 1000, "total": (t3 - t0) * 1000}
 
     out = [run_level("direct", "off", 1, images[1], single)]
     batch = images[16]
@@ -191,13 +219,12 @@ def serve_levels(args: argparse.Namespace, images: dict[int, list[bytes]], batch
     url = f"http://127.0.0.1:{port}/v1/matte"
     session = threading.local()
 
-    def call(png: bytes) -> tuple[bool, float | None]:
-        """(answered 200, the ingress's X-Matting-Ms when it sent one)."""
+    def call(png: bytes) -> tuple[bool, dict[str, float]]:
+        """(answered 200, the service's Server-Timing stages)."""
         s = getattr(session, "s", None) or requests.Session()
         session.s = s
         r = s.post(url, params={"output": "alpha", "history": "false"}, files={"file": ("x.png", png, "image/png")}, timeout=300)
-        server_ms = r.headers.get("X-Matting-Ms")
-        return r.status_code == 200, float(server_ms) if server_ms is not None else None
+        return r.status_code == 200, parse_server_timing(r.headers.get("Server-Timing", ""))
 
     batching = "on" if batch_size > 1 else "off"
     try:
@@ -215,10 +242,12 @@ def report(levels: list[Level], args: argparse.Namespace, backend: str) -> tuple
     direct_tp = max(lv.throughput for lv in levels if lv.who == "direct")
     rows = []
     for lv in levels:
-        server = f"{statistics.median(lv.server_ms):.1f}" if lv.server_ms else "–"
+        stage = [f"{v:.1f}" if (v := lv.stage_p50(k)) is not None else "–" for k in STAGES]
+        total = lv.stage_p50("total")
+        outside = f"{lv.p50 - total - (lv.stage_p50('upload') or 0):.1f}" if total is not None and lv.who == "serve" else "–"
         rows.append([lv.who, lv.batching, lv.concurrency if lv.who == "serve" else ("1" if lv.batching == "off" else "batch 4"),
-                     len(lv.latencies_ms), lv.errors, f"{lv.p50:.1f}", server, f"{lv.p95:.1f}", f"{lv.throughput:.2f}",
-                     f"{lv.p50 / direct1.p50:.2f}", f"{lv.throughput / direct_tp:.2f}"])
+                     len(lv.latencies_ms), lv.errors, f"{lv.p50:.1f}", f"{lv.p95:.1f}", *stage, outside,
+                     f"{lv.throughput:.2f}", f"{lv.p50 / direct1.p50:.2f}", f"{lv.throughput / direct_tp:.2f}"])
     missed = []
     lines = []
     for batching in ("on", "off"):
@@ -240,12 +269,15 @@ def report(levels: list[Level], args: argparse.Namespace, backend: str) -> tuple
         f"{args.threads} thread(s), {args.size}² PNG photos, one replica (num_cpus 1), every request a distinct image "
         "(no cache hits), `output=alpha&history=false`. Direct = decode PNG + predict + encode alpha PNG in one process; "
         "its throughput reference is the better of sequential and batch-4 prediction. Ratios against the direct "
-        "predictor measured in the same run. 'Of which model call' is the ingress's own X-Matting-Ms: the Ray call to "
-        "the model replica (queueing, batching wait, forward pass, alpha back); the rest of a request's latency is "
-        "HTTP, the proxy, and the ingress's PNG decode, brightness, cache key and PNG encode.",
+        "predictor measured in the same run. Stage columns are p50 milliseconds: for Serve from the service's own "
+        "`Server-Timing` header (upload = reading and parsing the multipart body; decode = PNG decode and brightness in the ingress; model = the ingress's call to the "
+        "model replica, which holds the forward pass, the batching wait, queueing and moving the arrays; forward = the "
+        "replica's forward pass; encode = alpha PNG; total = from the cache lookup to the encoded alpha), for the direct "
+        "path timed in-process. 'Outside' = p50 minus upload and total: the client's HTTP, the Serve proxy and the "
+        "hops between the proxy and the ingress.",
         "",
-        markdown_table(["path", "batching", "concurrency", "requests", "errors", "p50 ms", "of which model call (p50 ms)", "p95 ms", "images/s",
-                        "p50 / direct c=1", "throughput / direct best"], rows),
+        markdown_table(["path", "batching", "concurrency", "requests", "errors", "p50 ms", "p95 ms", *STAGES, "outside",
+                        "images/s", "p50 / direct c=1", "throughput / direct best"], rows),
         "",
         *lines,
         "",
@@ -257,9 +289,11 @@ def report(levels: list[Level], args: argparse.Namespace, backend: str) -> tuple
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=str(ROOT / "models" / "base.pt"), help="checkpoint to serve (default: the shipped base)")
-    p.add_argument("--size", type=int, default=512, help="square image side in px (default 512)")
+    p.add_argument("--size", type=int, nargs="+", default=[512, 1024],
+                   help="square image sides in px, each measured in turn (default 512 1024; the service's max_side is 1024)")
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"))
-    p.add_argument("--threads", type=int, default=2, help="intra-op threads, direct and replica alike (default 2)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="intra-op threads, direct and replica alike (default 1, as serve_app/config.yaml ships)")
     p.add_argument("--requests", type=int, default=48, help="requests per concurrency level (default 48)")
     p.add_argument("--quick", action="store_true", help="12 requests per level, nothing written")
     args = p.parse_args(argv)
@@ -267,27 +301,40 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: checkpoint {args.checkpoint} not found (train one or pass --checkpoint)", file=sys.stderr)
         return 2
     n = 12 if args.quick else args.requests
+    sizes = list(args.size)
     args.load_before = load_average()
-    images = {c: [photo_png(args.size, 1000 * c + i) for i in range(n)] for c in CONCURRENCY}
-    images[0] = [photo_png(args.size, 99_000 + i) for i in range(6)]
 
     import ray
 
     from matting_lib.predictor import backend_name, load_predictor
 
     backend = backend_name(load_predictor(args.checkpoint, backend=args.backend, device="cpu", max_side=64))
-    levels = direct_levels(args, images)
+    images, levels = {}, {}
+    for size in sizes:  # the direct references first, before Ray starts
+        args.size = size
+        images[size] = {c: [photo_png(size, 1000 * c + i) for i in range(n)] for c in CONCURRENCY}
+        images[size][0] = [photo_png(size, 99_000 + i) for i in range(6)]
+        print(f"{size}²:", flush=True)
+        levels[size] = direct_levels(args, images[size])
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=300 * 1024 * 1024,
              runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}}, logging_level="WARNING")
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            for batch_size in (4, 1):
-                print(f"serve, max_batch_size {batch_size}:", flush=True)
-                levels += serve_levels(args, images, batch_size, Path(tmp))
+            for size in sizes:
+                args.size = size
+                for batch_size in (4, 1):
+                    print(f"{size}², serve, max_batch_size {batch_size}:", flush=True)
+                    levels[size] += serve_levels(args, images[size], batch_size, Path(tmp))
     finally:
         ray.shutdown()
-    md, missed = report(levels, args, backend)
+    sections, missed = [], []
+    for size in sizes:
+        args.size = size
+        md, miss = report(levels[size], args, backend)
+        sections.append(f"### {size}²\n\n{md}")
+        missed += [f"{size}²: {m}" for m in miss]
+    md = "\n\n".join(sections)
     print(md)
     if not args.quick:
         print(f"wrote {update_results('Serving', md)}")

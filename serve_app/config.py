@@ -116,8 +116,10 @@ class ModelDeploymentSettings:
     Replicas hold fractions of a CPU, so one thread each avoids oversubscribing the cores."""
     max_side: int = 1024
     """Long side (px) the network works at by default; larger inputs are downscaled and their alpha upsampled."""
-    max_batch_size: int = 4
-    """Largest dynamic batch (@serve.batch); 1 disables batching."""
+    max_batch_size: int = 1
+    """Largest dynamic batch (@serve.batch); 1 disables batching. On CPU batching loses: a batch
+    of 4 runs slower per image than 4 single images (bench/serve.py), so 1 is the default; raise
+    it to 4-8 on a GPU."""
     batch_wait_timeout_s: float = 0.01
     """How long a batch waits to fill up."""
     max_ongoing_requests: int = 8

@@ -17,7 +17,7 @@ import posixpath
 import re
 import time
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Awaitable
 
@@ -104,6 +104,12 @@ class Outcome:
     result: CachedResult
     cache_hit: bool
     ms: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def server_timing(self) -> str:
+        """The ``Server-Timing`` header value: each stage's milliseconds, then the total."""
+        parts = [f"{k};dur={v:.1f}" for k, v in self.timings.items()]
+        return ", ".join(parts + [f"total;dur={self.ms:.1f}"])
 
 
 async def _bounded(awaitable: Awaitable[Any], timeout: float) -> Any:
@@ -215,18 +221,31 @@ class MattingIngress:
     async def _matte(self, data: bytes, name: str, params: MatteParams) -> Outcome:
         """One image through cache, decode, routing, model and post-processing."""
         t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+
+        def lap(stage: str, since: float) -> float:
+            now = time.perf_counter()
+            timings[stage] = (now - since) * 1000
+            return now
+
         await self._refresh_versions()
         key = await asyncio.to_thread(content_key, data, params, dict(self.versions))
+        t = lap("key", t0)
         hit = self.cache.get(key)
         if hit is not None:
-            return Outcome(hit, True, (time.perf_counter() - t0) * 1000)
+            return Outcome(hit, True, (time.perf_counter() - t0) * 1000, timings)
         rgb, brightness = await asyncio.to_thread(_decode_and_measure, data, name, self.config.limits.max_pixels)
+        t = lap("decode", t)
         model = self.router.pick(brightness) if params.model == "auto" else params.model
         answer = await self._call_model(model, rgb, params.max_side)
+        t = lap("model", t)
+        if "forward_ms" in answer:
+            timings["forward"] = answer["forward_ms"]
         try:
             body = await asyncio.to_thread(postprocess.apply, rgb, answer["alpha"], params.postprocess())
         except ValueError as e:
             raise ApiError(422, str(e)) from None
+        lap("encode", t)
         result = CachedResult(
             body=body, media_type=MEDIA_TYPES[params.format], model=model, brightness=brightness,
             checkpoint=answer["checkpoint"], width=rgb.shape[1], height=rgb.shape[0],
@@ -235,7 +254,7 @@ class MattingIngress:
             self.versions[model] = answer["checkpoint"]
             key = await asyncio.to_thread(content_key, data, params, dict(self.versions))
         self.cache.put(key, result)
-        return Outcome(result, False, (time.perf_counter() - t0) * 1000)
+        return Outcome(result, False, (time.perf_counter() - t0) * 1000, timings)
 
     def _params(self, query: MatteParams, fields: dict[str, str]) -> MatteParams:
         params = merge_params(query, fields)
@@ -302,7 +321,9 @@ class MattingIngress:
             "Send the image as a multipart file (any field name, e.g. `file`) or as the raw body. "
             "Parameters in the query string (or as multipart text fields). Returns the image; "
             "headers X-Matting-Model, X-Matting-Brightness, X-Matting-Cache (hit/miss), "
-            "X-Matting-Checkpoint, X-Matting-Ms, X-Matting-History-Id."
+            "X-Matting-Checkpoint, X-Matting-Ms, X-Matting-History-Id, and Server-Timing (ms per stage: "
+            "upload (reading and parsing the request body), key, decode, model (the call to the model replica), "
+            "forward (its forward pass), encode, and total from the cache lookup to the encoded result)."
         ),
         response_class=Response,
         responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}},
@@ -310,8 +331,10 @@ class MattingIngress:
     )
     async def matte(self, request: Request, query: Annotated[MatteParams, Query()]) -> Response:
         limits = self.config.limits
+        t_request = time.perf_counter()
         body = await read_body(request, limits.max_upload_bytes + MULTIPART_OVERHEAD)
         upload = await parse_upload(request, body, max_files=1)
+        upload_ms = (time.perf_counter() - t_request) * 1000
         params = self._params(query, upload.fields)
         if not upload.files:
             raise ApiError(400, "no image in the request: send a multipart file or the image as the body", "no_image")
@@ -327,6 +350,7 @@ class MattingIngress:
             "X-Matting-Cache": "hit" if out.cache_hit else "miss",
             "X-Matting-Checkpoint": res.checkpoint,
             "X-Matting-Ms": f"{out.ms:.1f}",
+            "Server-Timing": f"upload;dur={upload_ms:.1f}, " + out.server_timing(),
             "Content-Disposition": _disposition("inline", _stem(f.name), f"-matte.{ext}"),
         }
         if params.history:

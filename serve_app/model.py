@@ -1,7 +1,9 @@
 """The model deployment: one Serve deployment per configured model, dynamic batching, hot swap.
 
 ``MattingModel`` wraps a :class:`matting_lib.predictor.Predictor`. Requests are uint8 RGB
-arrays (decoded and checked by the ingress); answers are float32 alphas at the input's size.
+arrays (decoded and checked by the ingress); answers are uint8 alphas (0-255) at the input's
+size: every output format is 8-bit, and a quarter of the bytes of float32 makes the trip back
+to the ingress cheaper (bench/serve.py).
 
 Hot swap: the checkpoint URI is the deployment's ``user_config`` (``{"checkpoint": URI}``).
 Changing it (``serve deploy`` with a new ``user_config``) calls :meth:`MattingModel.reconfigure`
@@ -40,6 +42,11 @@ def parse_user_config(user_config: Mapping[str, Any] | None, default_checkpoint:
     if not isinstance(uri, str):
         raise ValueError(f"user_config.checkpoint must be a string URI, got {uri!r}")
     return uri
+
+
+def to_uint8(alpha: np.ndarray) -> np.ndarray:
+    """float alpha in [0, 1] -> uint8, rounded to nearest (what an 8-bit matte file holds)."""
+    return np.rint(np.clip(alpha, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 @serve.deployment(name="model", ray_actor_options={"num_cpus": 0.25})
@@ -97,25 +104,32 @@ class MattingModel:
     async def predict(self, requests: list[tuple[np.ndarray, int | None]]) -> list[dict[str, Any]]:
         """Alphas for ``(rgb, max_side)`` requests; ``max_side`` None = the configured one.
 
-        Returns, per request, ``{"alpha": float32 (H, W) in [0, 1], "model", "checkpoint"}``.
+        Returns, per request, ``{"alpha": uint8 (H, W), 255 = opaque, "model", "checkpoint",
+        "forward_ms", "batch"}``: ``forward_ms`` is the time of the forward pass that computed it
+        (the whole group it ran in) and ``batch`` the number of requests in this batch.
         """
         predictor, checkpoint = self.predictor, self.checkpoint  # one model for the whole batch
         groups: dict[int, list[int]] = {}
         for i, (_, side) in enumerate(requests):
             groups.setdefault(side or self.settings.max_side, []).append(i)
         alphas: list[np.ndarray | None] = [None] * len(requests)
+        forward_ms = [0.0] * len(requests)
         try:
             for side, idx in groups.items():
+                t0 = time.perf_counter()
                 out = await asyncio.to_thread(predictor.predict_batch, [requests[i][0] for i in idx], side)
+                ms = (time.perf_counter() - t0) * 1000
                 for i, a in zip(idx, out):
-                    alphas[i] = a
+                    alphas[i], forward_ms[i] = to_uint8(a), ms
         except Exception:
             self.consecutive_failures += 1
             raise
         self.consecutive_failures = 0
         self.images += len(requests)
         self.batches += 1
-        return [{"alpha": a, "model": self.name, "checkpoint": checkpoint} for a in alphas]
+        n = len(requests)
+        return [{"alpha": a, "model": self.name, "checkpoint": checkpoint, "forward_ms": f, "batch": n}
+                for a, f in zip(alphas, forward_ms)]
 
     def info(self) -> dict[str, Any]:
         """What this replica serves: name, checkpoint, the checkpoint's metrics, counters."""

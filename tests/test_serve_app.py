@@ -47,6 +47,8 @@ def svc(ray_cluster, tmp_path_factory):
     port = free_port()
     config = serve_yaml_for_test(tmp, checkpoints, port, fast_scaling="spare")  # only spare autoscales quickly
     config["applications"][0]["args"]["models"][2]["backend"] = "torch"  # the others: auto = ONNX Runtime on CPU
+    # Batching is off in the shipped CPU config; on here, so the batched path stays tested.
+    config["applications"][0]["args"]["model_deployment"].update(max_batch_size=4, batch_wait_timeout_s=0.1)
     deploy(ray_cluster["dashboard"], config)
     wait_until(app_running, 180, "the matting app to run")
     url = f"http://127.0.0.1:{port}"
@@ -118,7 +120,8 @@ def test_alpha_is_the_models_at_input_size(svc, h, w):
 def test_parameters_change_the_output_as_specified(svc):
     rgb = photo(90, 120, "bright", seed=6)
     data = encode(rgb)
-    alpha = local_alpha(svc.checkpoints["base"], rgb)
+    # The replicas answer 8-bit mattes (serve_app/model.py); post-processing runs on those.
+    alpha = np.rint(local_alpha(svc.checkpoints["base"], rgb) * 255).astype(np.uint8)
     cases = [
         {"output": "rgba"},
         {"output": "alpha", "threshold": 0.5},
@@ -332,6 +335,36 @@ def test_both_backends_answer_with_the_checkpoints_alpha(svc):
         assert r.headers["X-Matting-Model"] == name
         want = np.rint(local_alpha(svc.checkpoints[name], rgb) * 255)
         assert np.abs(as_array(r.content).astype(int) - want).max() <= 1
+
+
+def _server_timing(header: str) -> dict[str, float]:
+    out = {}
+    for metric in header.split(","):
+        name, _, dur = metric.strip().partition(";dur=")
+        out[name] = float(dur)
+    return out
+
+
+def test_concurrent_requests_share_batches_and_keep_their_own_alpha(svc):
+    """8 images at once: fewer forward passes than images, every answer its own image's alpha,
+    and Server-Timing accounts for the stages."""
+    def info() -> dict:
+        return {m["name"]: m for m in get(f"{svc.url}/v1/models").json()["models"]}["base"]
+
+    before = info()
+    rgbs = [photo(70 + 4 * i, 90, "bright", seed=100 + i) for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda rgb: matte(svc.url, encode(rgb), {"output": "alpha", "model": "base", "history": "false"}), rgbs))
+    after = info()
+    for rgb, r in zip(rgbs, answers):
+        assert r.status_code == 200, r.text
+        want = np.rint(local_alpha(svc.checkpoints["base"], rgb) * 255)
+        assert np.abs(as_array(r.content).astype(int) - want).max() <= 1
+        t = _server_timing(r.headers["Server-Timing"])
+        assert set(t) == {"upload", "key", "decode", "model", "forward", "encode", "total"}, t
+        assert 0 < t["forward"] <= t["model"] + 0.2 and t["model"] < t["total"]
+    assert after["images"] - before["images"] == 8
+    assert after["batches"] - before["batches"] < 8
 
 
 # --------------------------------------------------------------------------- hot swap and autoscaling
