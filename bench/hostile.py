@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-import requests
-
 from bench.results import markdown_table, update_results
 from serve_app.config import LimitSettings, app_entry
 from tests.hostile_corpus import Case, corpus, outcome, problem, send
@@ -104,24 +102,14 @@ def _local_app(tmp: Path):
     """The tests' machinery: ``ray start --head`` on loopback (free ports, token auth) and the app
     deployed through the dashboard with tiny random checkpoints and the test limits.
     Returns (url, dashboard, limits, stop)."""
-    import os
-
     import ray
     from ray import serve
 
-    from tests.conftest import ROOT, free_port, start_ray_head, stop_ray_head
-    from tests.serve_helpers import app_running, deploy, make_checkpoint, serve_yaml_for_test, wait_until
+    from tests.conftest import stop_ray_head
+    from tests.serve_helpers import make_checkpoint, start_cluster_and_app
 
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     checkpoints = {name: make_checkpoint(tmp / f"{name}.pt", seed) for seed, name in enumerate(("base", "lowlight"), 1)}
-    cluster = start_ray_head(str(tmp / "ray"))
-    ray.init(address=cluster["address"], log_to_driver=False)
-    port = free_port()
-    config = serve_yaml_for_test(tmp, checkpoints, port)
-    deploy(cluster["dashboard"], config)
-    wait_until(app_running, 300, "the matting app to run")
-    url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: requests.get(f"{url}/readyz", timeout=10).status_code == 200, 120, "/readyz")
+    cluster, config, url = start_cluster_and_app(tmp, checkpoints)
 
     def stop() -> None:
         serve.shutdown()

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -545,22 +544,9 @@ def md_backend() -> str:
 
 def start_app(tmp: Path, checkpoints: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any], str]:
     """A local cluster and the deployed app: (cluster, Serve config, base URL)."""
-    import ray
+    from tests.serve_helpers import start_cluster_and_app
 
-    from tests.conftest import ROOT as TESTS_ROOT, free_port, start_ray_head
-    from tests.serve_helpers import app_running, deploy, get, serve_yaml_for_test, wait_until
-
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_ROOT), os.environ.get("PYTHONPATH")]))
-    print("starting a local Ray cluster ...", flush=True)
-    cluster = start_ray_head(str(tmp / "ray"))
-    ray.init(address=cluster["address"], log_to_driver=False)
-    port = free_port()
-    config = serve_yaml_for_test(tmp, checkpoints, port)
-    deploy(cluster["dashboard"], config)
-    wait_until(app_running, 300, "the matting app to run")
-    url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: get(f"{url}/readyz").status_code == 200, 120, "/readyz")
-    return cluster, config, url
+    return start_cluster_and_app(tmp, checkpoints)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -117,6 +117,33 @@ def deploy(dashboard: str, config: dict[str, Any]) -> None:
     ServeSubmissionClient(dashboard).deploy_applications(config)
 
 
+def deploy_and_wait(dashboard: str, config: dict[str, Any], app_timeout: float = 180, ready_timeout: float = 60) -> str:
+    """Deploy ``config``, wait until the app runs and ``/readyz`` answers 200; returns the base URL."""
+    deploy(dashboard, config)
+    wait_until(app_running, app_timeout, "the matting app to run")
+    url = f"http://127.0.0.1:{config['http_options']['port']}"
+    wait_until(lambda: get(f"{url}/readyz").status_code == 200, ready_timeout, "/readyz")
+    return url
+
+
+def start_cluster_and_app(tmp: Path, checkpoints: dict[str, str], args: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """For the benchmarks: a local Ray cluster under ``tmp/ray``, connected, with the test app
+    (:func:`serve_yaml_for_test`) deployed and ready. Returns (cluster, Serve config, base URL);
+    stop with ``serve.shutdown(); ray.shutdown(); stop_ray_head(cluster["temp_dir"])``."""
+    import os
+
+    import ray
+
+    from tests.conftest import ROOT, free_port, start_ray_head
+
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    print("starting a local Ray cluster ...", flush=True)
+    cluster = start_ray_head(str(tmp / "ray"))
+    ray.init(address=cluster["address"], log_to_driver=False)
+    config = serve_yaml_for_test(tmp, checkpoints, free_port(), args=args)
+    return cluster, config, deploy_and_wait(cluster["dashboard"], config, app_timeout=300, ready_timeout=120)
+
+
 def app_running(name: str = "matting") -> bool:
     from ray import serve
 

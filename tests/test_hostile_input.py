@@ -38,7 +38,7 @@ from serve_app.params import MatteParams, check_against_limits, merge_params
 from serve_app.uploads import UploadedFile, expand_batch, output_name, parse_upload
 from tests.conftest import free_port
 from tests.hostile_corpus import BATCH, MATTE, corpus, make_zip, photo, pil_bytes
-from tests.serve_helpers import app_running, deploy, get, make_checkpoint, post, serve_yaml_for_test, wait_until
+from tests.serve_helpers import deploy_and_wait, get, make_checkpoint, post, serve_yaml_for_test
 
 API_KEY = "hostile-" + secrets.token_hex(12)
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -58,12 +58,8 @@ def app(ray_cluster, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("hostile")
     checkpoints = {name: make_checkpoint(tmp / f"{name}.pt", seed) for seed, name in enumerate(("base", "lowlight"), 1)}
-    port = free_port()
-    config = serve_yaml_for_test(tmp, checkpoints, port, args={"api_key": API_KEY})
-    deploy(ray_cluster["dashboard"], config)
-    wait_until(app_running, 180, "the matting app to run")
-    url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: get(f"{url}/readyz").status_code == 200, 60, "/readyz")
+    config = serve_yaml_for_test(tmp, checkpoints, free_port(), args={"api_key": API_KEY})
+    url = deploy_and_wait(ray_cluster["dashboard"], config)
     limits = LimitSettings(**app_entry(config)["args"]["limits"])
     try:
         yield SimpleNamespace(url=url, dashboard=ray_cluster["dashboard"], limits=limits,

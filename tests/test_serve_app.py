@@ -28,7 +28,7 @@ from matting_lib.predictor import Predictor
 from matting_lib.routing import DEFAULT_THRESHOLD
 from tests.conftest import free_port
 from tests.serve_helpers import (
-    app_running, decode, deploy, encode, get, make_checkpoint, photo, post, running_replicas,
+    app_running, decode, deploy, deploy_and_wait, encode, get, make_checkpoint, photo, post, running_replicas,
     serve_yaml_for_test, wait_until,
 )
 
@@ -44,15 +44,11 @@ def svc(ray_cluster, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("serve_app")
     checkpoints = {name: make_checkpoint(tmp / f"{name}.pt", seed) for seed, name in enumerate(("base", "lowlight", "spare"), 1)}
-    port = free_port()
-    config = serve_yaml_for_test(tmp, checkpoints, port, fast_scaling="spare")  # only spare autoscales quickly
+    config = serve_yaml_for_test(tmp, checkpoints, free_port(), fast_scaling="spare")  # only spare autoscales quickly
     config["applications"][0]["args"]["models"][2]["backend"] = "torch"  # the others: auto = ONNX Runtime on CPU
     # Batching is off in the shipped CPU config; on here, so the batched path stays tested.
     config["applications"][0]["args"]["model_deployment"].update(max_batch_size=4, batch_wait_timeout_s=0.1)
-    deploy(ray_cluster["dashboard"], config)
-    wait_until(app_running, 180, "the matting app to run")
-    url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: get(f"{url}/readyz").status_code == 200, 60, "/readyz")
+    url = deploy_and_wait(ray_cluster["dashboard"], config)
     try:
         yield SimpleNamespace(url=url, config=config, checkpoints=checkpoints, tmp=tmp, dashboard=ray_cluster["dashboard"])
     finally:

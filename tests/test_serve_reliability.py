@@ -19,7 +19,7 @@ from bench.load import (
     serve_replicas, status_counts,
 )
 from tests.conftest import free_port
-from tests.serve_helpers import app_running, deploy, get, make_checkpoint, running_replicas, serve_yaml_for_test, wait_until
+from tests.serve_helpers import deploy_and_wait, make_checkpoint, running_replicas, serve_yaml_for_test
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -36,12 +36,8 @@ def svc(ray_cluster, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("serve_reliability")
     checkpoints = {name: make_checkpoint(tmp / f"{name}.pt", seed) for seed, name in enumerate(("base", "lowlight"), 1)}
-    port = free_port()
-    config = serve_yaml_for_test(tmp, checkpoints, port)
-    deploy(ray_cluster["dashboard"], config)
-    wait_until(app_running, 180, "the matting app to run")
-    url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: get(f"{url}/readyz").status_code == 200, 60, "/readyz")
+    config = serve_yaml_for_test(tmp, checkpoints, free_port())
+    url = deploy_and_wait(ray_cluster["dashboard"], config)
     warm, _, _ = run_load(url, make_workload(32, seed=100), CONCURRENCY, label="warm-up")
     assert status_counts(warm)["2xx"] == len(warm), [r.error for r in warm if r.status != 200][:3]
     try:
