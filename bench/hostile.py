@@ -105,7 +105,7 @@ def _local_app(tmp: Path):
     import ray
     from ray import serve
 
-    from tests.conftest import stop_ray_head
+    from infra.local_ray import stop_ray_head
     from tests.serve_helpers import make_checkpoint, start_cluster_and_app
 
     checkpoints = {name: make_checkpoint(tmp / f"{name}.pt", seed) for seed, name in enumerate(("base", "lowlight"), 1)}

@@ -593,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
         if cluster is not None:
             import ray
 
-            from tests.conftest import stop_ray_head
+            from infra.local_ray import stop_ray_head
 
             ray.shutdown()
             stop_ray_head(cluster["temp_dir"])

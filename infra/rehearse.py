@@ -14,7 +14,7 @@ The guide's steps, scaled down, with a moto S3 server on loopback standing in fo
 6. one ``/v1/matte`` request answered by the promoted checkpoint with an alpha of the input's size;
 7. a hot swap to ``models/tiny-v2.pt`` through ``user_config`` while requests keep arriving:
    every request answered, the later ones by the new checkpoint;
-8. that cluster stopped (only it: ``tests.conftest.stop_ray_head``, never ``ray stop``, which
+8. that cluster stopped (only it: ``infra.local_ray.stop_ray_head``, never ``ray stop``, which
    would kill every Ray cluster on the machine) and the S3 server with it.
 
 Cluster, ports and synthetic data come from the test suite's helpers (``tests/conftest.py``),
@@ -44,7 +44,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from infra.gen_rayservice import merge  # noqa: E402
-from tests.conftest import free_port, start_ray_head, stop_ray_head, synthetic_pair, write_dataset  # noqa: E402
+from infra.local_ray import free_port, start_ray_head, stop_ray_head  # noqa: E402
+from tests.conftest import synthetic_pair, write_dataset  # noqa: E402
 
 BUCKET = "matting-data"
 LAYOUT = ("datasets", "manifests", "runs", "sweeps", "models")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import socket
 import sys
 import uuid
 from pathlib import Path
@@ -36,11 +35,7 @@ os.environ["RAY_AUTH_MODE"] = "token"
 os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from infra.local_ray import free_port, start_ray_head, stop_ray_head  # noqa: E402 - after the environment above
 
 
 @pytest.fixture(scope="session")
@@ -98,107 +93,6 @@ def synthetic_pair(rng: np.random.Generator, h: int = 64, w: int = 64) -> tuple[
 
 
 # --------------------------------------------------------------------------- Ray
-
-
-def _processes() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, command line) of every process we can read."""
-    procs = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        procs[int(proc.name)] = (ppid, cmdline + " ")
-    return procs
-
-
-def _cluster_pids(temp_dir: str) -> list[int]:
-    """The processes of the ``ray start`` that owns ``temp_dir``.
-
-    Those whose command line names ``temp_dir`` (GCS, raylet, dashboard, monitors), those that
-    name its GCS port (the client server), and every descendant of either (workers and the
-    agents, which rename themselves ``ray::...``).
-    """
-    import re
-
-    procs = _processes()
-    roots = {pid for pid, (_, cmd) in procs.items() if temp_dir in cmd}
-    ports = {m for pid in roots for m in re.findall(r"--gcs[-_]address=\S+?:(\d+)|--gcs_server_port=(\d+)", procs[pid][1]) for m in m if m}
-    roots |= {pid for pid, (_, cmd) in procs.items() if any(f":{port} " in cmd for port in ports)}
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in procs.items():
-        children.setdefault(ppid, []).append(pid)
-    stack = list(roots)
-    while stack:
-        for child in children.get(stack.pop(), []):
-            if child not in roots:
-                roots.add(child)
-                stack.append(child)
-    roots.discard(os.getpid())
-    return sorted(roots)
-
-
-def stop_ray_head(temp_dir: str, timeout: float = 30) -> None:
-    """Stop only the cluster that owns ``temp_dir``.
-
-    ``ray stop`` kills every Ray process on the machine, including clusters that other test
-    runs or services on the same machine own; this stops ours alone (see :func:`_cluster_pids`).
-    The set is taken once, before anything dies, while the process tree still links the
-    agents and workers to their raylet.
-    """
-    import signal
-    import time
-
-    targets = set(_cluster_pids(temp_dir))
-
-    def alive() -> set[int]:
-        return {pid for pid in targets if Path(f"/proc/{pid}").exists() and not _is_zombie(pid)}
-
-    for sig, wait in ((signal.SIGTERM, min(5.0, timeout / 2)), (signal.SIGKILL, timeout / 2)):
-        for pid in alive():
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + wait
-        while alive() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if not alive():
-            return
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def start_ray_head(temp_dir: str, num_cpus: int = 2) -> dict:
-    """``ray start --head`` on loopback with every port chosen free, so that several clusters
-    (parallel test runs on one machine) never collide. Returns address, dashboard URL, ray binary."""
-    import subprocess
-
-    bin_dir = str(Path(sys.executable).parent)
-    ray_bin = str(Path(bin_dir, "ray"))
-    port, dash = free_port(), free_port()
-    cmd = [
-        ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-        f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
-        f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-        f"--metrics-export-port={free_port()}",
-        f"--num-cpus={num_cpus}", "--object-store-memory=400000000", "--disable-usage-stats",
-        f"--temp-dir={temp_dir}",
-    ]
-    try:
-        subprocess.run(cmd, check=True, timeout=120, capture_output=True, text=True)
-    except subprocess.CalledProcessError as e:
-        stop_ray_head(temp_dir)
-        raise RuntimeError(f"ray start failed: {e.stdout[-2000:]} {e.stderr[-2000:]}") from None
-    return {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "ray_bin": ray_bin, "temp_dir": temp_dir}
 
 
 @pytest.fixture(scope="session")

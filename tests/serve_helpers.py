@@ -134,7 +134,8 @@ def start_cluster_and_app(tmp: Path, checkpoints: dict[str, str], args: dict[str
 
     import ray
 
-    from tests.conftest import ROOT, free_port, start_ray_head
+    from infra.local_ray import free_port, start_ray_head
+    from tests.conftest import ROOT
 
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     print("starting a local Ray cluster ...", flush=True)

@@ -36,7 +36,7 @@ from serve_app.errors import ApiError
 from serve_app.history import History
 from serve_app.params import MatteParams, check_against_limits, merge_params
 from serve_app.uploads import UploadedFile, expand_batch, output_name, parse_upload
-from tests.conftest import free_port
+from infra.local_ray import free_port
 from tests.hostile_corpus import BATCH, MATTE, corpus, make_zip, photo, pil_bytes
 from tests.serve_helpers import deploy_and_wait, get, make_checkpoint, post, serve_yaml_for_test
 

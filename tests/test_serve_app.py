@@ -26,7 +26,7 @@ import pytest
 from matting_lib.postprocess import PostprocessParams, apply
 from matting_lib.predictor import Predictor
 from matting_lib.routing import DEFAULT_THRESHOLD
-from tests.conftest import free_port
+from infra.local_ray import free_port
 from tests.serve_helpers import (
     app_running, decode, deploy, deploy_and_wait, encode, get, make_checkpoint, photo, post, running_replicas,
     serve_yaml_for_test, wait_until,

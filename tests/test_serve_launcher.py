@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import _cluster_pids, free_port, stop_ray_head
+from infra.local_ray import _cluster_pids, free_port, stop_ray_head
 from tests.serve_helpers import encode, get, make_checkpoint, photo, post, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]

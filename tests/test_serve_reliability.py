@@ -18,7 +18,7 @@ from bench.load import (
     MEMORY_BOUND_MB, compare_memory, ingress_stats, kill_replica, make_workload, memory_snapshot, run_load,
     serve_replicas, status_counts,
 )
-from tests.conftest import free_port
+from infra.local_ray import free_port
 from tests.serve_helpers import deploy_and_wait, make_checkpoint, running_replicas, serve_yaml_for_test
 
 pytestmark = pytest.mark.timeout(300)
