@@ -54,6 +54,11 @@ class ModelConfig:
     upsamples them; 1 = full resolution, as in Zero-DCE. Checkpoints without it load as 1."""
     in_channels: int = 3
     """Input image channels (RGB)."""
+    output_stride: int = 1
+    """1: the last decoder block works at full resolution, with the image itself as its skip
+    (``decoder_channels`` has one entry per encoder skip plus one). 2: the decoder stops at
+    stride 2 and the alpha logits are upsampled bilinearly (one entry fewer): the full-resolution
+    block is most of the INT8 time on CPU (bench/RESULTS.md). Checkpoints without it load as 1."""
 
     def __post_init__(self) -> None:
         require(isinstance(self.encoder, str) and bool(self.encoder), "model.encoder", "must be a non-empty string")
@@ -63,6 +68,7 @@ class ModelConfig:
         require(1 <= self.lowlight_iterations <= 16, "model.lowlight_iterations", "must be in [1, 16]")
         require(self.lowlight_scale in (1, 2, 4, 8, 16), "model.lowlight_scale", f"must be 1, 2, 4, 8 or 16, got {self.lowlight_scale}")
         require(self.in_channels > 0, "model.in_channels", "must be > 0")
+        require(self.output_stride in (1, 2), "model.output_stride", f"must be 1 or 2, got {self.output_stride}")
 
 
 # --------------------------------------------------------------------------- loss

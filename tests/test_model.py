@@ -348,3 +348,59 @@ def test_lowlight_scale_estimates_curves_small_and_applies_them_full_size() -> N
     assert build_model(cfg).lowlight.scale == 4
     with pytest.raises(ConfigError, match="model.lowlight_scale"):
         ModelConfig(lowlight_scale=3)
+
+
+# --------------------------------------------------------------------------- output stride 2
+
+
+TINY_S2 = ModelConfig(encoder_width=0.35, decoder_channels=(32, 24, 16, 16), output_stride=2)
+
+
+@pytest.mark.parametrize("size", [(97, 131), (33, 47), (5, 7)])
+def test_output_stride_2_upsamples_the_logits_to_the_input_size(size: tuple[int, int]) -> None:
+    """Alpha = sigmoid(bilinear-upsampled head logits of the stride-2 decoder), at the input's size."""
+    import torch.nn.functional as F
+
+    from matting_lib.models.unet import crop, pad_to_multiple
+
+    torch.manual_seed(0)
+    model = build_model(TINY_S2).eval()
+    x = torch.rand(1, 3, *size)
+    with torch.no_grad():
+        alpha = model(x)
+        # independent recomputation from the parts
+        xp, pads = pad_to_multiple(x, model.stride)
+        normed = (xp - model.mean) / model.std
+        feats = model.encoder(normed)
+        y = feats[-1]
+        for block, skip in zip(model.decoder.blocks, feats[-2::-1]):
+            y = block(y, skip)
+        logits = model.head(y)
+        assert logits.shape[-2:] == (xp.shape[-2] // 2, xp.shape[-1] // 2)
+        want = crop(torch.sigmoid(F.interpolate(logits, size=xp.shape[-2:], mode="bilinear", align_corners=False)), pads)
+    assert alpha.shape == (1, 1, *size)
+    torch.testing.assert_close(alpha, want, atol=1e-6, rtol=0)
+
+
+def test_output_stride_2_trains_and_has_no_full_resolution_block() -> None:
+    model = build_model(TINY_S2)
+    assert len(model.decoder.blocks) == 4
+    full = build_model(ModelConfig(encoder_width=0.35, decoder_channels=(32, 24, 16, 16, 8)))
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in full.parameters())
+    out = model(torch.rand(2, 3, 64, 64))
+    out.mean().backward()
+    first = next(model.encoder.parameters())
+    assert model.head.weight.grad is not None and first.grad is not None and first.grad.abs().sum() > 0
+
+
+def test_output_stride_is_validated() -> None:
+    with pytest.raises(ValueError, match="output_stride"):
+        ModelConfig(output_stride=4)
+    with pytest.raises(ValueError, match="output_stride 2"):
+        build_model(ModelConfig(decoder_channels=(64, 48, 32, 16, 8), output_stride=2))
+    # a checkpoint's config without the field reads as 1 (old checkpoints)
+    from matting_lib.config import from_dict, to_dict
+
+    d = to_dict(ModelConfig())
+    d.pop("output_stride")
+    assert from_dict(ModelConfig, d).output_stride == 1

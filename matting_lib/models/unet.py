@@ -8,6 +8,8 @@
       -> decoder: from stride 32 up, one block per skip (strides 16, 8, 4, 2 and the
          image itself at stride 1): bilinear x2, attention-gated skip, concat, 2 x conv
       -> 1x1 conv -> sigmoid -> crop               alpha (B, 1, H, W) in [0, 1]
+With ``output_stride: 2`` the decoder stops after the stride-2 block and the 1x1 conv's
+logits are upsampled bilinearly to the input size before the sigmoid.
 
 Bilinear upsampling plus convolution (no transposed conv, no checkerboard); the input image
 as the finest skip keeps hair-level detail that stride-2 features lose.
@@ -74,14 +76,16 @@ class UNetDecoder(nn.Module):
     encoder features except the deepest, then the network input (stride 1)."""
 
     def __init__(
-        self, encoder_channels: tuple[int, ...], image_channels: int, decoder_channels: tuple[int, ...], attention: bool
+        self, encoder_channels: tuple[int, ...], image_channels: int, decoder_channels: tuple[int, ...], attention: bool,
+        output_stride: int = 1,
     ) -> None:
         super().__init__()
-        skips = tuple(reversed(encoder_channels[:-1])) + (image_channels,)
+        self.output_stride = output_stride
+        skips = tuple(reversed(encoder_channels[:-1])) + ((image_channels,) if output_stride == 1 else ())
         if len(decoder_channels) != len(skips):
+            what = "encoder strides 16..2 and the image" if output_stride == 1 else "encoder strides 16..2; output_stride 2"
             raise ValueError(
-                f"model.decoder_channels: needs {len(skips)} entries (one per skip: encoder strides "
-                f"16..2 and the image), got {len(decoder_channels)}"
+                f"model.decoder_channels: needs {len(skips)} entries (one per skip: {what}), got {len(decoder_channels)}"
             )
         ins = (encoder_channels[-1],) + tuple(decoder_channels[:-1])
         self.blocks = nn.ModuleList(
@@ -89,8 +93,9 @@ class UNetDecoder(nn.Module):
         )
 
     def forward(self, features: list[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
-        """features: encoder maps shallow to deep; image: (B, C, H, W) -> (B, decoder_channels[-1], H, W)."""
-        skips = features[-2::-1] + [image]
+        """features: encoder maps shallow to deep; image: (B, C, H, W) -> (B, decoder_channels[-1],
+        H / output_stride, W / output_stride)."""
+        skips = features[-2::-1] + ([image] if self.output_stride == 1 else [])
         x = features[-1]
         for block, skip in zip(self.blocks, skips):
             x = block(x, skip)
@@ -139,7 +144,8 @@ class MattingUNet(nn.Module):
         self.lowlight = LowLightEnhancer(config.lowlight_iterations, scale=config.lowlight_scale) if config.lowlight else None
         self.encoder = get_encoder(config.encoder, config.encoder_width, config.in_channels)
         self.decoder = UNetDecoder(
-            tuple(self.encoder.out_channels), config.in_channels, tuple(config.decoder_channels), config.attention
+            tuple(self.encoder.out_channels), config.in_channels, tuple(config.decoder_channels), config.attention,
+            output_stride=config.output_stride,
         )
         self.head = nn.Conv2d(config.decoder_channels[-1], 1, 1)
         self.stride = max(self.encoder.strides)
@@ -161,7 +167,10 @@ class MattingUNet(nn.Module):
             out["enhanced"], out["curves"] = crop(rgb, pads), crop(curves, pads)
         x = torch.cat([(rgb - self.mean) / self.std, extra], dim=1)
         features = self.encoder(x)
-        alpha = torch.sigmoid(self.head(self.decoder(features, x)))
+        logits = self.head(self.decoder(features, x))
+        if logits.shape[-2:] != x.shape[-2:]:  # output_stride 2
+            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        alpha = torch.sigmoid(logits)
         out["alpha"] = crop(alpha, pads)
         return out
 
