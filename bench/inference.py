@@ -110,8 +110,9 @@ def flops_by_part(model: torch.nn.Module, size: int) -> dict[str, float]:
     return {n: sum(counts[root + n].values()) / 1e9 for n in parts}
 
 
-def ort_profile(data: bytes, x: np.ndarray, threads: int, runs: int = 3) -> dict[str, float]:
-    """Share of ONNX Runtime node time per op type over ``runs`` calls (after a warm-up)."""
+def ort_profile(data: bytes, x: np.ndarray, threads: int, runs: int = 3) -> dict[str, dict[str, float]]:
+    """Shares of ONNX Runtime node time over ``runs`` calls (after a warm-up):
+    ``{"ops": per op type, "nodes": per node, "op type: node name"}``, largest first."""
     import json
     import tempfile
 
@@ -129,12 +130,19 @@ def ort_profile(data: bytes, x: np.ndarray, threads: int, runs: int = 3) -> dict
             session.run(None, {"image": x})
         events = json.loads(Path(session.end_profiling()).read_text())
     by_op: dict[str, float] = {}
+    by_node: dict[str, float] = {}
     for e in events:
         if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
             op = e.get("args", {}).get("op_name", "?")
+            node = f"{op} {e['name'][: -len('_kernel_time')]}"
             by_op[op] = by_op.get(op, 0.0) + float(e.get("dur", 0))
+            by_node[node] = by_node.get(node, 0.0) + float(e.get("dur", 0))
     total = sum(by_op.values()) or 1.0
-    return dict(sorted(((k, v / total) for k, v in by_op.items()), key=lambda kv: -kv[1]))
+
+    def shares(d: dict[str, float]) -> dict[str, float]:
+        return dict(sorted(((k, v / total) for k, v in d.items()), key=lambda kv: -kv[1]))
+
+    return {"ops": shares(by_op), "nodes": shares(by_node)}
 
 
 def shown(path: str) -> str:
@@ -276,9 +284,10 @@ def report(rows: list[Row], info: dict, settings: list[tuple[int, int]], threads
         + ", ".join(f"{k} {v:.2f}" for k, v in info["base_flops"].items()) + ".",
         "",
     ]
-    for backend, ops in info["base_ort_ops"].items():
+    for backend, prof in info["base_ort_ops"].items():
         lines.append(f"{backend} profile at 512² batch 1 (share of kernel time per op type): "
-                     + ", ".join(f"{k} {100 * v:.0f}%" for k, v in list(ops.items())[:8]) + ".")
+                     + ", ".join(f"{k} {100 * v:.0f}%" for k, v in list(prof["ops"].items())[:8]) + ". "
+                     + "Largest nodes: " + ", ".join(f"`{k}` {100 * v:.0f}%" for k, v in list(prof["nodes"].items())[:4]) + ".")
         lines.append("")
     return "\n".join(lines)
 
