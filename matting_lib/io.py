@@ -32,6 +32,14 @@ from typing import Any, Callable, TypeVar
 
 import fsspec
 
+STORAGE_ENV = (
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
+    "AWS_EC2_METADATA_DISABLED", "MATTING_S3_CONNECT_TIMEOUT", "MATTING_S3_READ_TIMEOUT", "MATTING_S3_MAX_ATTEMPTS",
+    "MATTING_S3_RETRY_SECONDS", "MATTING_S3_RETRY_BACKOFF",
+)
+"""The environment variables storage access reads (boto/s3fs credentials and endpoint, and this
+module's timeouts and retry window): what Ray workers and Serve replicas must be given."""
+
 S3_CONNECT_TIMEOUT_S = float(os.environ.get("MATTING_S3_CONNECT_TIMEOUT", "5"))
 S3_READ_TIMEOUT_S = float(os.environ.get("MATTING_S3_READ_TIMEOUT", "30"))
 S3_MAX_ATTEMPTS = int(os.environ.get("MATTING_S3_MAX_ATTEMPTS", "3"))

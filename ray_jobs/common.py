@@ -12,23 +12,12 @@ import os
 import sys
 from typing import Any, Sequence
 
+from matting_lib import io
 from matting_lib.config import ConfigError, TrainConfig, load_config
 
-# Environment variables that S3 clients in tasks and actors need; forwarded to workers.
-FORWARDED_ENV = (
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_DEFAULT_REGION",
-    "AWS_ENDPOINT_URL",
-    "AWS_EC2_METADATA_DISABLED",
-    "MATTING_S3_CONNECT_TIMEOUT",
-    "MATTING_S3_READ_TIMEOUT",
-    "MATTING_S3_MAX_ATTEMPTS",
-    "MATTING_S3_RETRY_SECONDS",
-    "MATTING_S3_RETRY_BACKOFF",
-    "MATTING_FAIL_ONCE",
-)
+# Environment variables forwarded to Ray workers: storage access (S3 clients in tasks and
+# actors) and the failure-injection test hook.
+FORWARDED_ENV = io.STORAGE_ENV + ("MATTING_FAIL_ONCE",)
 
 
 def job_parser(description: str) -> argparse.ArgumentParser:

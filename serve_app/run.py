@@ -25,14 +25,11 @@ import sys
 import time
 from typing import Any, Sequence
 
+from matting_lib import io
 from matting_lib.config import ConfigError
 from serve_app.config import DEFAULT_CONFIG_PATH, ServeConfig, app_entry, load_serve_yaml, serve_config_from_args, with_resolved_paths
 
-FORWARDED_ENV = (
-    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
-    "AWS_EC2_METADATA_DISABLED", "MATTING_S3_CONNECT_TIMEOUT", "MATTING_S3_READ_TIMEOUT", "MATTING_S3_MAX_ATTEMPTS",
-    "MATTING_S3_RETRY_SECONDS", "MATTING_S3_RETRY_BACKOFF",
-)
+FORWARDED_ENV = io.STORAGE_ENV
 """Environment variables the replicas need (S3 access); the API key variable is added from the config."""
 
 OBJECT_STORE_BYTES = 256 * 1024 * 1024
@@ -78,7 +75,6 @@ def load(args: argparse.Namespace) -> tuple[ServeConfig, ServeConfig, str, int, 
 def check_checkpoints(cfg: ServeConfig) -> None:
     """Exit 2 naming the first model whose checkpoint is missing or unreadable."""
     from matting_lib.checkpoint import CheckpointError, load_checkpoint
-    from matting_lib.io import StorageError
 
     for spec in cfg.models:
         try:
@@ -87,7 +83,7 @@ def check_checkpoints(cfg: ServeConfig) -> None:
             if "not found" in str(e):
                 fail(f"the checkpoint of model '{spec.name}' does not exist: {spec.checkpoint}\n{HOW_TO_GET_MODELS}")
             fail(f"the checkpoint of model '{spec.name}' is not usable: {e}")
-        except StorageError as e:
+        except io.StorageError as e:
             fail(f"the checkpoint of model '{spec.name}' cannot be read: {e}")
 
 
