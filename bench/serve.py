@@ -54,21 +54,6 @@ STAGES = ("upload", "decode", "model", "forward", "encode", "total")
 """Stages reported per level (``Server-Timing`` names; ``model`` = the call to the model replica)."""
 
 
-def parse_server_timing(header: str) -> dict[str, float]:
-    """``"decode;dur=5.1, model;dur=60.2"`` -> ``{"decode": 5.1, "model": 60.2}`` (RFC Server-Timing)."""
-    out: dict[str, float] = {}
-    for metric in header.split(","):
-        name, *params = (p.strip() for p in metric.split(";"))
-        for param in params:
-            key, _, value = param.partition("=")
-            if name and key.strip() == "dur":
-                try:
-                    out[name] = float(value.strip().strip('"'))
-                except ValueError:
-                    pass
-    return out
-
-
 @dataclass
 class Level:
     """One measured level: who, with batching or not, at which concurrency."""
@@ -201,6 +186,7 @@ def serve_levels(args: argparse.Namespace, images: dict[int, list[bytes]], batch
 
     from serve_app.app import build_from_config
     from serve_app.config import serve_config_from_args
+    from serve_app.ingress import parse_server_timing
 
     port = free_port()
     cfg = serve_config_from_args({

@@ -105,11 +105,28 @@ class Outcome:
     cache_hit: bool
     ms: float
     timings: dict[str, float] = field(default_factory=dict)
+    """Milliseconds per stage (key, decode, model, forward, encode), as far as it got."""
 
-    def server_timing(self) -> str:
-        """The ``Server-Timing`` header value: each stage's milliseconds, then the total."""
-        parts = [f"{k};dur={v:.1f}" for k, v in self.timings.items()]
-        return ", ".join(parts + [f"total;dur={self.ms:.1f}"])
+
+def server_timing(stages: dict[str, float]) -> str:
+    """A ``Server-Timing`` header value (RFC: ``name;dur=ms`` metrics, comma-separated)."""
+    return ", ".join(f"{k};dur={v:.1f}" for k, v in stages.items())
+
+
+def parse_server_timing(header: str) -> dict[str, float]:
+    """``"decode;dur=5.1, model;dur=60.2"`` -> ``{"decode": 5.1, "model": 60.2}``; metrics
+    without a numeric ``dur`` are left out."""
+    out: dict[str, float] = {}
+    for metric in header.split(","):
+        name, *params = (p.strip() for p in metric.split(";"))
+        for param in params:
+            key, _, value = param.partition("=")
+            if name and key.strip() == "dur":
+                try:
+                    out[name] = float(value.strip().strip('"'))
+                except ValueError:
+                    pass
+    return out
 
 
 async def _bounded(awaitable: Awaitable[Any], timeout: float) -> Any:
@@ -350,7 +367,7 @@ class MattingIngress:
             "X-Matting-Cache": "hit" if out.cache_hit else "miss",
             "X-Matting-Checkpoint": res.checkpoint,
             "X-Matting-Ms": f"{out.ms:.1f}",
-            "Server-Timing": f"upload;dur={upload_ms:.1f}, " + out.server_timing(),
+            "Server-Timing": server_timing({"upload": upload_ms, **out.timings, "total": out.ms}),
             "Content-Disposition": _disposition("inline", _stem(f.name), f"-matte.{ext}"),
         }
         if params.history:

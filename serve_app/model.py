@@ -105,8 +105,8 @@ class MattingModel:
         """Alphas for ``(rgb, max_side)`` requests; ``max_side`` None = the configured one.
 
         Returns, per request, ``{"alpha": uint8 (H, W), 255 = opaque, "model", "checkpoint",
-        "forward_ms", "batch"}``: ``forward_ms`` is the time of the forward pass that computed it
-        (the whole group it ran in) and ``batch`` the number of requests in this batch.
+        "forward_ms"}``: ``forward_ms`` is the time of the forward pass that computed it (the
+        whole group it ran in).
         """
         predictor, checkpoint = self.predictor, self.checkpoint  # one model for the whole batch
         groups: dict[int, list[int]] = {}
@@ -127,8 +127,7 @@ class MattingModel:
         self.consecutive_failures = 0
         self.images += len(requests)
         self.batches += 1
-        n = len(requests)
-        return [{"alpha": a, "model": self.name, "checkpoint": checkpoint, "forward_ms": f, "batch": n}
+        return [{"alpha": a, "model": self.name, "checkpoint": checkpoint, "forward_ms": f}
                 for a, f in zip(alphas, forward_ms)]
 
     def info(self) -> dict[str, Any]:

@@ -26,6 +26,7 @@ import pytest
 from matting_lib.postprocess import PostprocessParams, apply
 from matting_lib.predictor import Predictor
 from matting_lib.routing import DEFAULT_THRESHOLD
+from serve_app.ingress import parse_server_timing
 from infra.local_ray import free_port
 from tests.serve_helpers import (
     app_running, decode, deploy, deploy_and_wait, encode, get, make_checkpoint, photo, post, running_replicas,
@@ -333,14 +334,6 @@ def test_both_backends_answer_with_the_checkpoints_alpha(svc):
         assert np.abs(as_array(r.content).astype(int) - want).max() <= 1
 
 
-def _server_timing(header: str) -> dict[str, float]:
-    out = {}
-    for metric in header.split(","):
-        name, _, dur = metric.strip().partition(";dur=")
-        out[name] = float(dur)
-    return out
-
-
 def test_concurrent_requests_share_batches_and_keep_their_own_alpha(svc):
     """8 images at once: fewer forward passes than images, every answer its own image's alpha,
     and Server-Timing accounts for the stages."""
@@ -356,7 +349,7 @@ def test_concurrent_requests_share_batches_and_keep_their_own_alpha(svc):
         assert r.status_code == 200, r.text
         want = np.rint(local_alpha(svc.checkpoints["base"], rgb) * 255)
         assert np.abs(as_array(r.content).astype(int) - want).max() <= 1
-        t = _server_timing(r.headers["Server-Timing"])
+        t = parse_server_timing(r.headers["Server-Timing"])
         assert set(t) == {"upload", "key", "decode", "model", "forward", "encode", "total"}, t
         assert 0 < t["forward"] <= t["model"] + 0.2 and t["model"] < t["total"]
     assert after["images"] - before["images"] == 8
