@@ -168,7 +168,7 @@ class MattingUNet(nn.Module):
         x = torch.cat([(rgb - self.mean) / self.std, extra], dim=1)
         features = self.encoder(x)
         logits = self.head(self.decoder(features, x))
-        if logits.shape[-2:] != x.shape[-2:]:  # output_stride 2
+        if self.config.output_stride != 1:  # a fixed property: ONNX tracing keeps the same branch for every size
             logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
         alpha = torch.sigmoid(logits)
         out["alpha"] = crop(alpha, pads)
