@@ -32,6 +32,7 @@ from matting_lib.checkpoint import CheckpointError, data_fingerprint, load_check
 from matting_lib.config import TrainConfig
 from matting_lib.data.samples import SampleLoader, fetch_pair
 from matting_lib.models import build_model
+from matting_lib.predictor import resolve_device
 from matting_lib.training import fit
 from ray_jobs.common import fail, load_job_config, run_uri
 from ray_jobs.train import absolute_paths, load_rows
@@ -103,22 +104,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        fail(f"--device: {e}", code=2)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        fail(f"--device {name}: torch sees no CUDA device (use --device cpu)", code=2)
-    return device
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     cfg: TrainConfig = absolute_paths(load_job_config(args.config, args.overrides))
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        fail(f"--device {args.device}: {e} (use --device cpu or auto)", code=2)
     workers = args.workers if args.workers is not None else max(0, min(16, (os.cpu_count() or 1) - 1))
     if workers < 0:
         fail(f"--workers must be >= 0, got {workers}", code=2)

@@ -90,4 +90,4 @@ def test_bad_inputs_fail_with_one_line(extra, message, tmp_path):
 def test_cuda_without_gpu_is_a_clear_error(dataset, tmp_path):
     r = _run("--config", TINY, f"data.uri={dataset}", f"run.storage_path={tmp_path}", "--device", "cuda")
     assert r.returncode == 2
-    assert "sees no CUDA device" in r.stderr and "Traceback" not in r.stderr
+    assert "CUDA is not available" in r.stderr and "Traceback" not in r.stderr
