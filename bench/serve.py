@@ -13,8 +13,10 @@ Direct predictor: this process decodes the same PNG bytes, predicts and encodes 
 (the work a request needs besides HTTP and Serve). Sequentially for concurrency 1, and in
 batches of ``max_batch_size`` for the throughput reference (the best the cores do).
 
-For Serve, both settings of dynamic batching are measured: on (``max_batch_size`` 4, 10 ms
-wait) and off (``max_batch_size`` 1); concurrency 1, 4 and 16 client threads. Figures: p50 and
+For Serve, three setups (``--setups``): the models in their own deployment with dynamic
+batching on (``max_batch_size`` 4, 10 ms wait) and off (``max_batch_size`` 1), and the model
+inside the ingress replica (``model_deployment.placement: ingress``, batching off, no Ray call
+per image); concurrency 1, 4 and 16 client threads. Figures: p50 and
 p95 latency (ms) and throughput (images/s), medians over the requests of each level after a
 warm-up. Targets (issue 9): at concurrency 1, Serve's p50 at most 15% above the direct p50;
 at concurrency 16, Serve's throughput at least 85% of the direct throughput.
@@ -50,6 +52,9 @@ TARGET_LATENCY_OVERHEAD = 1.15
 TARGET_THROUGHPUT_SHARE = 0.85
 """Serve throughput at concurrency 16 over the direct predictor's, at least."""
 CONCURRENCY = (1, 4, 16)
+BODIES = {"multipart": "a multipart file", "raw": "the raw request body"}
+SETUPS = ("separate:4", "separate:1", "ingress:1")
+"""Serve setups measured: ``model_deployment.placement`` and ``max_batch_size``."""
 STAGES = ("upload", "decode", "model", "forward", "encode", "total")
 """Stages reported per level (``Server-Timing`` names; ``model`` = the call to the model replica)."""
 
@@ -65,6 +70,8 @@ class Level:
     seconds: float
     errors: int = 0
     stages: list[dict[str, float]] = field(default_factory=list)
+    placement: str = ""
+    """Serve's ``model_deployment.placement`` (empty for the direct predictor)."""
     """Per request, milliseconds per stage: the service's ``Server-Timing`` header for Serve
     (key, decode, model, forward, encode, total), measured in-process for the direct path."""
 
@@ -115,7 +122,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_level(who: str, batching: str, concurrency: int, images: list[bytes], call) -> Level:
+def run_level(who: str, batching: str, concurrency: int, images: list[bytes], call, placement: str = "") -> Level:
     """``call(png) -> (ok, stage ms)`` for every image from ``concurrency`` threads; per-call latency and wall time."""
     latencies: list[float] = []
     server: list[float] = []
@@ -138,9 +145,9 @@ def run_level(who: str, batching: str, concurrency: int, images: list[bytes], ca
     t0 = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(one, images))
-    level = Level(who, batching, concurrency, latencies, time.perf_counter() - t0, errors, server)
+    level = Level(who, batching, concurrency, latencies, time.perf_counter() - t0, errors, server, placement)
     extra = "  " + " ".join(f"{k} {level.stage_p50(k):.1f}" for k in STAGES if level.stage_p50(k) is not None)
-    print(f"  {who:6s} batching {batching:3s} c={concurrency:2d}: p50 {level.p50:7.1f} ms  p95 {level.p95:7.1f} ms  "
+    print(f"  {who:6s} {placement:8s} batching {batching:3s} c={concurrency:2d}: p50 {level.p50:7.1f} ms  p95 {level.p95:7.1f} ms  "
           f"{level.throughput:6.2f} img/s  errors {errors}{extra}", flush=True)
     return level
 
@@ -179,8 +186,10 @@ def direct_levels(args: argparse.Namespace, images: dict[int, list[bytes]]) -> l
     return out
 
 
-def serve_levels(args: argparse.Namespace, images: dict[int, list[bytes]], batch_size: int, tmp: Path) -> list[Level]:
-    """Deploy the app with ``max_batch_size=batch_size`` and measure every concurrency."""
+def serve_levels(
+    args: argparse.Namespace, images: dict[int, list[bytes]], placement: str, batch_size: int, tmp: Path
+) -> list[Level]:
+    """Deploy the app with ``placement`` and ``max_batch_size=batch_size``; measure every concurrency."""
     import requests
     from ray import serve
 
@@ -195,7 +204,7 @@ def serve_levels(args: argparse.Namespace, images: dict[int, list[bytes]], batch
         "model_deployment": {
             "num_cpus": 1.0, "backend": args.backend, "num_threads": args.threads, "max_side": args.size,
             "max_batch_size": batch_size, "max_ongoing_requests": 32,
-            "autoscaling": {"min_replicas": 1, "max_replicas": 1},
+            "autoscaling": {"min_replicas": 1, "max_replicas": 1}, "placement": placement,
         },
         "ingress": {"num_cpus": 0.1, "num_replicas": 1},
         "history": {"db_path": str(tmp / "history.sqlite"), "store_uri": str(tmp / "results")},
@@ -209,14 +218,18 @@ def serve_levels(args: argparse.Namespace, images: dict[int, list[bytes]], batch
         """(answered 200, the service's Server-Timing stages)."""
         s = getattr(session, "s", None) or requests.Session()
         session.s = s
-        r = s.post(url, params={"output": "alpha", "history": "false"}, files={"file": ("x.png", png, "image/png")}, timeout=300)
+        query = {"output": "alpha", "history": "false"}
+        if args.body == "raw":
+            r = s.post(url, params=query, data=png, headers={"Content-Type": "image/png", "X-Filename": "x.png"}, timeout=300)
+        else:
+            r = s.post(url, params=query, files={"file": ("x.png", png, "image/png")}, timeout=300)
         return r.status_code == 200, parse_server_timing(r.headers.get("Server-Timing", ""))
 
     batching = "on" if batch_size > 1 else "off"
     try:
         for png in images[0]:  # warm-up: model load, first batches, HTTP connections
             assert call(png)[0], "warm-up request failed"
-        return [run_level("serve", batching, c, images[c], call) for c in CONCURRENCY]
+        return [run_level("serve", batching, c, images[c], call, placement) for c in CONCURRENCY]
     finally:
         serve.delete("matting")
         serve.shutdown()
@@ -231,38 +244,43 @@ def report(levels: list[Level], args: argparse.Namespace, backend: str) -> tuple
         stage = [f"{v:.1f}" if (v := lv.stage_p50(k)) is not None else "–" for k in STAGES]
         total = lv.stage_p50("total")
         outside = f"{lv.p50 - total - (lv.stage_p50('upload') or 0):.1f}" if total is not None and lv.who == "serve" else "–"
-        rows.append([lv.who, lv.batching, lv.concurrency if lv.who == "serve" else ("1" if lv.batching == "off" else "batch 4"),
+        rows.append([lv.who, lv.placement or "–", lv.batching, lv.concurrency if lv.who == "serve" else ("1" if lv.batching == "off" else "batch 4"),
                      len(lv.latencies_ms), lv.errors, f"{lv.p50:.1f}", f"{lv.p95:.1f}", *stage, outside,
                      f"{lv.throughput:.2f}", f"{lv.p50 / direct1.p50:.2f}", f"{lv.throughput / direct_tp:.2f}"])
     missed = []
     lines = []
-    for batching in ("on", "off"):
-        s1 = next(lv for lv in levels if lv.who == "serve" and lv.batching == batching and lv.concurrency == 1)
-        s16 = next(lv for lv in levels if lv.who == "serve" and lv.batching == batching and lv.concurrency == 16)
+    setups = list(dict.fromkeys((lv.placement, lv.batching) for lv in levels if lv.who == "serve"))
+    for placement, batching in setups:
+        mine = [lv for lv in levels if lv.who == "serve" and (lv.placement, lv.batching) == (placement, batching)]
+        s1 = next(lv for lv in mine if lv.concurrency == 1)
+        s16 = next(lv for lv in mine if lv.concurrency == 16)
         lat, tp = s1.p50 / direct1.p50, s16.throughput / direct_tp
-        lines.append(f"- batching {batching}: p50 at concurrency 1 is **{lat:.2f}x** the direct predictor's "
+        name = f"placement {placement}, batching {batching}"
+        lines.append(f"- {name}: p50 at concurrency 1 is **{lat:.2f}x** the direct predictor's "
                      f"(target ≤ {TARGET_LATENCY_OVERHEAD:.2f}x); throughput at concurrency 16 is **{tp:.0%}** of the "
                      f"direct predictor's best (target ≥ {TARGET_THROUGHPUT_SHARE:.0%}).")
         if lat > TARGET_LATENCY_OVERHEAD:
-            missed.append(f"batching {batching}: c=1 p50 {lat:.2f}x direct")
+            missed.append(f"{name}: c=1 p50 {lat:.2f}x direct")
         if tp < TARGET_THROUGHPUT_SHARE:
-            missed.append(f"batching {batching}: c=16 throughput {tp:.0%} of direct")
+            missed.append(f"{name}: c=16 throughput {tp:.0%} of direct")
     md = "\n".join([
         f"Machine: {machine()}. Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
         f"Load before the run: {args.load_before}.",
         "",
         f"`python -m bench.serve {' '.join(sys.argv[1:])}`: model `{Path(args.checkpoint).name}` on **{backend}**, "
         f"{args.threads} thread(s), {args.size}² PNG photos, one replica (num_cpus 1), every request a distinct image "
-        "(no cache hits), `output=alpha&history=false`. Direct = decode PNG + predict + encode alpha PNG in one process; "
+        f"(no cache hits), `output=alpha&history=false`, the image sent as {BODIES[args.body]}. "
+        "Direct = decode PNG + predict + encode alpha PNG in one process; "
         "its throughput reference is the better of sequential and batch-4 prediction. Ratios against the direct "
         "predictor measured in the same run. Stage columns are p50 milliseconds: for Serve from the service's own "
-        "`Server-Timing` header (upload = reading and parsing the multipart body; decode = PNG decode and brightness in the ingress; model = the ingress's call to the "
-        "model replica, which holds the forward pass, the batching wait, queueing and moving the arrays; forward = the "
-        "replica's forward pass; encode = alpha PNG; total = from the cache lookup to the encoded alpha), for the direct "
+        "`Server-Timing` header (upload = reading and parsing the request body; decode = PNG decode and brightness in the ingress; model = the ingress's call to the "
+        "model: with placement `separate` a Ray call to the model replica, which holds the forward pass, the batching wait, "
+        "queueing and moving the arrays; with placement `ingress` an in-process call; forward = the "
+        "model's forward pass; encode = alpha PNG; total = from the cache lookup to the encoded alpha), for the direct "
         "path timed in-process. 'Outside' = p50 minus upload and total: the client's HTTP, the Serve proxy and the "
         "hops between the proxy and the ingress.",
         "",
-        markdown_table(["path", "batching", "concurrency", "requests", "errors", "p50 ms", "p95 ms", *STAGES, "outside",
+        markdown_table(["path", "placement", "batching", "concurrency", "requests", "errors", "p50 ms", "p95 ms", *STAGES, "outside",
                         "images/s", "p50 / direct c=1", "throughput / direct best"], rows),
         "",
         *lines,
@@ -281,6 +299,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1,
                    help="intra-op threads, direct and replica alike (default 1, as serve_app/config.yaml ships)")
     p.add_argument("--requests", type=int, default=48, help="requests per concurrency level (default 48)")
+    p.add_argument("--setups", nargs="+", default=list(SETUPS), choices=SETUPS,
+                   help="Serve setups, PLACEMENT:MAX_BATCH_SIZE (default: all three)")
+    p.add_argument("--body", default="multipart", choices=tuple(BODIES),
+                   help="how requests carry the image: a multipart file (as the web UI and curl -F send it; default) "
+                        "or the raw body (Content-Type image/png)")
     p.add_argument("--quick", action="store_true", help="12 requests per level, nothing written")
     args = p.parse_args(argv)
     if not Path(args.checkpoint).is_file():
@@ -309,9 +332,10 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             for size in sizes:
                 args.size = size
-                for batch_size in (4, 1):
-                    print(f"{size}², serve, max_batch_size {batch_size}:", flush=True)
-                    levels[size] += serve_levels(args, images[size], batch_size, Path(tmp))
+                for setup in args.setups:
+                    placement, batch_size = setup.split(":")
+                    print(f"{size}², serve, placement {placement}, max_batch_size {batch_size}:", flush=True)
+                    levels[size] += serve_levels(args, images[size], placement, int(batch_size), Path(tmp))
     finally:
         ray.shutdown()
     sections, missed = [], []

@@ -29,6 +29,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().with_name("config.yaml")
 IMPORT_PATH = "serve_app.app:build_app"
 """The application builder that ``config.yaml`` names."""
+PLACEMENTS = ("separate", "ingress")
+"""Values of ``model_deployment.placement``."""
 
 
 @dataclass(frozen=True)
@@ -126,8 +128,17 @@ class ModelDeploymentSettings:
     """Requests a replica accepts at once (the rest queue at the caller)."""
     health_check_period_s: float = 10.0
     autoscaling: AutoscalingSettings = field(default_factory=AutoscalingSettings)
+    placement: str = "separate"
+    """Where the models run. ``separate``: one Serve deployment per model, called by the ingress
+    through Ray (each model autoscales on its own and can sit on GPU nodes). ``ingress``: every
+    model is loaded inside each ingress replica, which then reserves ``num_cpus`` + ``num_gpus``
+    on top of ``ingress.num_cpus`` and autoscales with ``autoscaling``: no Ray call per image, the
+    lowest latency on a small CPU machine (``bench/serve.py``). Hot swap then goes through the
+    ingress: ``deployments: [{name: ingress, user_config: {checkpoints: {base: URI}}}]``."""
 
     def __post_init__(self) -> None:
+        require(self.placement in PLACEMENTS, "model_deployment.placement",
+                f"must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}")
         require(0 < self.num_cpus <= 64, "model_deployment.num_cpus", f"must be in (0, 64], got {self.num_cpus}")
         require(self.num_gpus >= 0, "model_deployment.num_gpus", "must be >= 0")
         require(self.backend in BACKENDS, "model_deployment.backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")

@@ -38,6 +38,7 @@ from serve_app.cache import CachedResult, ResultCache
 from serve_app.config import ServeConfig
 from serve_app.errors import ApiError, decode_error_to_api, install_handlers
 from serve_app.history import Entry, History
+from serve_app.model import MattingModel
 from serve_app.params import EXTENSIONS, MEDIA_TYPES, MatteParams, check_against_limits, content_key, merge_params
 from serve_app.uploads import MULTIPART_OVERHEAD, expand_batch, output_name, parse_upload, read_body
 
@@ -167,11 +168,19 @@ def _disposition(kind: str, stem: str, suffix: str) -> str:
 @serve.deployment(name="ingress", ray_actor_options={"num_cpus": 0.1})
 @serve.ingress(app)
 class MattingIngress:
-    """The ingress deployment; ``models`` maps each model name to its deployment's handle."""
+    """The ingress deployment; ``models`` maps each model name to its deployment's handle, or is
+    None when the models run in this replica (``model_deployment.placement: ingress``)."""
 
-    def __init__(self, config: ServeConfig, models: dict[str, DeploymentHandle]):
+    def __init__(self, config: ServeConfig, models: dict[str, DeploymentHandle] | None):
         self.config = config
-        self.models = models
+        self.models = models or {}
+        self.local: dict[str, Any] = {}
+        """In-process models (``placement: ingress``): the model deployment's class, instantiated here."""
+        if models is None:
+            md = config.model_deployment
+            self.local = {
+                spec.name: MattingModel.func_or_class(spec.name, spec.checkpoint, md, spec.backend) for spec in config.models
+            }
         r = config.routing
         self.router = BrightnessRouter(threshold=r.threshold, bright_model=r.bright_model, dark_model=r.dark_model)
         self.cache = ResultCache(int(config.cache.max_mb * 1_000_000))
@@ -193,8 +202,30 @@ class MattingIngress:
                 401, "missing or wrong API key: send 'Authorization: Bearer <key>'", headers={"WWW-Authenticate": "Bearer"}
             )
 
+    async def reconfigure(self, user_config: dict[str, Any] | None) -> None:
+        """Hot swap of in-process models: ``{"checkpoints": {name: URI}}`` (``placement: ingress``).
+
+        Each named model swaps as a model deployment does (:meth:`MattingModel.reconfigure`): a
+        checkpoint that does not load leaves the old one serving and shows as ``swap_error``.
+        """
+        cfg = dict(user_config or {})
+        unknown = sorted(set(cfg) - {"checkpoints"})
+        if unknown:
+            raise ValueError(f"ingress user_config: unknown key {unknown[0]!r} (valid keys: checkpoints)")
+        checkpoints = cfg.get("checkpoints") or {}
+        if checkpoints and not self.local:
+            raise ValueError("ingress user_config.checkpoints needs model_deployment.placement: ingress; "
+                             "with separate model deployments, set user_config.checkpoint on model_<name>")
+        if not isinstance(checkpoints, dict) or not set(checkpoints) <= set(self.local):
+            raise ValueError(f"ingress user_config.checkpoints: expected a mapping of model names "
+                             f"({', '.join(self.local)}) to URIs, got {checkpoints!r}")
+        for name, uri in checkpoints.items():
+            await self.local[name].reconfigure({"checkpoint": uri})
+
     async def _model_infos(self) -> dict[str, dict[str, Any] | str]:
         """Each model's ``info()`` (a dict), or the error text when it does not answer."""
+        if self.local:
+            return {name: m.info() for name, m in self.local.items()}
 
         async def one(name: str, handle: DeploymentHandle) -> tuple[str, dict[str, Any] | str]:
             try:
@@ -214,8 +245,10 @@ class MattingIngress:
 
     async def _call_model(self, model: str, rgb: np.ndarray, max_side: int | None) -> dict[str, Any]:
         """The model's answer; a replica that died is retried (matting is idempotent)."""
-        handle = self.models[model]
         timeout = self.config.ingress.model_timeout_s
+        if self.local:
+            return await self._call_local(model, rgb, max_side, timeout)
+        handle = self.models[model]
         retries = self.config.ingress.model_retries
         for attempt in range(retries + 1):
             self.model_calls += 1
@@ -234,6 +267,17 @@ class MattingIngress:
                 logger.error("model %s failed: %s", model, e)
                 raise ApiError(500, f"model {model!r} failed ({type(e.cause).__name__}); see the server log") from None
         raise AssertionError("unreachable")
+
+    async def _call_local(self, model: str, rgb: np.ndarray, max_side: int | None, timeout: float) -> dict[str, Any]:
+        """An in-process model's answer (``placement: ingress``), with the same errors as a remote one."""
+        self.model_calls += 1
+        try:
+            return await asyncio.wait_for(self.local[model].predict((rgb, max_side)), timeout)
+        except asyncio.TimeoutError:
+            raise ApiError(504, f"model {model!r} did not answer within {timeout:g} s") from None
+        except Exception as e:  # noqa: BLE001 - a failed forward pass is this request's 500, logged
+            logger.exception("model %s failed", model)
+            raise ApiError(500, f"model {model!r} failed ({type(e).__name__}); see the server log") from None
 
     async def _matte(self, data: bytes, name: str, params: MatteParams) -> Outcome:
         """One image through cache, decode, routing, model and post-processing."""
@@ -309,6 +353,8 @@ class MattingIngress:
 
     def check_health(self) -> None:
         self.history.ping()
+        for m in self.local.values():
+            m.check_health()
 
     # ------------------------------------------------------------------ API
     @app.get("/v1/models", summary="Served models: names, checkpoints, metrics, and the routing rule")

@@ -507,3 +507,51 @@ def test_history_survives_restart_and_api_key_is_enforced(svc):
     assert get(f"{svc.url}/healthz").status_code == 200
     ok = matte(svc.url, GOOD, headers=auth)
     assert ok.status_code == 200 and ok.headers["X-Matting-Cache"] == "miss"
+
+
+# --------------------------------------------------------------------------- models inside the ingress
+
+
+def test_models_in_the_ingress_route_answer_and_hot_swap(svc):
+    """``model_deployment.placement: ingress``: one deployment, the same routing and alphas, and
+    hot swap through the ingress's user_config without a failed request."""
+    from ray import serve
+
+    serve.delete("matting")
+    config = json.loads(json.dumps(svc.config))
+    app = config["applications"][0]
+    app.pop("runtime_env", None)
+    app.pop("deployments", None)
+    app["args"]["models"] = app["args"]["models"][:2]  # base and lowlight
+    app["args"]["model_deployment"].update(placement="ingress", max_batch_size=1)
+    url = deploy_and_wait(svc.dashboard, config)
+    assert sorted(serve.status().applications["matting"].deployments) == ["ingress"]
+
+    for light, expected in (("bright", "base"), ("dark", "lowlight")):
+        rgb = photo(97, 143, light, seed=60)
+        r = matte(url, encode(rgb), {"output": "alpha", "history": "false"})
+        assert r.status_code == 200, r.text
+        assert r.headers["X-Matting-Model"] == expected
+        want = np.rint(local_alpha(svc.checkpoints[expected], rgb) * 255)
+        assert np.abs(as_array(r.content).astype(int) - want).max() <= 1
+        assert "forward" in parse_server_timing(r.headers["Server-Timing"])
+    models = {m["name"]: m for m in get(f"{url}/v1/models").json()["models"]}
+    assert set(models) == {"base", "lowlight"} and models["base"]["checkpoint"] == svc.checkpoints["base"]
+
+    new = make_checkpoint(svc.tmp / "base-v3.pt", 8, {"val_sad": 8.0})
+    app["deployments"] = [{"name": "ingress", "user_config": {"checkpoints": {"base": new}}}]
+    stop, results = threading.Event(), []
+    threads = [threading.Thread(target=_load, args=(url, stop, results, 200 + s, {"model": "base"})) for s in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: len(results) >= 4, 60, "requests before the swap")
+        deploy(svc.dashboard, config)
+        wait_until(lambda: sum(1 for _, c in results if c == new) >= 4, 90, "requests answered by the new checkpoint")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert all(status == 200 for status, _ in results), [s for s, _ in results if s != 200][:5]
+    info = next(m for m in get(f"{url}/v1/models").json()["models"] if m["name"] == "base")
+    assert info["checkpoint"] == new and info["swaps"] == 1 and info["swap_error"] == ""

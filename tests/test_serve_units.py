@@ -49,6 +49,7 @@ def test_shipped_config_is_a_valid_serve_config_and_app_config():
         ("cache.size=3", "cache.size"),
         ("history.db_path=s3://b/h.sqlite", "history.db_path"),
         ("model_deployment.num_cpus=fast", "model_deployment.num_cpus"),
+        ("model_deployment.placement=inline", "model_deployment.placement"),
     ],
 )
 def test_config_errors_name_the_key(override, key):
