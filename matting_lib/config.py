@@ -241,6 +241,26 @@ class RunSettings:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """Knowledge distillation: train against a teacher model's alpha as well as (or instead of)
+    the ground truth. Used to move a trained model to a cheaper architecture (for example
+    ``model.output_stride: 2``) without retraining it from the labels alone: the teacher's
+    alpha is a target the student can reach exactly, so it converges in a fraction of the steps."""
+
+    teacher: str = ""
+    """Checkpoint URI of the teacher (local path or s3://); empty = no distillation."""
+    weight: float = 1.0
+    """Share of the loss against the teacher's alpha; the ground truth gets ``1 - weight``."""
+
+    def __post_init__(self) -> None:
+        require(0.0 <= self.weight <= 1.0, "distill.weight", f"must be in [0, 1], got {self.weight}")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.teacher)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run needs. Mirrors ``configs/*.yaml``."""
 
@@ -260,6 +280,8 @@ class TrainConfig:
     """Naming and storage."""
     init_checkpoint: str = ""
     """Checkpoint to fine-tune from (partial loading); empty = from scratch."""
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    """Teacher model and its loss share (off by default)."""
 
     def __post_init__(self) -> None:
         require(len(self.stages) >= 1, "stages", "at least one stage is required")

@@ -152,6 +152,26 @@ def _composition_args(b: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor |
     return {"image": b.get("image"), "fg": b.get("fg"), "bg": b.get("bg")}
 
 
+def _terms(
+    pred: torch.Tensor, b: Mapping[str, torch.Tensor], loss_cfg: LossConfig, teacher: nn.Module | None,
+    distill_weight: float, precision: Precision, device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """The loss terms of one batch: against the ground truth, the teacher's alpha, or a mix."""
+    w = distill_weight if teacher is not None else 0.0
+    gt = matting_loss(pred, b["alpha"], loss_cfg, **_composition_args(b)) if w < 1.0 else None
+    if teacher is None:
+        assert gt is not None
+        return gt
+    with torch.no_grad(), precision.autocast(device):
+        target = teacher(b["image"]).float()
+    if "valid" in b:  # padded pixels: the teacher's guess there means nothing; use the label
+        target = torch.where(b["valid"] > 0.5, target, b["alpha"])
+    soft = matting_loss(pred, target, loss_cfg, **_composition_args(b))
+    if gt is None:
+        return soft
+    return {k: w * soft[k] + (1.0 - w) * gt[k] for k in soft}
+
+
 def train_one_epoch(
     model: nn.Module,
     batches: Iterable[Batch],
@@ -165,11 +185,15 @@ def train_one_epoch(
     step_hook: Callable[[int], None] | None = None,
     log: Callable[[str], None] | None = None,
     log_every: int = 0,
+    teacher: nn.Module | None = None,
+    distill_weight: float = 1.0,
 ) -> dict[str, float]:
     """One pass over ``batches``; returns the mean of each loss term, ``samples`` and ``samples_per_s``.
 
     ``step_hook(step)`` runs before each step (tests use it to inject failures).
     Non-finite losses skip the step (counted in ``skipped_steps``) rather than poisoning weights.
+    With a ``teacher`` (eval mode, frozen), each term is ``distill_weight`` times the loss against
+    the teacher's alpha plus ``1 - distill_weight`` times the loss against the ground truth.
     """
     model.train()
     sums: dict[str, float] = {}
@@ -183,7 +207,7 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         with precision.autocast(device):
             pred = model(b["image"])
-        terms = matting_loss(pred.float(), b["alpha"], loss_cfg, **_composition_args(b))
+        terms = _terms(pred.float(), b, loss_cfg, teacher, distill_weight, precision, device)
         loss = terms["total"]
         if not torch.isfinite(loss):
             skipped += 1
@@ -263,6 +287,24 @@ def evaluate(
 # --------------------------------------------------------------------------- a whole run
 
 
+def freeze_teacher(teacher: nn.Module, device: torch.device) -> nn.Module:
+    """A distillation teacher: on ``device``, eval mode, no gradients."""
+    teacher = teacher.to(device).eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def load_teacher(cfg: Any) -> nn.Module | None:
+    """The teacher model ``cfg.distill`` names (None when distillation is off).
+    Raises :class:`matting_lib.checkpoint.CheckpointError` when it cannot be loaded."""
+    distill = getattr(cfg, "distill", None)
+    if distill is None or not distill.enabled:
+        return None
+    from matting_lib.checkpoint import load_model
+
+    return load_model(distill.teacher)
+
+
 class TrainingRun:
     """Epoch-by-epoch driver over the configured unfreezing stages.
 
@@ -272,7 +314,8 @@ class TrainingRun:
     """
 
     def __init__(
-        self, model: nn.Module, cfg: Any, device: torch.device, wrap: Callable[[nn.Module], nn.Module] | None = None
+        self, model: nn.Module, cfg: Any, device: torch.device, wrap: Callable[[nn.Module], nn.Module] | None = None,
+        teacher: nn.Module | None = None,
     ) -> None:
         # ``wrap`` (e.g. Ray's prepare_model for DDP) is re-applied at every stage switch:
         # DDP only synchronises parameters that required grad when it was built.
@@ -284,6 +327,7 @@ class TrainingRun:
         self.stage: StageState | None = None
         self.history: list[dict[str, float]] = []
         self.next_epoch = 0
+        self.teacher = freeze_teacher(teacher, device) if teacher is not None else None
 
     def restore(self, training_state: Mapping[str, Any] | None) -> None:
         """Continue from a checkpoint's ``training_state`` (epoch, history, optimizer...)."""
@@ -318,6 +362,7 @@ class TrainingRun:
             self.model, batches, self.stage.optimizer, self.cfg.loss,
             device=self.device, precision=self.precision, scaler=self.stage.scaler,
             grad_clip=self.cfg.optim.grad_clip, step_hook=step_hook, log=log, log_every=log_every,
+            teacher=self.teacher, distill_weight=self.cfg.distill.weight,
         )
         lr = self.stage.optimizer.param_groups[0]["lr"]
         self.stage.scheduler.step()
@@ -355,6 +400,7 @@ def fit(
     log: Callable[[str], None] = print,
     log_every: int = 0,
     data_fingerprint: str = "",
+    teacher: nn.Module | None = None,
 ) -> list[dict[str, Any]]:
     """Train on one device without Ray; returns the per-epoch history.
 
@@ -362,13 +408,14 @@ def fit(
     With ``checkpoint_uri`` the best epoch (lowest validation SAD) is saved there, and
     ``<checkpoint_uri>.last`` keeps the latest state; an existing ``.last`` is resumed.
     ``log_every`` > 0 also logs every that many steps; ``data_fingerprint`` goes into the
-    checkpoints (see :func:`matting_lib.checkpoint.data_fingerprint`).
+    checkpoints (see :func:`matting_lib.checkpoint.data_fingerprint`); ``teacher`` turns on
+    distillation with ``cfg.distill.weight`` (see :func:`train_one_epoch`).
     """
     from matting_lib.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 
     device = device or default_device()
     model.to(device)
-    run = TrainingRun(model, cfg, device)
+    run = TrainingRun(model, cfg, device, teacher=teacher)
     best = float("inf")
     if checkpoint_uri:
         try:

@@ -30,7 +30,7 @@ from matting_lib.checkpoint import CheckpointError, load_checkpoint, load_weight
 from matting_lib.config import TrainConfig, from_dict, to_dict
 from matting_lib.data.samples import SampleLoader
 from matting_lib.models import build_model
-from matting_lib.training import TrainingRun, evaluate, format_epoch, unwrap
+from matting_lib.training import TrainingRun, evaluate, format_epoch, load_teacher, unwrap
 from ray_jobs.common import fail, init_ray, job_parser, load_job_config, run_uri, storage_args, worker_env
 
 CHECKPOINT_FILE = "model.pt"
@@ -140,11 +140,12 @@ def prepare_data(cfg: TrainConfig) -> tuple[list[dict], list[dict], dict[str, st
 
     fingerprint = data_fingerprint(train_rows + val_rows)
     print(f"data: {manifest}: {len(train_rows)} train / {len(val_rows)} val samples ({fingerprint})", flush=True)
-    if cfg.init_checkpoint:
-        try:
-            load_checkpoint(cfg.init_checkpoint)
-        except CheckpointError as e:
-            fail(f"init_checkpoint: {e}", code=2)
+    for key, uri in (("init_checkpoint", cfg.init_checkpoint), ("distill.teacher", cfg.distill.teacher)):
+        if uri:
+            try:
+                load_checkpoint(uri)
+            except CheckpointError as e:
+                fail(f"{key}: {e}", code=2)
     extra_env = {"MATTING_DATA_FINGERPRINT": fingerprint}
     if cfg.data.s3_endpoint_url:
         extra_env["AWS_ENDPOINT_URL"] = cfg.data.s3_endpoint_url
@@ -152,7 +153,7 @@ def prepare_data(cfg: TrainConfig) -> tuple[list[dict], list[dict], dict[str, st
 
 
 def absolute_paths(cfg: TrainConfig) -> TrainConfig:
-    """Local relative paths (init checkpoint, dataset, manifest) made absolute on the driver.
+    """Local relative paths (init checkpoint, teacher, dataset, manifest) made absolute on the driver.
 
     Ray workers do not run in the driver's directory (unless the job ships a working_dir), so
     ``init_checkpoint: models/base.pt`` must be resolved where the user typed it.
@@ -161,7 +162,8 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
         return os.path.abspath(uri) if uri and "://" not in uri else uri
 
     data = dataclasses.replace(cfg.data, uri=fix(cfg.data.uri), manifest=fix(cfg.data.manifest))
-    return dataclasses.replace(cfg, init_checkpoint=fix(cfg.init_checkpoint), data=data)
+    distill = dataclasses.replace(cfg.distill, teacher=fix(cfg.distill.teacher))
+    return dataclasses.replace(cfg, init_checkpoint=fix(cfg.init_checkpoint), data=data, distill=distill)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,7 +242,10 @@ def train_loop_per_worker(loop_config: dict) -> list[dict] | None:
         if rank == 0:
             print(f"init from {cfg.init_checkpoint}: {report.summary()}; skipped: {list(report.skipped)[:8]}", flush=True)
 
-    run = TrainingRun(model, cfg, device, wrap=ray.train.torch.prepare_model)
+    teacher = load_teacher(cfg)
+    if rank == 0 and teacher is not None:
+        print(f"distilling from {cfg.distill.teacher} (weight {cfg.distill.weight:g})", flush=True)
+    run = TrainingRun(model, cfg, device, wrap=ray.train.torch.prepare_model, teacher=teacher)
     run.restore(training_state)
     if rank == 0 and training_state:
         print(f"resuming at epoch {run.next_epoch + 1}/{cfg.total_epochs}", flush=True)

@@ -33,7 +33,7 @@ from matting_lib.config import TrainConfig
 from matting_lib.data.samples import SampleLoader, fetch_pair
 from matting_lib.models import build_model
 from matting_lib.predictor import resolve_device
-from matting_lib.training import fit
+from matting_lib.training import fit, load_teacher
 from ray_jobs.common import fail, load_job_config, run_uri
 from ray_jobs.train import absolute_paths, load_rows
 
@@ -135,6 +135,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         except CheckpointError as e:
             fail(f"init_checkpoint: {e}", code=2)
         print(f"init from {cfg.init_checkpoint}: {report.summary()}; skipped: {list(report.skipped)[:8]}", flush=True)
+    try:
+        teacher = load_teacher(cfg)
+    except CheckpointError as e:
+        fail(f"distill.teacher: {e}", code=2)
+    if teacher is not None:
+        print(f"distilling from {cfg.distill.teacher} (weight {cfg.distill.weight:g})", flush=True)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed crop size: pick the fastest kernels once
         print(f"device: {torch.cuda.get_device_name(device)}", flush=True)
@@ -144,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         history = fit(model, cfg, train_batches, val_batches, device=device, checkpoint_uri=best_uri,
-                      log=lambda s: print(s, flush=True), log_every=args.log_every, data_fingerprint=fingerprint)
+                      log=lambda s: print(s, flush=True), log_every=args.log_every, data_fingerprint=fingerprint,
+                      teacher=teacher)
     except KeyboardInterrupt:
         fail(f"interrupted; run the same command again to resume from {best_uri}.last", code=130)
     io.write_text(io.join(out_dir, "history.json"), json.dumps(history, indent=1, default=float))

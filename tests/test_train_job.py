@@ -120,7 +120,8 @@ def test_bad_inputs_fail_fast_and_clearly(tmp_path):
 
 @pytest.mark.timeout(400)
 def test_ray_job_submit(ray_cluster, s3_dataset, tmp_path):
-    """`ray job submit --working-dir .` of the tiny config ends SUCCEEDED with a checkpoint."""
+    """`ray job submit --working-dir .` of the tiny config ends SUCCEEDED with a checkpoint; it
+    distils from the shipped base model, named by a path relative to the working dir."""
     bucket, root = s3_dataset
     storage = f"s3://{bucket}/submitted"
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
@@ -128,6 +129,7 @@ def test_ray_job_submit(ray_cluster, s3_dataset, tmp_path):
         ray_cluster["ray_bin"], "job", "submit", "--address", ray_cluster["dashboard"], "--working-dir", str(ROOT),
         "--", "python", "-m", "ray_jobs.train", "--config", "configs/tiny.yaml",
         f"data.uri={root}", f"run.storage_path={storage}", "run.name=submitted", "scaling.num_workers=1", "scaling.cpus_per_worker=1",
+        "distill.teacher=models/base.pt", "distill.weight=0.5",
     ]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=360, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -137,7 +139,9 @@ def test_ray_job_submit(ray_cluster, s3_dataset, tmp_path):
 
     job_id = re.search(r"raysubmit_\w+", r.stdout + r.stderr).group(0)
     assert JobSubmissionClient(ray_cluster["dashboard"]).get_job_status(job_id) == JobStatus.SUCCEEDED
-    assert load_checkpoint(f"{storage}/submitted/best.pt").metrics["epoch"] >= 0
+    ck = load_checkpoint(f"{storage}/submitted/best.pt")
+    assert ck.metrics["epoch"] >= 0
+    assert ck.train_config["distill"]["teacher"].endswith("models/base.pt") and "distilling from" in r.stdout
     # Without the token the job server refuses the client.
     denied = subprocess.run(
         [ray_cluster["ray_bin"], "job", "list", "--address", ray_cluster["dashboard"]],

@@ -77,6 +77,7 @@ def test_loader_workers_draw_different_augmentations(dataset):
     ([], "data.uri is empty"),
     (["data.uri=/nonexistent/ds"], "dataset not found"),
     (["data.uri=.", "stages.0.lr=-1"], "config error"),
+    (["data.uri=.", "distill.weight=2"], "distill.weight"),
 ])
 def test_bad_inputs_fail_with_one_line(extra, message, tmp_path):
     r = _run("--config", TINY, f"run.storage_path={tmp_path}", *extra)
@@ -91,3 +92,10 @@ def test_cuda_without_gpu_is_a_clear_error(dataset, tmp_path):
     r = _run("--config", TINY, f"data.uri={dataset}", f"run.storage_path={tmp_path}", "--device", "cuda")
     assert r.returncode == 2
     assert "CUDA is not available" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.timeout(120)
+def test_missing_teacher_is_a_clear_error(dataset, tmp_path):
+    r = _run("--config", TINY, f"data.uri={dataset}", f"run.storage_path={tmp_path}", f"distill.teacher={tmp_path}/none.pt")
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "distill.teacher:" in r.stderr and "Traceback" not in r.stderr

@@ -150,3 +150,59 @@ def test_fit_three_stages_and_resume(tmp_path):
     assert [h["epoch"] for h in history2] == [0, 1, 2]
     assert lines[0].startswith("resuming at epoch 3")
     assert sum(1 for s in lines if s.startswith("epoch ")) == 1
+
+
+# --------------------------------------------------------------------------- distillation
+
+
+def test_distillation_loss_mixes_teacher_and_ground_truth():
+    """Each term is weight x (loss against the teacher's alpha) + (1 - weight) x (against the label)."""
+    from matting_lib.losses import matting_loss
+    from matting_lib.training import _terms
+
+    torch.manual_seed(0)
+    teacher = build_model(TINY).eval()
+    b = _batches(n=2, size=32)[0]
+    pred = torch.sigmoid(torch.randn(2, 1, 32, 32))
+    cfg = LossConfig(l1=1.0, grad=0.5, laplacian=0.5)
+    with torch.no_grad():
+        soft = teacher(b["image"])
+    ref_soft, ref_gt = matting_loss(pred, soft, cfg), matting_loss(pred, b["alpha"], cfg)
+    prec = resolve_precision("off", CPU)
+    for w in (0.0, 0.3, 1.0):
+        got = _terms(pred, b, cfg, teacher, w, prec, CPU)
+        for k in ref_soft:
+            assert float(got[k]) == pytest.approx(w * float(ref_soft[k]) + (1 - w) * float(ref_gt[k]), rel=1e-5), (w, k)
+    flipped = {**b, "alpha": 1 - b["alpha"]}  # at weight 1 the label does not matter
+    assert float(_terms(pred, flipped, cfg, teacher, 1.0, prec, CPU)["total"]) == pytest.approx(float(ref_soft["total"]))
+    assert float(_terms(pred, b, cfg, None, 1.0, prec, CPU)["total"]) == pytest.approx(float(ref_gt["total"]))
+
+
+@pytest.mark.timeout(240)
+def test_distilling_a_stride2_student_closes_the_gap_to_its_teacher(tmp_path):
+    """fit() with a teacher: a stride-2 student initialised from the teacher's shared layers
+    learns to reproduce the teacher's alpha (its own ground truth is never used: weight 1)."""
+    from matting_lib.checkpoint import load_weights
+
+    torch.manual_seed(0)
+    teacher = build_model(TINY).eval()
+    cfg = from_dict(TrainConfig, {
+        "model": {"encoder_width": 0.35, "decoder_channels": [32, 24, 16, 16], "output_stride": 2},
+        "loss": {"l1": 1.0, "grad": 0.0, "laplacian": 0.0},
+        "optim": {"weight_decay": 0.0, "scheduler": "none"},
+        "stages": [{"epochs": 40, "trainable": "head", "lr": 5e-3}],
+        "distill": {"teacher": "unused-here", "weight": 1.0},
+    })
+    student = build_model(cfg.model)
+    load_weights(student, teacher.state_dict(), strict=False)
+    batches = _batches(n=4, size=32, seed=1)
+
+    def gap() -> float:
+        student.eval()
+        with torch.no_grad():
+            return float((student(batches[0]["image"]) - teacher(batches[0]["image"])).abs().mean())
+
+    before = gap()
+    fit(student, cfg, lambda epoch: batches, lambda: batches, device=CPU, log=lambda s: None, teacher=teacher)
+    after = gap()
+    assert after < before / 3, (before, after)
