@@ -251,9 +251,15 @@ class DistillConfig:
     """Checkpoint URI of the teacher (local path or s3://); empty = no distillation."""
     weight: float = 1.0
     """Share of the loss against the teacher's alpha; the ground truth gets ``1 - weight``."""
+    logit_l1: float = 0.1
+    """Weight of an extra term against the teacher: L1 between the student's and the teacher's
+    logits, clamped to +-8. Where the teacher is sure (alpha near 0 or 1) the alpha losses'
+    gradient vanishes through the sigmoid, and a student left at alpha 0.01-0.02 over the whole
+    background costs more SAD than all its edge errors; this term keeps pulling it there."""
 
     def __post_init__(self) -> None:
         require(0.0 <= self.weight <= 1.0, "distill.weight", f"must be in [0, 1], got {self.weight}")
+        require(self.logit_l1 >= 0.0, "distill.logit_l1", f"must be >= 0, got {self.logit_l1}")
 
     @property
     def enabled(self) -> bool:

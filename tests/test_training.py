@@ -173,6 +173,17 @@ def test_distillation_loss_mixes_teacher_and_ground_truth():
         got = _terms(pred, b, cfg, teacher, w, prec, CPU)
         for k in ref_soft:
             assert float(got[k]) == pytest.approx(w * float(ref_soft[k]) + (1 - w) * float(ref_gt[k]), rel=1e-5), (w, k)
+    # The logit term, against an independent numpy reference (clamped to +-8, teacher side only).
+    def np_logit(a: np.ndarray) -> np.ndarray:
+        a = np.clip(a.astype(np.float64), 1 / (1 + np.exp(8.0)), 1 - 1 / (1 + np.exp(8.0)))
+        return np.log(a / (1 - a))
+
+    ref_logit = float(np.abs(np_logit(pred.numpy()) - np_logit(soft.numpy())).mean())
+    for w in (0.3, 1.0):
+        got = _terms(pred, b, cfg, teacher, w, prec, CPU, distill_logit=0.1)
+        assert float(got["logit"]) == pytest.approx(w * ref_logit, rel=1e-4)
+        want = w * (float(ref_soft["total"]) + 0.1 * ref_logit) + (1 - w) * float(ref_gt["total"])
+        assert float(got["total"]) == pytest.approx(want, rel=1e-5)
     flipped = {**b, "alpha": 1 - b["alpha"]}  # at weight 1 the label does not matter
     assert float(_terms(pred, flipped, cfg, teacher, 1.0, prec, CPU)["total"]) == pytest.approx(float(ref_soft["total"]))
     assert float(_terms(pred, b, cfg, None, 1.0, prec, CPU)["total"]) == pytest.approx(float(ref_gt["total"]))
