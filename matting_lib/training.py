@@ -441,13 +441,14 @@ def fit(
         if last is not None:
             load_weights(model, last.state_dict, strict=True)
             run.restore(last.training_state)
-            best = min((h.get("sad", float("inf")) for h in run.history), default=best)
+            best = min((h.get("val_sad", float("inf")) for h in run.history), default=best)
             log(f"resuming at epoch {run.next_epoch + 1}")
     for epoch in run.epochs():
         train_stats = run.train_epoch(epoch, train_batches(epoch), log=log, log_every=log_every)
         val = evaluate(model, val_batches(), cfg.loss, device=device, precision=run.precision)
-        row = run.end_epoch(epoch, train_stats | val)
-        log(format_epoch(row, cfg.total_epochs))
+        # Validation metrics as "val_<name>", as ray_jobs.train records them (checkpoints, history).
+        row = run.end_epoch(epoch, train_stats | {f"val_{k}": v for k, v in val.items()})
+        log(format_epoch({**row, **val}, cfg.total_epochs))
         if checkpoint_uri:
             common = dict(train_config=cfg, metrics=row, data_fingerprint=data_fingerprint)
             save_checkpoint(checkpoint_uri + ".last", model, training_state=run.training_state(), **common)

@@ -155,10 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         fail(f"interrupted; run the same command again to resume from {best_uri}.last", code=130)
     io.write_text(io.join(out_dir, "history.json"), json.dumps(history, indent=1, default=float))
-    best = min(history, key=lambda r: r.get("sad", float("inf")), default={})
+    best = min(history, key=lambda r: r.get("val_sad", float("inf")), default={})
     print(f"finished in {time.perf_counter() - t0:.0f} s", flush=True)
     if best:
-        print(f"best checkpoint (val SAD {best['sad']:.4f}, epoch {int(best['epoch']) + 1}): {best_uri}", flush=True)
+        print(f"best checkpoint (val SAD {best['val_sad']:.4f}, epoch {int(best['epoch']) + 1}): {best_uri}", flush=True)
     return 0
 
 

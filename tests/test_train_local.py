@@ -50,8 +50,8 @@ def test_trains_saves_and_resumes_without_ray(dataset, tmp_path):
     assert ck.train_config["data"]["uri"] == dataset
     history = json.loads((tmp_path / "local" / "history.json").read_text())
     assert [row["epoch"] for row in history] == [0, 1]
-    assert all(np.isfinite(row["sad"]) for row in history)
-    assert ck.metrics["sad"] == pytest.approx(min(row["sad"] for row in history))
+    assert all(np.isfinite(row["val_sad"]) for row in history)
+    assert ck.metrics["val_sad"] == pytest.approx(min(row["val_sad"] for row in history))  # named as ray_jobs.train does
 
     again = _run(*args)  # the same command: resumes from best.pt.last, nothing left to do
     assert again.returncode == 0, again.stderr[-2000:]
