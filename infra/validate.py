@@ -155,21 +155,25 @@ def matting_app_errors(app: dict[str, Any], where: str) -> list[str]:
     from matting_lib.config import ConfigError
     from serve_app.app import deployment_name
     from serve_app.config import serve_config_from_args
-    from serve_app.model import parse_user_config
+    from serve_app.model import parse_ingress_user_config, parse_user_config
 
     try:
         cfg = serve_config_from_args(app.get("args") or {})
     except ConfigError as e:
         return [f"{where}: args: {e}"]
-    models = {deployment_name(name) for name in cfg.model_names}
+    placement = cfg.model_deployment.placement
+    models = {deployment_name(name) for name in cfg.model_names} if placement == "separate" else set()
     errors = []
     for dep in app.get("deployments") or []:
         name = dep.get("name")
         if name not in models | {"ingress"}:
             errors.append(f"{where}: deployment {name!r} is not one of the app's ({', '.join(sorted(models | {'ingress'}))})")
-        elif name in models and "user_config" in dep:
+        elif "user_config" in dep:
             try:
-                parse_user_config(dep["user_config"], default_checkpoint="")
+                if name == "ingress":
+                    parse_ingress_user_config(dep["user_config"], cfg.model_names, placement)
+                else:
+                    parse_user_config(dep["user_config"], default_checkpoint="")
             except ValueError as e:
                 errors.append(f"{where}: deployment {name!r}: {e}")
     return errors

@@ -38,7 +38,7 @@ from serve_app.cache import CachedResult, ResultCache
 from serve_app.config import ServeConfig
 from serve_app.errors import ApiError, decode_error_to_api, install_handlers
 from serve_app.history import Entry, History
-from serve_app.model import MattingModel
+from serve_app.model import MattingModel, parse_ingress_user_config
 from serve_app.params import EXTENSIONS, MEDIA_TYPES, MatteParams, check_against_limits, content_key, merge_params
 from serve_app.uploads import MULTIPART_OVERHEAD, expand_batch, output_name, parse_upload, read_body
 
@@ -208,17 +208,8 @@ class MattingIngress:
         Each named model swaps as a model deployment does (:meth:`MattingModel.reconfigure`): a
         checkpoint that does not load leaves the old one serving and shows as ``swap_error``.
         """
-        cfg = dict(user_config or {})
-        unknown = sorted(set(cfg) - {"checkpoints"})
-        if unknown:
-            raise ValueError(f"ingress user_config: unknown key {unknown[0]!r} (valid keys: checkpoints)")
-        checkpoints = cfg.get("checkpoints") or {}
-        if checkpoints and not self.local:
-            raise ValueError("ingress user_config.checkpoints needs model_deployment.placement: ingress; "
-                             "with separate model deployments, set user_config.checkpoint on model_<name>")
-        if not isinstance(checkpoints, dict) or not set(checkpoints) <= set(self.local):
-            raise ValueError(f"ingress user_config.checkpoints: expected a mapping of model names "
-                             f"({', '.join(self.local)}) to URIs, got {checkpoints!r}")
+        placement = self.config.model_deployment.placement
+        checkpoints = parse_ingress_user_config(user_config, self.config.model_names, placement)
         for name, uri in checkpoints.items():
             await self.local[name].reconfigure({"checkpoint": uri})
 

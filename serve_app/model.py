@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from ray import serve
@@ -42,6 +42,25 @@ def parse_user_config(user_config: Mapping[str, Any] | None, default_checkpoint:
     if not isinstance(uri, str):
         raise ValueError(f"user_config.checkpoint must be a string URI, got {uri!r}")
     return uri
+
+
+def parse_ingress_user_config(user_config: Mapping[str, Any] | None, models: Sequence[str], placement: str) -> dict[str, str]:
+    """The checkpoints an ingress ``user_config`` swaps to (``{"checkpoints": {name: URI}}``),
+    which only ``model_deployment.placement: ingress`` accepts; ValueError names what is wrong."""
+    cfg = dict(user_config or {})
+    unknown = sorted(set(cfg) - {"checkpoints"})
+    if unknown:
+        raise ValueError(f"ingress user_config: unknown key {unknown[0]!r} (valid keys: checkpoints)")
+    checkpoints = cfg.get("checkpoints") or {}
+    if checkpoints and placement != "ingress":
+        raise ValueError("ingress user_config.checkpoints needs model_deployment.placement: ingress; "
+                         "with separate model deployments, set user_config.checkpoint on model_<name>")
+    if not isinstance(checkpoints, Mapping) or not set(checkpoints) <= set(models) or not all(
+        isinstance(v, str) and v for v in checkpoints.values()
+    ):
+        raise ValueError(f"ingress user_config.checkpoints: expected a mapping of model names "
+                         f"({', '.join(models)}) to URIs, got {checkpoints!r}")
+    return dict(checkpoints)
 
 
 def to_uint8(alpha: np.ndarray) -> np.ndarray:

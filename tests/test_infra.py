@@ -331,6 +331,20 @@ def test_overlay_may_not_invent_apps_or_models(tmp_path):
             lambda c: c["applications"][0].update(deployments=[{"name": "model_base", "user_config": {"ckpt": "x"}}]),
             "user_config: unknown key 'ckpt'",
         ),
+        (
+            lambda c: c["applications"][0].update(deployments=[{"name": "ingress", "user_config": {"checkpoints": {"base": "s3://b/m.pt"}}}]),
+            "needs model_deployment.placement: ingress",
+        ),
+        (
+            lambda c: (c["applications"][0]["args"]["model_deployment"].update(placement="ingress"),
+                       c["applications"][0].update(deployments=[{"name": "model_base"}])),
+            "deployment 'model_base' is not one of the app's (ingress)",
+        ),
+        (
+            lambda c: (c["applications"][0]["args"]["model_deployment"].update(placement="ingress"),
+                       c["applications"][0].update(deployments=[{"name": "ingress", "user_config": {"checkpoints": {"night": "x.pt"}}}])),
+            "expected a mapping of model names",
+        ),
     ],
 )
 def test_serve_validator_rejects(edit, needle):
@@ -338,6 +352,14 @@ def test_serve_validator_rejects(edit, needle):
     edit(config)
     errors = v.serve_config_errors(config, "test")
     assert any(needle in e for e in errors), errors
+
+
+def test_serve_validator_accepts_a_hot_swap_through_the_ingress():
+    config = copy.deepcopy(service_serve_config())
+    app = config["applications"][0]
+    app["args"]["model_deployment"]["placement"] = "ingress"
+    app["deployments"] = [{"name": "ingress", "user_config": {"checkpoints": {"base": "s3://bucket/base-v2.pt"}}}]
+    assert v.serve_config_errors(config, "test") == []
 
 
 # --------------------------------------------------------------------------- rehearsal
