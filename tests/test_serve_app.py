@@ -523,6 +523,7 @@ def test_models_in_the_ingress_route_answer_and_hot_swap(svc):
     app.pop("runtime_env", None)
     app.pop("deployments", None)
     app["args"]["models"] = app["args"]["models"][:2]  # base and lowlight
+    ckpts = {m["name"]: m["checkpoint"] for m in app["args"]["models"]}  # (an earlier test hot swapped base)
     app["args"]["model_deployment"].update(placement="ingress", max_batch_size=1)
     url = deploy_and_wait(svc.dashboard, config)
     assert sorted(serve.status().applications["matting"].deployments) == ["ingress"]
@@ -532,11 +533,11 @@ def test_models_in_the_ingress_route_answer_and_hot_swap(svc):
         r = matte(url, encode(rgb), {"output": "alpha", "history": "false"})
         assert r.status_code == 200, r.text
         assert r.headers["X-Matting-Model"] == expected
-        want = np.rint(local_alpha(svc.checkpoints[expected], rgb) * 255)
+        want = np.rint(local_alpha(ckpts[expected], rgb) * 255)
         assert np.abs(as_array(r.content).astype(int) - want).max() <= 1
         assert "forward" in parse_server_timing(r.headers["Server-Timing"])
     models = {m["name"]: m for m in get(f"{url}/v1/models").json()["models"]}
-    assert set(models) == {"base", "lowlight"} and models["base"]["checkpoint"] == svc.checkpoints["base"]
+    assert set(models) == {"base", "lowlight"} and models["base"]["checkpoint"] == ckpts["base"]
 
     new = make_checkpoint(svc.tmp / "base-v3.pt", 8, {"val_sad": 8.0})
     app["deployments"] = [{"name": "ingress", "user_config": {"checkpoints": {"base": new}}}]
