@@ -137,11 +137,13 @@ def _with_retries(uri: str, call: Callable[[], T]) -> T:
             return call()
         except StorageError as e:
             elapsed = time.monotonic() - start
-            pause = min(delay, RETRY_MAX_SLEEP_S) * random.uniform(0.8, 1.2)
-            if elapsed + pause > window:
+            if elapsed >= window:
                 raise StorageError(
                     f"{e} [gave up after {attempt} attempt(s) over {elapsed:.1f} s; endpoint {_endpoint()}]"
                 ) from e.__cause__
+            # A pause that would run past the window is cut to its end: the last attempt comes
+            # when the window closes, rather than giving up early when the next backoff is long.
+            pause = min(min(delay, RETRY_MAX_SLEEP_S) * random.uniform(0.8, 1.2), window - elapsed)
             _log.warning("S3 retry %d for %s in %.2f s: %s", attempt, uri, pause, e)
             time.sleep(pause)
             delay *= 2
