@@ -371,23 +371,30 @@ def _load(url: str, stop: threading.Event, out: list, seed: int, params: dict) -
             out.append((repr(e), None))
 
 
+def _deploy_under_load(url: str, dashboard: str, config: dict, new: str, seeds: range, enough: int) -> list:
+    """Deploy ``config`` while one thread per seed sends base requests; returns once ``enough``
+    requests were answered before the deploy and ``enough`` by checkpoint ``new`` after it."""
+    stop, results = threading.Event(), []
+    threads = [threading.Thread(target=_load, args=(url, stop, results, s, {"model": "base"})) for s in seeds]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: len(results) >= enough, 60, "requests before the swap")
+        deploy(dashboard, config)
+        wait_until(lambda: sum(1 for _, c in results if c == new) >= enough, 90, "requests answered by the new checkpoint")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    return results
+
+
 def test_hot_swap_under_requests_fails_none(svc):
     new = make_checkpoint(svc.tmp / "base-v2.pt", 7, {"val_sad": 7.0})
     config = json.loads(json.dumps(svc.config))
     app = config["applications"][0]
     app["deployments"] = [*app.get("deployments", []), {"name": "model_base", "user_config": {"checkpoint": new}}]
-    stop, results = threading.Event(), []
-    threads = [threading.Thread(target=_load, args=(svc.url, stop, results, s, {"model": "base"})) for s in range(3)]
-    for t in threads:
-        t.start()
-    try:
-        wait_until(lambda: len(results) >= 5, 60, "requests before the swap")
-        deploy(svc.dashboard, config)
-        wait_until(lambda: sum(1 for _, c in results if c == new) >= 5, 90, "requests answered by the new checkpoint")
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(60)
+    results = _deploy_under_load(svc.url, svc.dashboard, config, new, range(3), enough=5)
     assert all(status == 200 for status, _ in results), [s for s, _ in results if s != 200][:5]
     assert {c for _, c in results} == {svc.checkpoints["base"], new}
     info = next(m for m in get(f"{svc.url}/v1/models").json()["models"] if m["name"] == "base")
@@ -541,18 +548,7 @@ def test_models_in_the_ingress_route_answer_and_hot_swap(svc):
 
     new = make_checkpoint(svc.tmp / "base-v3.pt", 8, {"val_sad": 8.0})
     app["deployments"] = [{"name": "ingress", "user_config": {"checkpoints": {"base": new}}}]
-    stop, results = threading.Event(), []
-    threads = [threading.Thread(target=_load, args=(url, stop, results, 200 + s, {"model": "base"})) for s in range(2)]
-    for t in threads:
-        t.start()
-    try:
-        wait_until(lambda: len(results) >= 4, 60, "requests before the swap")
-        deploy(svc.dashboard, config)
-        wait_until(lambda: sum(1 for _, c in results if c == new) >= 4, 90, "requests answered by the new checkpoint")
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(60)
+    results = _deploy_under_load(url, svc.dashboard, config, new, range(200, 202), enough=4)
     assert all(status == 200 for status, _ in results), [s for s, _ in results if s != 200][:5]
     info = next(m for m in get(f"{url}/v1/models").json()["models"] if m["name"] == "base")
     assert info["checkpoint"] == new and info["swaps"] == 1 and info["swap_error"] == ""
