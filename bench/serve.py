@@ -70,10 +70,10 @@ class Level:
     seconds: float
     errors: int = 0
     stages: list[dict[str, float]] = field(default_factory=list)
-    placement: str = ""
-    """Serve's ``model_deployment.placement`` (empty for the direct predictor)."""
     """Per request, milliseconds per stage: the service's ``Server-Timing`` header for Serve
     (key, decode, model, forward, encode, total), measured in-process for the direct path."""
+    placement: str = ""
+    """Serve's ``model_deployment.placement`` (empty for the direct predictor)."""
 
     def stage_p50(self, name: str) -> float | None:
         values = [s[name] for s in self.stages if name in s]
