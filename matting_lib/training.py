@@ -168,11 +168,8 @@ def _terms(
 ) -> dict[str, torch.Tensor]:
     """The loss terms of one batch: against the ground truth, the teacher's alpha, or a mix
     (the teacher's part also has ``distill_logit`` x :func:`logit_l1`, as term ``logit``)."""
-    w = distill_weight if teacher is not None else 0.0
-    gt = matting_loss(pred, b["alpha"], loss_cfg, **_composition_args(b)) if w < 1.0 else None
     if teacher is None:
-        assert gt is not None
-        return gt
+        return matting_loss(pred, b["alpha"], loss_cfg, **_composition_args(b))
     with torch.no_grad(), precision.autocast(device):
         target = teacher(b["image"]).float()
     if "valid" in b:  # padded pixels: the teacher's guess there means nothing; use the label
@@ -181,8 +178,10 @@ def _terms(
     if distill_logit > 0:
         soft["logit"] = logit_l1(pred, target)
         soft["total"] = soft["total"] + distill_logit * soft["logit"]
-    if gt is None:
+    w = distill_weight
+    if w >= 1.0:
         return soft
+    gt = matting_loss(pred, b["alpha"], loss_cfg, **_composition_args(b))
     return {k: w * soft[k] + (1.0 - w) * gt.get(k, 0.0) for k in soft}
 
 
