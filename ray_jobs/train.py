@@ -3,7 +3,8 @@
     python -m ray_jobs.train --config configs/tiny.yaml data.uri=s3://bucket/datasets/x
     ray job submit --working-dir . -- python -m ray_jobs.train --config configs/base.yaml ...
 
-Flow: the driver reads (or builds) the dataset manifest and checks the splits; Ray Data
+Flow: the driver reads (or builds, in the run's folder: never in the dataset) the dataset
+manifest and checks the splits (no ``val.txt``: a seeded 10% of the train rows validates); Ray Data
 streams manifest rows through CPU tasks that fetch, decode and augment image/mask pairs
 (nothing is copied to local disk); each TorchTrainer worker consumes its shard with
 ``iter_torch_batches`` and runs matting_lib's epoch loop. Rank 0 validates, and every epoch
@@ -41,9 +42,16 @@ ROWS_PER_TASK = 8
 # --------------------------------------------------------------------------- driver side
 
 
-def load_rows(cfg: TrainConfig) -> tuple[list[dict], list[dict], str]:
-    """Manifest rows of the train and val splits; raises ValueError/OSError with a clear message."""
-    from matting_lib.data.manifest import ensure_manifest, read_manifest
+def load_rows(cfg: TrainConfig, manifest_dir: str = "") -> tuple[list[dict], list[dict], str]:
+    """Manifest rows of the train and val splits; raises ValueError/OSError with a clear message.
+
+    The manifest is ``data.manifest`` when set, the dataset's own ``manifest.jsonl`` when it has
+    one, else built in ``manifest_dir`` (default: the run's folder): never written into the
+    dataset (:func:`matting_lib.data.manifest.ensure_manifest`). Without validation rows (no
+    ``val.txt``), a seeded :data:`~matting_lib.data.manifest.VAL_HOLDOUT_FRACTION` of the train
+    rows is held out for validation, and the log says so.
+    """
+    from matting_lib.data.manifest import VAL_HOLDOUT_FRACTION, VAL_HOLDOUT_SEED, ensure_manifest, hold_out, read_manifest
 
     if not cfg.data.uri:
         raise ValueError("data.uri is empty: set it in the config or as data.uri=PATH_OR_S3_URI")
@@ -51,9 +59,14 @@ def load_rows(cfg: TrainConfig) -> tuple[list[dict], list[dict], str]:
         io.configure_s3(endpoint_url=cfg.data.s3_endpoint_url)
     if not cfg.data.manifest and not io.exists(io.join(cfg.data.uri, f"{cfg.data.train_split}.txt")) and not io.exists(io.join(cfg.data.uri, "manifest.jsonl")):
         raise FileNotFoundError(f"dataset not found: {cfg.data.uri} has no {cfg.data.train_split}.txt or manifest.jsonl")
-    manifest = ensure_manifest(cfg.data.uri, cfg.data.manifest)
+    manifest = ensure_manifest(cfg.data.uri, cfg.data.manifest, out_dir=manifest_dir or run_uri(cfg.run.storage_path, cfg.run.name))
     train = read_manifest(manifest, split=cfg.data.train_split)
-    val = read_manifest(manifest, split=cfg.data.val_split)
+    val = [r for r in read_manifest(manifest) if r["split"] == cfg.data.val_split]
+    if not val:
+        train, val = hold_out(train, cfg.data.val_split)
+        print(f"data: no {cfg.data.val_split!r} split ({cfg.data.val_split}.txt) in {cfg.data.manifest or cfg.data.uri}: "
+              f"holding out {len(val)} of {len(train) + len(val)} {cfg.data.train_split!r} samples for validation "
+              f"({VAL_HOLDOUT_FRACTION:.0%}, seed {VAL_HOLDOUT_SEED}; the same ones every run)", flush=True)
     return train, val, manifest
 
 
@@ -127,13 +140,15 @@ def export_best(result: Any, cfg: TrainConfig) -> tuple[str, dict]:
     return uri, metrics
 
 
-def prepare_data(cfg: TrainConfig) -> tuple[list[dict], list[dict], dict[str, str]]:
+def prepare_data(cfg: TrainConfig, manifest_dir: str = "") -> tuple[list[dict], list[dict], dict[str, str]]:
     """Driver-side checks before Ray starts: the rows of both splits and the env vars workers need.
 
-    Exits 2 with one clear line for a missing or empty dataset or an unreadable init checkpoint.
+    ``manifest_dir``: where a manifest built for the run goes (default: the run's folder; see
+    :func:`load_rows`). Exits 2 with one clear line for a missing or empty dataset or an
+    unreadable init checkpoint.
     """
     try:
-        train_rows, val_rows, manifest = load_rows(cfg)
+        train_rows, val_rows, manifest = load_rows(cfg, manifest_dir)
     except (ValueError, OSError) as e:
         fail(str(e), code=2)
     from matting_lib.checkpoint import data_fingerprint

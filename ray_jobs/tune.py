@@ -49,6 +49,9 @@ Outputs, in ``<storage_path>/<name>/`` (local or s3://), beside Tune's own files
 - ``best.yaml``: the base config with the best trial's parameters, a training config the
   training job takes as is (its own ``run.name`` is ``<name>-best``);
 - ``val_sad.png``: validation SAD against epoch for every trial;
+- ``manifest.jsonl``: the dataset's manifest, built here when ``data.manifest`` is unset and
+  the dataset has none (the dataset itself is never written to; without a ``val.txt`` a seeded
+  10% of the train rows is held out for validation, see :mod:`matting_lib.data.manifest`);
 - the best trial's best epoch in matting_lib's checkpoint format at
   ``<storage_path>/<name>/train/<trial id>/best.pt`` (printed; trial runs live under ``train/``).
 
@@ -653,7 +656,8 @@ def main(argv: list[str] | None = None) -> int:
         require(sweep.asha.grace_period <= epochs, "asha.grace_period", f"must be <= the longest trial's {epochs} epochs")
     except ConfigError as e:
         fail(f"config error: {e}", code=2)
-    train_rows, val_rows, env = prepare_data(base)
+    sweep_uri = run_uri(sweep.storage_path, sweep.name)
+    train_rows, val_rows, env = prepare_data(base, manifest_dir=sweep_uri)  # a built manifest goes in the sweep's folder
     init_ray(args.address, env=env)
     env = worker_env(env)  # the driver's S3 settings, for the workers of every trial
     import ray
@@ -663,7 +667,6 @@ def main(argv: list[str] | None = None) -> int:
         slots = concurrency(sweep.resources, ray.cluster_resources(), sweep.search.max_concurrent_trials)
     except ConfigError as e:
         fail(f"config error: {e}", code=2)
-    sweep_uri = run_uri(sweep.storage_path, sweep.name)
     _check_same_sweep(sweep, sweep_uri)
     template = trial_template(base, sweep, sweep_uri)
     trainable = tune.with_resources(

@@ -38,6 +38,18 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 from infra.local_ray import free_port, start_ray_head, stop_ray_head  # noqa: E402 - after the environment above
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _manifest_cache(tmp_path_factory):
+    """Manifests that ensure_manifest caches go to a session folder, not ~/.cache."""
+    old = os.environ.get("MATTING_CACHE_DIR")
+    os.environ["MATTING_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("MATTING_CACHE_DIR", None)
+    else:
+        os.environ["MATTING_CACHE_DIR"] = old
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """A moto S3 server on 127.0.0.1; yields its endpoint URL and sets AWS_ENDPOINT_URL."""
@@ -120,7 +132,7 @@ def ray_cluster(s3_server, tmp_path_factory):
 
 
 def write_dataset(root: str, n_train: int, n_val: int, size: int = 64, seed: int = 0) -> str:
-    """A tiny synthetic dataset in the seed format at ``root`` (local path or s3://)."""
+    """A tiny synthetic dataset in the seed format at ``root`` (local path or s3://); no ``val.txt`` when ``n_val`` is 0."""
     from matting_lib import io
     from matting_lib.data.decode import encode_png
 
@@ -132,5 +144,6 @@ def write_dataset(root: str, n_train: int, n_val: int, size: int = 64, seed: int
             io.write_bytes(io.join(root, "images", f"{name}.png"), encode_png(image))
             io.write_bytes(io.join(root, "masks", f"{name}.png"), encode_png(alpha))
     for split, names in splits.items():
-        io.write_text(io.join(root, f"{split}.txt"), "\n".join(names) + "\n")
+        if names:  # n_val=0: the seeds' layout, images/ masks/ and train.txt only
+            io.write_text(io.join(root, f"{split}.txt"), "\n".join(names) + "\n")
     return root

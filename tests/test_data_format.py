@@ -26,7 +26,7 @@ from matting_lib.data.dataset import (
     validate_dataset,
 )
 from matting_lib.data.decode import ImageDecodeError, decode_image, decode_mask, encode_png
-from matting_lib.data.manifest import build_manifest, ensure_manifest, read_manifest
+from matting_lib.data.manifest import VAL_HOLDOUT_FRACTION, build_manifest, ensure_manifest, hold_out, read_manifest
 
 
 def pil_bytes(im: Image.Image, fmt: str, **kw) -> bytes:
@@ -110,6 +110,47 @@ def test_ensure_manifest_builds_when_missing(tmp_path, rng):
     write_dataset(root, rng, {"train": ["a"]})
     uri = ensure_manifest(root, progress=False)
     assert [r["name"] for r in read_manifest(uri, "train")] == ["a"]
+
+
+def _tree(root: str) -> dict[str, int]:
+    """Every file under a local ``root`` with its modification time (ns)."""
+    return {os.path.relpath(os.path.join(d, f), root): os.stat(os.path.join(d, f)).st_mtime_ns
+            for d, _, files in os.walk(root) for f in files}
+
+
+def test_ensure_manifest_never_writes_into_the_dataset(tmp_path, rng):
+    """Built in ``out_dir`` (a job's run folder) or the cache; the dataset's own manifest is only read."""
+    root = str(tmp_path / "ds")
+    write_dataset(root, rng, {"train": ["a", "b"]})
+    before = _tree(root)
+    in_run = ensure_manifest(root, progress=False, out_dir=str(tmp_path / "run"))
+    assert in_run == str(tmp_path / "run" / "manifest.jsonl")
+    cached = ensure_manifest(root, progress=False)
+    assert cached.startswith(os.environ["MATTING_CACHE_DIR"]) and os.path.exists(cached)
+    assert ensure_manifest(root, progress=False) == cached  # reused while the split files are unchanged
+    assert _tree(root) == before
+    assert [r["name"] for r in read_manifest(cached, "train")] == ["a", "b"]
+    io.write_text(io.join(root, "train.txt"), "a\n")  # an edited split file: a new cache entry, not a stale one
+    assert ensure_manifest(root, progress=False) != cached
+    build_manifest(root, progress=False)  # the dataset's own manifest, asked for explicitly
+    own = io.join(root, "manifest.jsonl")
+    stamp = os.stat(own).st_mtime_ns
+    assert ensure_manifest(root, progress=False, out_dir=str(tmp_path / "run2")) == own
+    assert os.stat(own).st_mtime_ns == stamp and not os.path.exists(tmp_path / "run2")
+
+
+def test_hold_out_is_seeded_by_name_and_documented_fraction():
+    rows = [{"name": f"s{i:02d}", "split": "train"} for i in range(30)]
+    train, val = hold_out(rows)
+    assert len(val) == round(VAL_HOLDOUT_FRACTION * 30) == 3
+    assert {r["split"] for r in val} == {"val"} and {r["split"] for r in train} == {"train"}
+    assert sorted(r["name"] for r in train + val) == [r["name"] for r in rows]
+    again_train, again_val = hold_out(list(reversed(rows)))  # order does not matter, the names do
+    assert sorted(r["name"] for r in again_val) == sorted(r["name"] for r in val)
+    assert [r["name"] for r in val] != [f"s{i:02d}" for i in range(3)]  # not simply the first ones
+    assert len(hold_out(rows[:3])[1]) == 1 and len(hold_out(rows[:2])[0]) == 1  # at least one each
+    with pytest.raises(DatasetError, match="val.txt"):
+        hold_out(rows[:1])
 
 
 def test_one_listing_per_dataset(tmp_path, rng, monkeypatch):

@@ -88,6 +88,33 @@ def test_interrupted_run_resumes_by_name(s3_dataset, tmp_path, capsys):
     assert [h["epoch"] for h in _history(storage, "resume")] == [0, 1, 2]
 
 
+@pytest.mark.timeout(300)
+def test_seed_format_without_val_txt_on_s3(ray_cluster, s3_server, capsys):
+    """A bucket holding images/, masks/ and train.txt only: a seeded 10% of train.txt validates
+    (the log says so) and the manifest is written to the run folder, never into the dataset."""
+    import boto3
+
+    bucket = f"noval-{uuid.uuid4().hex[:8]}"
+    client = boto3.client("s3", endpoint_url=s3_server)
+    client.create_bucket(Bucket=bucket)
+    root = write_dataset(f"s3://{bucket}/datasets/seed", n_train=10, n_val=0, size=64)
+
+    def dataset_keys() -> dict[str, str]:
+        objs = client.list_objects_v2(Bucket=bucket, Prefix="datasets/").get("Contents", [])
+        return {o["Key"]: o["ETag"] for o in objs}
+
+    before = dataset_keys()
+    storage = f"s3://{bucket}/runs"
+    _train([f"data.uri={root}", f"run.storage_path={storage}", "run.name=noval", "stages.0.epochs=1",
+            "scaling.num_workers=1", "scaling.cpus_per_worker=1"])
+    out = capsys.readouterr().out
+    assert "holding out 1 of 10 'train' samples for validation (10%, seed 0" in out, out
+    assert f"data: {storage}/noval/manifest.jsonl: 9 train / 1 val samples" in out
+    assert dataset_keys() == before
+    assert [h["epoch"] for h in _history(storage, "noval")] == [0]
+    assert "val_sad" in load_checkpoint(f"{storage}/noval/best.pt").metrics
+
+
 def _run_cli(args: list[str], timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "ray_jobs.train", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,

@@ -60,6 +60,29 @@ def test_trains_saves_and_resumes_without_ray(dataset, tmp_path):
     assert len(json.loads((tmp_path / "local" / "history.json").read_text())) == 2
 
 
+def _tree(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")}
+
+
+@pytest.mark.timeout(300)
+def test_seed_format_without_val_txt_holds_out_and_leaves_the_dataset_alone(tmp_path):
+    """images/, masks/ and train.txt only (the seeds' layout): a seeded 10% of train.txt validates,
+    the log says so, and the manifest goes to the run folder, not into the dataset."""
+    ds = tmp_path / "seed-format"
+    write_dataset(str(ds), n_train=10, n_val=0)
+    before = _tree(ds)
+    r = _run("--config", TINY, f"data.uri={ds}", f"run.storage_path={tmp_path / 'runs'}", "run.name=noval",
+             "stages.0.epochs=1", "--workers", "0", "--device", "cpu")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "holding out 1 of 10 'train' samples for validation (10%, seed 0" in r.stdout, r.stdout
+    assert "9 train / 1 val samples" in r.stdout
+    assert _tree(ds) == before  # nothing written, nothing touched
+    manifest = tmp_path / "runs" / "noval" / "manifest.jsonl"
+    assert f"data: {manifest}:" in r.stdout
+    assert len(read_manifest(str(manifest), split="train")) == 10
+    assert np.isfinite(load_checkpoint(str(tmp_path / "runs" / "noval" / "best.pt")).metrics["val_sad"])
+
+
 @pytest.mark.timeout(120)
 def test_loader_workers_draw_different_augmentations(dataset):
     """Forked workers must not replay one random stream (every worker would crop alike)."""

@@ -115,6 +115,25 @@ def test_asha_sweep_writes_table_plot_best_yaml_and_checkpoint(dataset, tmp_path
     assert load_checkpoint(str(tmp_path / "final" / "asha-best" / "best.pt")).metrics["epoch"] == 0
 
 
+@pytest.mark.timeout(300)
+def test_seed_format_without_val_txt(ray_cluster, tmp_path, capsys):
+    """images/, masks/ and train.txt only: the sweep validates on a seeded 10% of train.txt (the log
+    says so) and builds the manifest in its own folder, never in the dataset."""
+    from ray_jobs import tune
+
+    ds = tmp_path / "seed-format"
+    write_dataset(str(ds), n_train=10, n_val=0, size=64)
+    before = {str(p.relative_to(ds)): p.stat().st_mtime_ns for p in ds.rglob("*")}
+    storage = tmp_path / "sweeps"
+    assert tune.main(_args(str(ds), storage, "name=noval", "space={lr: [3.0e-3], stages.0.epochs: [1]}")) == 0
+    out = capsys.readouterr().out
+    assert "holding out 1 of 10 'train' samples for validation (10%, seed 0" in out, out
+    assert f"data: {storage / 'noval' / 'manifest.jsonl'}: 9 train / 1 val samples" in out
+    assert {str(p.relative_to(ds)): p.stat().st_mtime_ns for p in ds.rglob("*")} == before
+    table = _csv(storage / "noval" / "results.csv")
+    assert len(table) == 1 and np.isfinite(float(table[0]["best_val_sad"]))
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(500)
 def test_interrupted_sweep_resumes_by_name(ray_cluster, dataset, tmp_path, capsys):

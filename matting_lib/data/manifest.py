@@ -10,10 +10,18 @@ in [0, 1] (it drives brightness-aware loss weights and low-light sampling). URIs
 root's scheme; plain local roots are made absolute so workers with another working
 directory still find the files. An existing manifest is trusted as is: rebuild it with
 :func:`build_manifest` after changing the dataset.
+
+Jobs never write into the user's dataset unless asked to (:func:`ensure_manifest`): a dataset's
+own ``<root>/manifest.jsonl`` is used when it has one, otherwise the manifest is built in the
+run's folder (or the per-user cache). A dataset without ``val.txt`` (the seeds' layout teaches
+``train.txt`` alone) gets a validation split held out of its train rows by :func:`hold_out`:
+:data:`VAL_HOLDOUT_FRACTION` of them, chosen by a fixed seed, so every run of every job holds out
+the same samples.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -38,6 +46,12 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "split": (str,),
 }
 """Required keys of a manifest row and their JSON types."""
+VAL_HOLDOUT_FRACTION = 0.1
+"""Share of the train rows held out for validation when a dataset has no validation split."""
+VAL_HOLDOUT_SEED = 0
+"""Seed of that choice: fixed, so resumed runs, sweeps and both training jobs validate on the same rows."""
+CACHE_ENV = "MATTING_CACHE_DIR"
+"""Environment variable naming the cache folder (default ``~/.cache/matting``)."""
 
 
 def brightness(image: np.ndarray) -> float:
@@ -175,9 +189,63 @@ def read_manifest(uri: str, split: str | None = None) -> list[dict[str, Any]]:
     return selected
 
 
-def ensure_manifest(root: str, manifest_uri: str = "", progress: bool = True) -> str:
-    """URI of the dataset's manifest (``manifest_uri`` or ``<root>/manifest.jsonl``), built if missing."""
-    uri = manifest_uri or io.join(_absolute(root), MANIFEST_NAME)
+def cache_dir() -> str:
+    """The per-user cache folder: ``$MATTING_CACHE_DIR``, else ``~/.cache/matting``."""
+    return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "matting")
+
+
+def _cache_uri(root: str, splits: Sequence[str]) -> str:
+    """A cache file for the manifest of ``root``, keyed by the root and its split files' contents
+    (editing ``train.txt`` gives a new manifest, not a stale one)."""
+    h = hashlib.sha256(root.encode())
+    for split in splits:
+        uri = io.join(root, f"{split}.txt")
+        h.update(b"\0" + split.encode() + b"\0" + (io.read_bytes(uri) if io.exists(uri) else b"-"))
+    return os.path.join(cache_dir(), "manifests", f"{h.hexdigest()[:24]}.jsonl")
+
+
+def ensure_manifest(root: str, manifest_uri: str = "", progress: bool = True, out_dir: str = "") -> str:
+    """URI of a manifest of the dataset at ``root``, built if missing; the dataset is never written to
+    unless ``manifest_uri`` points into it.
+
+    In this order: ``manifest_uri`` when given (built there if missing: the caller asked for it);
+    the dataset's own ``<root>/manifest.jsonl`` when it exists (read, never written); else
+    ``<out_dir>/manifest.jsonl`` (a job passes its run folder), built if missing; else a file in
+    :func:`cache_dir` keyed by the root and its split files.
+    """
+    if manifest_uri:
+        uri = manifest_uri
+    else:
+        root = _absolute(root)
+        own = io.join(root, MANIFEST_NAME)
+        if io.exists(own):
+            return own
+        uri = io.join(out_dir, MANIFEST_NAME) if out_dir else _cache_uri(root, ("train", "val", "test"))
     if not io.exists(uri):
         build_manifest(root, out_uri=uri, progress=progress)
     return uri
+
+
+def hold_out(
+    rows: Sequence[dict[str, Any]], val_split: str = "val", fraction: float = VAL_HOLDOUT_FRACTION, seed: int = VAL_HOLDOUT_SEED
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train, val): ``fraction`` of ``rows`` (at least one, rounded) moved to a validation split.
+
+    The choice depends only on the rows' names and ``seed`` (not on their order), so it is the
+    same in every run. The held-out rows are copies with ``split`` set to ``val_split``; both
+    lists keep the input order.
+
+    Raises:
+        DatasetError: fewer than 2 rows (nothing would be left to train or to validate on).
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"hold_out: fraction must be in (0, 1), got {fraction}")
+    if len(rows) < 2:
+        raise DatasetError(f"cannot hold out a validation split from {len(rows)} sample(s): add a val.txt or more samples")
+    n_val = min(len(rows) - 1, max(1, round(fraction * len(rows))))
+    names = sorted(r["name"] for r in rows)
+    order = np.random.default_rng(seed).permutation(len(names))
+    chosen = {names[i] for i in order[:n_val]}
+    train = [r for r in rows if r["name"] not in chosen]
+    val = [{**r, "split": val_split} for r in rows if r["name"] in chosen]
+    return train, val
