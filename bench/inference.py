@@ -160,7 +160,7 @@ def base_model(config: str, checkpoint: str) -> tuple[torch.nn.Module, str]:
 
         return load_model(checkpoint), shown(checkpoint)
     if config and Path(config).exists():
-        return build_model(load_config(config).model).eval(), f"{shown(config)} (model section, random weights)"
+        return build_model(load_config(config).model, load_pretrained=False).eval(), f"{shown(config)} (model section, random weights)"
     return build_model(ModelConfig()).eval(), "ModelConfig() defaults (random weights)"
 
 

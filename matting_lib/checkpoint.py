@@ -61,7 +61,7 @@ class Checkpoint:
         """The model described by ``model_config`` with these weights loaded strictly."""
         from matting_lib.models import build_model
 
-        model = build_model(self.model_config)
+        model = build_model(self.model_config, load_pretrained=False)
         report = load_weights(model, self.state_dict, strict=True, source=self.uri)
         assert report.complete
         return model

