@@ -13,6 +13,8 @@ with a GradScaler; always fp32 on CPU.
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import time
 from dataclasses import dataclass
@@ -83,10 +85,17 @@ def build_optimizer(model: nn.Module, stage: StageConfig, optim: OptimConfig) ->
     return cls(groups, lr=stage.lr)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig, epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """A per-epoch schedule over ``epochs`` (one stage): none, StepLR or cosine."""
+def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig, epochs: int,
+                    steps_per_epoch: int = 0) -> torch.optim.lr_scheduler.LRScheduler:
+    """A per-epoch schedule over ``epochs`` (one stage): none, StepLR or cosine. With
+    ``optim.schedule_per == "step"`` the cosine runs over ``epochs * steps_per_epoch``
+    optimizer steps instead (the caller steps it after every optimizer step)."""
     if optim.scheduler == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=optim.step_size, gamma=optim.gamma)
+    if optim.scheduler == "cosine" and optim.schedule_per == "step":
+        if steps_per_epoch < 1:
+            raise ValueError("optim.schedule_per: step needs the number of steps per epoch")
+        return build_scheduler(optimizer, dataclasses.replace(optim, schedule_per="epoch"), epochs * steps_per_epoch)
     if optim.scheduler == "cosine":
         return torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda e: optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(e, epochs) / max(epochs, 1)))
@@ -123,13 +132,15 @@ class StageState:
 
 
 def begin_stage(
-    model: nn.Module, stages: tuple[StageConfig, ...], index: int, optim: OptimConfig, precision: Precision, device: torch.device
+    model: nn.Module, stages: tuple[StageConfig, ...], index: int, optim: OptimConfig, precision: Precision, device: torch.device,
+    steps_per_epoch: int = 0,
 ) -> StageState:
     """Apply the stage's freezing and build its optimizer, schedule and scaler."""
     stage = stages[index]
     set_trainable(unwrap(model), stage.trainable)
     opt = build_optimizer(model, stage, optim)
-    return StageState(index, opt, build_scheduler(opt, optim, stage.epochs), precision.make_scaler(device))
+    sched = build_scheduler(opt, optim, stage.epochs, steps_per_epoch)
+    return StageState(index, opt, sched, precision.make_scaler(device))
 
 
 def restore_stage(state: StageState, saved: Mapping[str, Any]) -> None:
@@ -201,6 +212,7 @@ def train_one_epoch(
     teacher: nn.Module | None = None,
     distill_weight: float = 1.0,
     distill_logit: float = 0.0,
+    after_step: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """One pass over ``batches``; returns the mean of each loss term, ``samples`` and ``samples_per_s``.
 
@@ -233,6 +245,8 @@ def train_one_epoch(
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
         scaler.step(optimizer)
         scaler.update()
+        if after_step is not None:
+            after_step()
         bs = b["image"].shape[0]
         n_samples += bs
         steps += 1
@@ -330,7 +344,7 @@ class TrainingRun:
 
     def __init__(
         self, model: nn.Module, cfg: Any, device: torch.device, wrap: Callable[[nn.Module], nn.Module] | None = None,
-        teacher: nn.Module | None = None,
+        teacher: nn.Module | None = None, steps_per_epoch: int = 0,
     ) -> None:
         # ``wrap`` (e.g. Ray's prepare_model for DDP) is re-applied at every stage switch:
         # DDP only synchronises parameters that required grad when it was built.
@@ -343,6 +357,9 @@ class TrainingRun:
         self.history: list[dict[str, float]] = []
         self.next_epoch = 0
         self.teacher = freeze_teacher(teacher, device) if teacher is not None else None
+        self.per_step = cfg.optim.scheduler == "cosine" and cfg.optim.schedule_per == "step"
+        self.steps_per_epoch = steps_per_epoch
+        """Optimizer steps per epoch (per worker): what a per-step cosine spreads over."""
 
     def restore(self, training_state: Mapping[str, Any] | None) -> None:
         """Continue from a checkpoint's ``training_state`` (epoch, history, optimizer...)."""
@@ -359,7 +376,8 @@ class TrainingRun:
     def _ensure_stage(self, idx: int) -> StageConfig:
         if self.stage is None or self.stage.index != idx:
             base = unwrap(self.model)
-            self.stage = begin_stage(base, self.cfg.stages, idx, self.cfg.optim, self.precision, self.device)
+            self.stage = begin_stage(base, self.cfg.stages, idx, self.cfg.optim, self.precision, self.device,
+                                     steps_per_epoch=self.steps_per_epoch)
             self.model = self.wrap(base)
         return self.cfg.stages[idx]
 
@@ -378,9 +396,11 @@ class TrainingRun:
             device=self.device, precision=self.precision, scaler=self.stage.scaler,
             grad_clip=self.cfg.optim.grad_clip, step_hook=step_hook, log=log, log_every=log_every,
             teacher=self.teacher, distill_weight=self.cfg.distill.weight, distill_logit=self.cfg.distill.logit_l1,
+            after_step=self.stage.scheduler.step if self.per_step else None,
         )
         lr = self.stage.optimizer.param_groups[0]["lr"]
-        self.stage.scheduler.step()
+        if not self.per_step:
+            self.stage.scheduler.step()
         return {f"train_{k}": v for k, v in stats.items()} | {"lr": lr, "stage": float(idx), "stage_name": stage.name}
 
     def end_epoch(self, epoch: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
@@ -416,6 +436,7 @@ def fit(
     log_every: int = 0,
     data_fingerprint: str = "",
     teacher: nn.Module | None = None,
+    steps_per_epoch: int = 0,
 ) -> list[dict[str, Any]]:
     """Train on one device without Ray; returns the per-epoch history.
 
@@ -424,13 +445,14 @@ def fit(
     ``<checkpoint_uri>.last`` keeps the latest state; an existing ``.last`` is resumed.
     ``log_every`` > 0 also logs every that many steps; ``data_fingerprint`` goes into the
     checkpoints (see :func:`matting_lib.checkpoint.data_fingerprint`); ``teacher`` turns on
-    distillation with ``cfg.distill.weight`` (see :func:`train_one_epoch`).
+    distillation with ``cfg.distill.weight`` (see :func:`train_one_epoch`); ``steps_per_epoch``
+    is needed by ``optim.schedule_per: step`` (the cosine then decays every step).
     """
     from matting_lib.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 
     device = device or default_device()
     model.to(device)
-    run = TrainingRun(model, cfg, device, teacher=teacher)
+    run = TrainingRun(model, cfg, device, teacher=teacher, steps_per_epoch=steps_per_epoch)
     best = float("inf")
     if checkpoint_uri:
         try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 import tempfile
@@ -161,7 +162,10 @@ def prepare_data(cfg: TrainConfig, manifest_dir: str = "") -> tuple[list[dict], 
                 load_checkpoint(uri)
             except CheckpointError as e:
                 fail(f"{key}: {e}", code=2)
-    extra_env = {"MATTING_DATA_FINGERPRINT": fingerprint}
+    # A per-step cosine spreads over each worker's steps: its shard of the train rows in batches.
+    per_worker = math.ceil(len(train_rows) / max(1, cfg.scaling.num_workers))
+    extra_env = {"MATTING_DATA_FINGERPRINT": fingerprint,
+                 "MATTING_STEPS_PER_EPOCH": str(math.ceil(per_worker / cfg.data.batch_size))}
     if cfg.data.s3_endpoint_url:
         extra_env["AWS_ENDPOINT_URL"] = cfg.data.s3_endpoint_url
     return train_rows, val_rows, extra_env
@@ -260,7 +264,8 @@ def train_loop_per_worker(loop_config: dict) -> list[dict] | None:
     teacher = load_teacher(cfg)
     if rank == 0 and teacher is not None:
         print(f"distilling from {cfg.distill.teacher} (weight {cfg.distill.weight:g})", flush=True)
-    run = TrainingRun(model, cfg, device, wrap=ray.train.torch.prepare_model, teacher=teacher)
+    run = TrainingRun(model, cfg, device, wrap=ray.train.torch.prepare_model, teacher=teacher,
+                      steps_per_epoch=int(os.environ.get("MATTING_STEPS_PER_EPOCH", "0")))
     run.restore(training_state)
     if rank == 0 and training_state:
         print(f"resuming at epoch {run.next_epoch + 1}/{cfg.total_epochs}", flush=True)

@@ -147,11 +147,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"training {cfg.total_epochs} epochs on {device} with {workers} loader workers -> {best_uri}", flush=True)
 
     train_batches, val_batches = make_loaders(cfg, train_rows, val_rows, workers, device)
+    steps_per_epoch = len(train_batches(0))
+    print(f"{steps_per_epoch} steps per epoch of {cfg.data.batch_size} samples", flush=True)
     t0 = time.perf_counter()
     try:
         history = fit(model, cfg, train_batches, val_batches, device=device, checkpoint_uri=best_uri,
                       log=lambda s: print(s, flush=True), log_every=args.log_every, data_fingerprint=fingerprint,
-                      teacher=teacher)
+                      teacher=teacher, steps_per_epoch=steps_per_epoch)
     except KeyboardInterrupt:
         fail(f"interrupted; run the same command again to resume from {best_uri}.last", code=130)
     io.write_text(io.join(out_dir, "history.json"), json.dumps(history, indent=1, default=float))

@@ -97,6 +97,51 @@ def test_schedulers():
     assert lrs == pytest.approx(expected)
 
 
+def test_per_step_cosine_decays_within_the_epoch_and_resumes_where_it_stopped(tmp_path):
+    """optim.schedule_per: step: the LR follows the cosine over epochs x steps_per_epoch optimizer
+    steps (reference written out below), and a resumed run continues the curve."""
+    cfg = from_dict(TrainConfig, {
+        "model": {"encoder": "mobilenetv2", "encoder_width": 0.35, "decoder_channels": [32, 24, 16, 16, 8]},
+        "optim": {"scheduler": "cosine", "schedule_per": "step", "min_lr_ratio": 0.1},
+        "stages": [{"name": "all", "epochs": 2, "lr": 1e-3}],
+    })
+    steps = 3
+    batches = _batches(n=2) * steps  # 3 steps per epoch
+    seen: list[float] = []
+    model = build_model(cfg.model)
+    real_step = torch.optim.AdamW.step
+
+    def record(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])
+        return real_step(self, *a, **k)
+
+    uri = str(tmp_path / "best.pt")
+
+    def run(train_batches, m):
+        torch.optim.AdamW.step = record
+        try:
+            fit(m, cfg, train_batches, lambda: batches[:1], device=CPU, checkpoint_uri=uri, log=lambda s: None,
+                steps_per_epoch=steps)
+        finally:
+            torch.optim.AdamW.step = real_step
+
+    def stop_in_epoch_2(epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return batches
+
+    with pytest.raises(KeyboardInterrupt):  # interrupted after epoch 1: .last holds its state
+        run(stop_in_epoch_2, model)
+    run(lambda e: batches, build_model(cfg.model))  # the same command again resumes
+    total = 2 * steps
+    expected = [1e-3 * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * k / total))) for k in range(total)]
+    assert seen == pytest.approx(expected)
+    # The per-epoch default would have kept the first three equal.
+    assert seen[0] > seen[1] > seen[2]
+    with pytest.raises(ValueError, match="needs the number of steps per epoch"):
+        fit(build_model(cfg.model), cfg, lambda e: batches, lambda: batches[:1], device=CPU, log=lambda s: None)
+
+
 def test_layerwise_lr_groups():
     model = build_model(TINY)
     opt = build_optimizer(model, StageConfig(lr=1e-4, encoder_lr=1e-5), OptimConfig())
