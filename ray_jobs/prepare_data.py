@@ -30,6 +30,7 @@ Needs no Ray: "ray_jobs" because it feeds the Ray training jobs.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import sys
@@ -50,6 +51,7 @@ from matting_lib.data.procedural import GENERATORS, pick_generator
 from matting_lib.data.synthesis import (
     crop_to_alpha,
     estimate_foreground,
+    photo_crop,
     random_composite,
     touching_sides,
     trimap_from_alpha,
@@ -57,6 +59,11 @@ from matting_lib.data.synthesis import (
 from matting_lib.data.writer import DatasetWriter, encode_sample
 
 BG_EXTS = (".jpg", ".jpeg", ".png", ".webp")
+PLACEMENTS = ("uniform", "centered")
+CENTER_SD = 0.12
+"""``--placement centered``: the object's centre is drawn around the canvas centre with this
+standard deviation (a fraction of the canvas side)."""
+HARMONIZE_MAX = 0.25
 
 
 class PrepError(ValueError):
@@ -83,6 +90,23 @@ class PrepOptions:
     scale_range: tuple[float, float] = (0.45, 1.0)
     image_format: str = "jpg"
     workers: int = 1
+    folds: int = 0
+    """K > 0: every photo is a training foreground and is assigned to one of K folds; per-fold
+    manifests train without a fold's photos and validate on their composites (cross-validation)."""
+    photo_frac: float = 0.0
+    """Fraction of train samples that are crops of the real training photos themselves."""
+    placement: str = "uniform"
+    """Where composited objects go: uniform over the canvas, or centred (photographers' framing)."""
+    bg_blur_frac: float = 0.0
+    """Fraction of composites whose background is defocused (Gaussian blur)."""
+    bg_blur_sigma: tuple[float, float] = (1.5, 6.0)
+    """Range of that blur's sigma, in px at a 384 px canvas (scaled with --size)."""
+    bg_exclude: tuple[str, ...] = ()
+    """Glob patterns of background file names left out (e.g. photos with subjects of their own)."""
+    harmonize_frac: float = 0.0
+    """Fraction of composites whose foreground colour moves towards the background's (up to 25%)."""
+    noise_frac: float = 0.0
+    """Fraction of train samples with sensor noise over the whole image (std 1-5 levels)."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -95,6 +119,15 @@ class PrepOptions:
             (0 <= self.val_bg_frac < 1, "--val-bg-frac", f"must be in [0, 1), got {self.val_bg_frac}"),
             (0 < self.scale_range[0] <= self.scale_range[1], "--scale", f"must be 0 < min <= max, got {self.scale_range}"),
             (self.workers >= 1, "--workers", f"must be >= 1, got {self.workers}"),
+            (0 <= self.folds <= 20 and self.folds != 1, "--folds", f"must be 0 (off) or 2..20, got {self.folds}"),
+            (0 <= self.photo_frac <= 1, "--photo-frac", f"must be in [0, 1], got {self.photo_frac}"),
+            (self.procedural_frac + self.photo_frac <= 1, "--photo-frac",
+             f"--procedural-frac + --photo-frac must be <= 1, got {self.procedural_frac + self.photo_frac}"),
+            (self.placement in PLACEMENTS, "--placement", f"must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}"),
+            (0 <= self.bg_blur_frac <= 1, "--bg-blur-frac", f"must be in [0, 1], got {self.bg_blur_frac}"),
+            (0 < self.bg_blur_sigma[0] <= self.bg_blur_sigma[1], "--bg-blur-sigma", f"must be 0 < min <= max, got {self.bg_blur_sigma}"),
+            (0 <= self.harmonize_frac <= 1, "--harmonize-frac", f"must be in [0, 1], got {self.harmonize_frac}"),
+            (0 <= self.noise_frac <= 1, "--noise-frac", f"must be in [0, 1], got {self.noise_frac}"),
         ]
         for ok, key, msg in checks:
             if not ok:
@@ -117,14 +150,24 @@ def list_foregrounds(root: str) -> list[str]:
     return names
 
 
-def list_backgrounds(root: str) -> list[str]:
-    """URIs of the background photos directly under ``root`` (sorted)."""
+def list_backgrounds(root: str, exclude: Sequence[str] = ()) -> list[str]:
+    """URIs of the background photos directly under ``root`` (sorted), without file names
+    matching any glob of ``exclude``."""
     if not io.isdir(root):
         raise PrepError(f"--backgrounds: directory not found: {root}")
-    uris = [io.join(root, f) for f in io.listdir(root) if f.lower().endswith(BG_EXTS)]
-    if not uris:
-        raise PrepError(f"--backgrounds: no background images ({'/'.join(BG_EXTS)}) found in {root}")
-    return uris
+    files = [f for f in io.listdir(root) if f.lower().endswith(BG_EXTS)]
+    kept = [f for f in files if not any(fnmatch.fnmatch(f, pat) for pat in exclude)]
+    if not kept:
+        what = f" left after --bg-exclude {' '.join(exclude)}" if files else ""
+        raise PrepError(f"--backgrounds: no background images ({'/'.join(BG_EXTS)}){what} in {root}")
+    return [io.join(root, f) for f in kept]
+
+
+def assign_folds(names: Sequence[str], k: int, seed: int) -> list[list[str]]:
+    """``k`` folds of the photos: a seeded permutation of the sorted names dealt round-robin,
+    so fold sizes differ by at most one. Each fold's names are sorted."""
+    order = np.random.default_rng([seed, 3]).permutation(sorted(names)).tolist()
+    return [sorted(order[i::k]) for i in range(k)]
 
 
 def hold_out(names: Sequence[str], opts: PrepOptions) -> list[str]:
@@ -152,8 +195,10 @@ def split_backgrounds(uris: Sequence[str], opts: PrepOptions, need_val: bool) ->
     return [uris[i] for i in sorted(order[k:])], [uris[i] for i in sorted(order[:k])]
 
 
-def load_foregrounds(root: str, names: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray, frozenset[str]]]:
-    """``{name: (fg uint8, alpha uint8, sides cut by the frame)}`` cropped to the alpha's box; fg estimated once."""
+def load_foregrounds(root: str, names: Sequence[str], photos: dict | None = None
+                     ) -> dict[str, tuple[np.ndarray, np.ndarray, frozenset[str]]]:
+    """``{name: (fg uint8, alpha uint8, sides cut by the frame)}`` cropped to the alpha's box; fg estimated once.
+    With ``photos`` (a dict), also fills it with ``{name: (image, alpha)}``, the photos as they are."""
     out = {}
     for name in names:
         s = load_sample(root, name)
@@ -161,6 +206,8 @@ def load_foregrounds(root: str, names: Sequence[str]) -> dict[str, tuple[np.ndar
             raise PrepError(f"--foregrounds: mask of {name!r} in {root} is empty (all zero)")
         fg, alpha = crop_to_alpha(estimate_foreground(s.image, s.alpha), s.alpha)
         out[name] = (fg, alpha, touching_sides(s.alpha))
+        if photos is not None:
+            photos[name] = (s.image, s.alpha)
     return out
 
 
@@ -183,11 +230,21 @@ def make_sample(task: tuple[str, int, str | None]) -> tuple[str, str, dict[str, 
     """One output sample from ``(split, index, held-out fg name or None)``: (name, split, files, provenance)."""
     split, i, fg_name = task
     opts: PrepOptions = _STATE["opts"]
-    r_kind, r_fg, r_comp, r_low = (np.random.default_rng(s) for s in np.random.SeedSequence(
-        [opts.seed, 0 if split == "train" else 1, i]).spawn(4))
+    r_kind, r_fg, r_comp, r_low, r_look = (np.random.default_rng(s) for s in np.random.SeedSequence(
+        [opts.seed, 0 if split == "train" else 1, i]).spawn(5))
     bgs = _STATE["train_bgs"] if split == "train" else _STATE["val_bgs"]
     bg_uri = bgs[int(r_comp.integers(len(bgs)))]
-    procedural = split == "train" and (not _STATE["train_fgs"] or r_kind.random() < opts.procedural_frac)
+    u = r_kind.random()
+    procedural = split == "train" and (not _STATE["train_fgs"] or u < opts.procedural_frac)
+    photo = split == "train" and not procedural and u < opts.procedural_frac + opts.photo_frac
+    name = f"{split}_{i:06d}"
+    if photo:
+        fg_name = _STATE["train_fgs"][int(r_fg.integers(len(_STATE["train_fgs"])))]
+        image, alpha8 = photo_crop(*_STATE["photos"][fg_name], r_comp, opts.size)
+        image = _finish(image, opts, r_look)
+        files = encode_sample(name, image, alpha8, None, opts.image_format)
+        meta = {"name": name, "split": split, "kind": "photo", "fg": fg_name, "bg": None, "lowlight": None}
+        return name, split, files, meta
     if procedural:
         kind = pick_generator(r_kind)
         textures = [_read_bg(_STATE["train_bgs"][int(r_fg.integers(len(_STATE["train_bgs"])))]) for _ in range(2)]
@@ -198,16 +255,32 @@ def make_sample(task: tuple[str, int, str | None]) -> tuple[str, str, dict[str, 
         if fg_name is None:
             fg_name = _STATE["train_fgs"][int(r_fg.integers(len(_STATE["train_fgs"])))]
         fg, alpha, anchor = _STATE["fgs"][fg_name]
-    image, alpha8 = random_composite(fg, alpha, _read_bg(bg_uri), r_comp, opts.size, opts.scale_range, anchor=anchor)
+    blur = 0.0
+    if r_look.random() < opts.bg_blur_frac:
+        blur = float(r_look.uniform(*opts.bg_blur_sigma)) * opts.size / 384
+    harmonize = float(r_look.uniform(0, HARMONIZE_MAX)) if r_look.random() < opts.harmonize_frac else 0.0
+    center = CENTER_SD if opts.placement == "centered" else None
+    image, alpha8 = random_composite(fg, alpha, _read_bg(bg_uri), r_comp, opts.size, opts.scale_range, anchor=anchor,
+                                     center_sd=center, bg_blur_sigma=blur, harmonize=harmonize)
+    if split == "train":
+        image = _finish(image, opts, r_look)
     low = None
     if r_low.random() < opts.lowlight_frac:
         low = LowlightParams().sample(r_low)
         image = darken(image, r_low, **low)
-    name = f"{split}_{i:06d}"
     trimap = trimap_from_alpha(alpha8) if split == "val" else None
     files = encode_sample(name, image, alpha8, trimap, opts.image_format)
-    meta = {"name": name, "split": split, "kind": kind, "fg": fg_name, "bg": bg_uri.rsplit("/", 1)[-1], "lowlight": low}
+    meta = {"name": name, "split": split, "kind": kind, "fg": fg_name, "bg": bg_uri.rsplit("/", 1)[-1], "lowlight": low,
+            "bg_blur": round(blur, 2), "harmonize": round(harmonize, 3)}
     return name, split, files, meta
+
+
+def _finish(image: np.ndarray, opts: PrepOptions, rng: np.random.Generator) -> np.ndarray:
+    """Whole-image sensor noise on ``--noise-frac`` of train samples: subject and scene share it."""
+    if rng.random() >= opts.noise_frac:
+        return image
+    noisy = image.astype(np.float32) + rng.normal(0.0, rng.uniform(1.0, 5.0), image.shape).astype(np.float32)
+    return np.clip(np.round(noisy), 0, 255).astype(np.uint8)
 
 
 def original_sample(root: str, name: str, image_format: str) -> tuple[str, dict[str, bytes], dict[str, Any]]:
@@ -226,20 +299,33 @@ def prepare(opts: PrepOptions, log=print) -> dict[str, Any]:
     """Build the dataset at ``opts.out``; returns the summary (also printed through ``log``)."""
     t0 = time.time()
     names = list_foregrounds(opts.foregrounds)
-    bg_uris = list_backgrounds(opts.backgrounds)
-    val_fgs = hold_out(names, opts)
-    train_fgs = [n for n in names if n not in val_fgs]
+    bg_uris = list_backgrounds(opts.backgrounds, opts.bg_exclude)
+    folds: list[list[str]] = []
+    if opts.folds:
+        if opts.val_names:
+            raise PrepError("--val-names and --folds exclude each other: with folds every photo is held out by its fold")
+        if opts.folds > len(names):
+            raise PrepError(f"--folds {opts.folds}: only {len(names)} photos in {opts.foregrounds}")
+        folds = assign_folds(names, opts.folds, opts.seed)
+        train_fgs, val_fgs = list(names), list(names)
+        log(f"{opts.folds} folds: " + "; ".join(f"fold {k}: {', '.join(f)}" for k, f in enumerate(folds)))
+    else:
+        val_fgs = hold_out(names, opts)
+        train_fgs = [n for n in names if n not in val_fgs]
     train_bgs, val_bgs = split_backgrounds(bg_uris, opts, need_val=bool(val_fgs))
     log(f"foregrounds: {len(train_fgs)} train, {len(val_fgs)} held out ({', '.join(val_fgs) or '-'}); "
-        f"backgrounds: {len(train_bgs)} train, {len(val_bgs) if val_fgs else 0} val")
+        f"backgrounds: {len(train_bgs)} train, {len(val_bgs) if val_fgs else 0} val"
+        + (f" ({len(bg_uris)} after --bg-exclude)" if opts.bg_exclude else ""))
     used = train_fgs if opts.procedural_frac < 1 else []
-    fgs = load_foregrounds(opts.foregrounds, used + val_fgs)
+    photos: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    fgs = load_foregrounds(opts.foregrounds, list(dict.fromkeys(used + val_fgs)), photos)
     t_fg = time.time() - t0
     log(f"estimated {len(fgs)} foregrounds in {t_fg:.1f} s")
 
     tasks = [("train", i, None) for i in range(opts.n)]
     tasks += [("val", k * opts.val_per_fg + j, v) for k, v in enumerate(val_fgs) for j in range(opts.val_per_fg)]
-    state = {"opts": opts, "fgs": fgs, "train_fgs": used, "train_bgs": train_bgs, "val_bgs": val_bgs}
+    state = {"opts": opts, "fgs": fgs, "photos": {n: photos[n] for n in used}, "train_fgs": used,
+             "train_bgs": train_bgs, "val_bgs": val_bgs}
     writer = DatasetWriter(opts.out, image_format=opts.image_format)
     provenance, counts = [], {}
     t1, every = time.time(), max(1, len(tasks) // 20)
@@ -250,7 +336,7 @@ def prepare(opts: PrepOptions, log=print) -> dict[str, Any]:
             counts[meta["kind"]] = counts.get(meta["kind"], 0) + 1
             if done % every == 0 or done == len(tasks):
                 log(f"  {done}/{len(tasks)} samples ({done / (time.time() - t1):.1f}/s)")
-        if opts.val_originals:
+        if opts.val_originals and not folds:  # with folds, ray_jobs.evaluate --folds scores the photos themselves
             for v in val_fgs:
                 name, files, meta = original_sample(opts.foregrounds, v, opts.image_format)
                 writer.add_encoded(name, files, "val")
@@ -261,6 +347,7 @@ def prepare(opts: PrepOptions, log=print) -> dict[str, Any]:
         raise
     io.write_text(io.join(opts.out, "provenance.jsonl"), "".join(json.dumps(m, sort_keys=True) + "\n" for m in provenance))
     dt = time.time() - t1
+    fold_files = write_folds(opts, folds, provenance, log) if folds else []
     summary = {
         "out": opts.out, "splits": splits, "kinds": dict(sorted(counts.items())),
         "lowlight": sum(m["lowlight"] is not None for m in provenance),
@@ -268,11 +355,44 @@ def prepare(opts: PrepOptions, log=print) -> dict[str, Any]:
         "backgrounds": {"train": len(train_bgs), "val": len(val_bgs) if val_fgs else 0},
         "fg_estimation_s": round(t_fg, 2), "samples_s": round(dt, 2),
         "samples_per_s": round(len(tasks) / max(dt, 1e-9), 2), "workers": opts.workers,
+        "folds": folds, "fold_manifests": fold_files,
     }
     log(f"wrote {opts.out}: " + ", ".join(f"{k} {v}" for k, v in splits.items())
         + f"; kinds {summary['kinds']}; low-light {summary['lowlight']}; "
         f"{summary['samples_per_s']} samples/s with {opts.workers} worker(s), total {time.time() - t0:.1f} s")
     return summary
+
+
+FOLDS_FILE = "folds.json"
+"""Written with ``--folds``: the folds (photo names), their manifests and the options, for
+``python -m ray_jobs.evaluate --folds``."""
+
+
+def fold_rows(rows: Sequence[dict], provenance: Sequence[dict], fold: Sequence[str]) -> list[dict]:
+    """Manifest rows of one fold: train rows made without any of ``fold``'s photos (procedural
+    ones included), and the val rows made of them (composites of those photos)."""
+    fg = {m["name"]: m["fg"] for m in provenance}
+    held = set(fold)
+    return [r for r in rows if (r["split"] == "train") != (fg.get(r["name"]) in held)]
+
+
+def write_folds(opts: PrepOptions, folds: list[list[str]], provenance: Sequence[dict], log) -> list[str]:
+    """``manifest.jsonl`` of the whole output, ``folds/fold<k>.jsonl`` per fold (train on the
+    other folds' photos, validate on this fold's composites) and ``folds.json``."""
+    from matting_lib.data.manifest import build_manifest
+
+    rows = build_manifest(opts.out, splits=("train", "val"), progress=False)
+    uris = []
+    for k, fold in enumerate(folds):
+        uri = io.join(opts.out, "folds", f"fold{k}.jsonl")
+        part = fold_rows(rows, provenance, fold)
+        io.write_text(uri, "".join(json.dumps(r, sort_keys=True) + "\n" for r in part))
+        n_train = sum(r["split"] == "train" for r in part)
+        log(f"fold {k}: {n_train} train / {len(part) - n_train} val rows -> {uri}")
+        uris.append(uri)
+    doc = {"k": len(folds), "seed": opts.seed, "folds": folds, "manifests": uris, "foregrounds": opts.foregrounds}
+    io.write_text(io.join(opts.out, FOLDS_FILE), json.dumps(doc, indent=1) + "\n")
+    return uris
 
 
 def _run(tasks, state, workers: int):
@@ -310,13 +430,29 @@ def parse_args(argv: Sequence[str] | None = None) -> PrepOptions:
                    help="object long side relative to the canvas")
     p.add_argument("--image-format", choices=("jpg", "png"), default="jpg", help="jpg = JPEG q95 4:4:4")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--folds", type=int, default=0,
+                   help="K-fold cross-validation over the photos: every photo trains, folds/fold<k>.jsonl leave one fold out")
+    p.add_argument("--photo-frac", type=float, default=0.0,
+                   help="fraction of train samples that are random crops of the training photos themselves")
+    p.add_argument("--placement", choices=PLACEMENTS, default="uniform",
+                   help="object position: uniform over the canvas, or centred as photographers frame")
+    p.add_argument("--bg-blur-frac", type=float, default=0.0, help="fraction of composites with a defocused background")
+    p.add_argument("--bg-blur-sigma", type=float, nargs=2, default=(1.5, 6.0), metavar=("MIN", "MAX"),
+                   help="defocus Gaussian sigma in px at a 384 px canvas (scaled with --size)")
+    p.add_argument("--bg-exclude", nargs="*", default=[], metavar="GLOB",
+                   help="background file names to leave out, e.g. 'cbsd68_*' (photos with subjects of their own)")
+    p.add_argument("--harmonize-frac", type=float, default=0.0,
+                   help=f"fraction of composites whose foreground colour moves up to {HARMONIZE_MAX:.0%} towards the background's")
+    p.add_argument("--noise-frac", type=float, default=0.0, help="fraction of train samples with whole-image sensor noise")
     a = p.parse_args(argv)
     val_names = tuple(v.strip() for v in a.val_names.split(",") if v.strip())
     return PrepOptions(
         foregrounds=a.foregrounds, backgrounds=a.backgrounds, out=a.out, n=a.n, size=a.size, seed=a.seed,
         procedural_frac=a.procedural_frac, lowlight_frac=a.lowlight_frac, val_names=val_names,
         val_count=a.val_count, val_per_fg=a.val_per_fg, val_bg_frac=a.val_bg_frac, val_originals=a.val_originals,
-        scale_range=tuple(a.scale), image_format=a.image_format, workers=a.workers,
+        scale_range=tuple(a.scale), image_format=a.image_format, workers=a.workers, folds=a.folds,
+        photo_frac=a.photo_frac, placement=a.placement, bg_blur_frac=a.bg_blur_frac, bg_blur_sigma=tuple(a.bg_blur_sigma),
+        bg_exclude=tuple(a.bg_exclude), harmonize_frac=a.harmonize_frac, noise_frac=a.noise_frac,
     )
 
 

@@ -19,6 +19,8 @@ from matting_lib.data.procedural import GENERATORS, hair_strands, random_foregro
 from matting_lib.data.synthesis import (
     composite,
     estimate_foreground,
+    harmonize_colour,
+    photo_crop,
     random_composite,
     random_resized_crop,
     touching_sides,
@@ -99,6 +101,70 @@ def test_anchored_sides_stay_on_the_canvas_border(rng):
         assert a[-1].max() == 255
     with pytest.raises(ValueError, match="unknown sides"):
         random_composite(fg, alpha, bg, rng, 64, anchor={"up"})
+
+
+def _centres(center_sd, n=60):
+    fg = np.full((20, 20, 3), 200, np.uint8)
+    alpha = np.full((20, 20), 255, np.uint8)
+    bg = np.zeros((64, 64, 3), np.uint8)
+    out = []
+    for s in range(n):
+        _, a = random_composite(fg, alpha, bg, np.random.default_rng(s), 128, scale_range=(0.2, 0.2),
+                                min_visible=1.0, center_sd=center_sd)
+        ys, xs = np.nonzero(a)
+        out.append((ys.mean(), xs.mean()))
+    return np.array(out)
+
+
+def test_centred_placement_frames_the_subject_near_the_middle():
+    centred, uniform = _centres(0.12), _centres(None)
+    # sd 0.12 x 128 = 15 px around the middle (64); uniform placement spreads over the canvas.
+    assert np.abs(centred.mean(axis=0) - 63.5).max() < 6
+    assert 9 < centred.std(axis=0).mean() < 20
+    assert uniform.std(axis=0).mean() > 25
+
+
+def test_defocused_background_is_the_gaussian_blur_of_the_crop():
+    bg = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    fg = np.zeros((8, 8, 3), np.uint8)
+    alpha = np.zeros((8, 8), np.uint8)
+    alpha[3:5, 3:5] = 255
+    sharp, a = random_composite(fg, alpha, bg, np.random.default_rng(4), 64, bg_area_range=(1, 1), hflip_prob=0)
+    blurred, a2 = random_composite(fg, alpha, bg, np.random.default_rng(4), 64, bg_area_range=(1, 1), hflip_prob=0,
+                                   bg_blur_sigma=3.0)
+    assert np.array_equal(a, a2)
+    ref = cv2.GaussianBlur(sharp, (0, 0), 3.0, borderType=cv2.BORDER_REFLECT_101)  # bg where alpha is 0
+    far = cv2.dilate((a > 0).astype(np.uint8), np.ones((25, 25), np.uint8)) == 0
+    assert np.abs(blurred[far].astype(int) - ref[far]).max() <= 1
+    assert blurred[far].std() < 0.5 * sharp[far].std()
+
+
+def test_harmonize_moves_the_foreground_mean_towards_the_background():
+    rng = np.random.default_rng(2)
+    fg = rng.integers(100, 200, (16, 16, 3), dtype=np.uint8)
+    alpha = np.zeros((16, 16), np.uint8)
+    alpha[4:12, 4:12] = 255
+    alpha[2:4, 4:12] = 128
+    bg = np.full((16, 16, 3), (10, 20, 250), np.uint8)
+    out = harmonize_colour(fg, alpha, bg, 0.25)
+    a = alpha / 255.0
+    fg_mean = (fg * a[..., None]).sum((0, 1)) / a.sum()  # reference, written out in numpy
+    expected = np.clip(np.round(fg + 0.25 * (np.array([10, 20, 250]) - fg_mean)), 0, 255)
+    assert np.array_equal(out, expected.astype(np.uint8))
+    assert np.array_equal(harmonize_colour(fg, alpha, bg, 0.0), fg)
+
+
+def test_photo_crop_cuts_image_and_alpha_together_and_keeps_the_subject(rng):
+    alpha = np.zeros((60, 100), np.uint8)
+    alpha[20:50, 30:70] = 255
+    image = np.repeat(alpha[..., None], 3, axis=2)  # the image is its alpha: both must stay aligned
+    for s in range(10):
+        im, a = photo_crop(image, alpha, np.random.default_rng(s), 48, area_range=(0.3, 1.0), min_visible=0.6)
+        assert im.shape == (48, 48, 3) and a.shape == (48, 48)
+        assert np.abs(im[..., 0].astype(int) - a).max() <= 1
+        assert (a > 127).mean() > 0.1  # the subject is in the crop
+    crops = {photo_crop(image, alpha, np.random.default_rng(s), 48)[1].tobytes() for s in range(6)}
+    assert len(crops) > 3
 
 
 def test_random_resized_crop_and_trimap(rng):
@@ -317,6 +383,30 @@ def test_prepare_data_to_s3(sources, s3_bucket):
     assert io.exists(f"{out}/images/{train[0]}.png")
 
 
+def test_prepare_data_folds_keep_each_folds_photos_out_of_its_training(sources, tmp_path):
+    out = str(tmp_path / "cv")
+    prov = _run(sources, out, "--folds", "3", "--val-count", "0", "--photo-frac", "0.4", "--procedural-frac", "0.2",
+                "--placement", "centered", "--bg-blur-frac", "0.5", "--harmonize-frac", "0.5", "--noise-frac", "0.5",
+                "--bg-exclude", "bg3*", "--val-per-fg", "2")
+    doc = json.loads(io.read_text(io.join(out, "folds.json")))
+    assert doc["k"] == 3 and sorted(n for f in doc["folds"] for n in f) == ["P1", "P2", "P3"]
+    kinds = {m["kind"].split(":")[0] for m in prov if m["split"] == "train"}
+    assert kinds == {"real", "photo", "procedural"}
+    assert "bg3.jpg" not in {m["bg"] for m in prov}
+    assert not any(m["kind"] == "original" for m in prov)  # with folds, evaluate --folds scores the photos
+    fg_of = {m["name"]: m["fg"] for m in prov}
+    for k, fold in enumerate(doc["folds"]):
+        rows = [json.loads(line) for line in io.read_text(doc["manifests"][k]).splitlines()]
+        train = [r for r in rows if r["split"] == "train"]
+        val = [r for r in rows if r["split"] == "val"]
+        assert train and val
+        assert not {fg_of[r["name"]] for r in train} & set(fold)  # never trained on its own photos
+        assert {fg_of[r["name"]] for r in val} == set(fold)
+        # every train sample made without the fold's photos is in the fold's manifest
+        assert len(train) == sum(m["split"] == "train" and m["fg"] not in fold for m in prov)
+        assert all(io.exists(r["image_uri"]) and r["height"] == 64 for r in rows)
+
+
 def test_prepare_data_errors(sources, tmp_path, capsys):
     fgs, bgs = sources
     empty = tmp_path / "empty"
@@ -328,6 +418,11 @@ def test_prepare_data_errors(sources, tmp_path, capsys):
         (["--foregrounds", fgs, "--backgrounds", bgs, "--n", "0"], "--n: must be >= 1"),
         (["--foregrounds", fgs, "--backgrounds", bgs, "--val-names", "P1,ZZ"], "--val-names: ZZ"),
         (["--foregrounds", fgs, "--backgrounds", bgs, "--val-count", "3"], "held out"),
+        (["--foregrounds", fgs, "--backgrounds", bgs, "--folds", "4"], "--folds 4: only 3 photos"),
+        (["--foregrounds", fgs, "--backgrounds", bgs, "--folds", "1"], "--folds: must be 0 (off) or 2..20"),
+        (["--foregrounds", fgs, "--backgrounds", bgs, "--folds", "2", "--val-names", "P1"], "exclude each other"),
+        (["--foregrounds", fgs, "--backgrounds", bgs, "--bg-exclude", "bg*"], "left after --bg-exclude"),
+        (["--foregrounds", fgs, "--backgrounds", bgs, "--photo-frac", "0.8"], "must be <= 1"),
     ]
     for args, message in cases:
         assert prepare_data.main([*args, "--out", str(tmp_path / "o"), "--workers", "1"]) == 2

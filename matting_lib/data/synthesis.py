@@ -145,13 +145,16 @@ def _place(
     min_visible: float,
     anchor: frozenset[str] = frozenset(),
     tries: int = 20,
+    center_sd: float | None = None,
 ) -> tuple[int, int]:
     """Top-left (y, x) of a (h, w) alpha on the canvas keeping >= ``min_visible`` of its mass in frame.
 
     ``mass`` is the summed-area table (cv2.integral) of the alpha. Positions are drawn uniformly
     over placements that overlap the canvas; an anchored side is put on the canvas border, up
     to 15 % of the object beyond it; with both sides of an axis anchored the object overlaps
-    both borders. The first draw that keeps enough mass wins, else the centred (or anchored) one.
+    both borders. With ``center_sd`` the object's centre is drawn around the canvas centre
+    instead (normal, ``center_sd`` x the canvas side per axis), as photographers frame a
+    subject. The first draw that keeps enough mass wins, else the centred (or anchored) one.
     """
     H, W = out_hw
     h, w = mass.shape[0] - 1, mass.shape[1] - 1
@@ -166,8 +169,13 @@ def _place(
     def anchored(y: int, x: int) -> tuple[int, int]:
         return axis(y, H, h, "top", "bottom"), axis(x, W, w, "left", "right")
 
+    def draw(canvas: int, obj: int) -> int:
+        if center_sd is None:
+            return int(rng.integers(-obj + 1, canvas))
+        return int(np.clip(round((canvas - obj) / 2 + rng.normal(0.0, center_sd * canvas)), -obj + 1, canvas - 1))
+
     for _ in range(tries):
-        y, x = anchored(int(rng.integers(-h + 1, H)), int(rng.integers(-w + 1, W)))
+        y, x = anchored(draw(H, h), draw(W, w))
         ya, yb = max(0, -y), min(h, H - y)
         xa, xb = max(0, -x), min(w, W - x)
         vis = mass[yb, xb] - mass[ya, xb] - mass[yb, xa] + mass[ya, xa] if yb > ya and xb > xa else 0.0
@@ -187,6 +195,9 @@ def random_composite(
     hflip_prob: float = 0.5,
     bg_area_range: tuple[float, float] = (0.3, 1.0),
     anchor: frozenset[str] = frozenset(),
+    center_sd: float | None = None,
+    bg_blur_sigma: float = 0.0,
+    harmonize: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Place a foreground at a random scale, position and flip on a random crop of ``bg``.
 
@@ -203,6 +214,12 @@ def random_composite(
         anchor: sides (of :data:`SIDES`) where the object was cut by its photo's frame
             (:func:`touching_sides` of the uncropped alpha); kept on the canvas border. Cut on
             two opposite sides, the object is scaled up to span the canvas on that axis.
+        center_sd: None places the object uniformly; a number draws its centre around the
+            canvas centre with that standard deviation (fraction of the canvas side).
+        bg_blur_sigma: Gaussian blur of the background crop, in px (defocus, as a lens focused
+            on the subject gives); 0 keeps it sharp.
+        harmonize: moves the foreground's mean colour this fraction of the way towards the
+            background's (0 = unchanged), so subject and scene share their light.
 
     Returns:
         (image uint8 (H, W, 3), alpha uint8 (H, W)); ``image`` is :func:`composite` of the
@@ -225,14 +242,72 @@ def random_composite(
         fg, a8 = fg[:, ::-1], a8[:, ::-1]
         swap = {"left": "right", "right": "left"}
         anchor = frozenset(swap.get(side, side) for side in anchor)
-    y, x = _place(cv2.integral(a8.astype(np.float64) / 255.0), rng, (H, W), min_visible, anchor)
+    y, x = _place(cv2.integral(a8.astype(np.float64) / 255.0), rng, (H, W), min_visible, anchor, center_sd=center_sd)
     canvas_fg = np.zeros((H, W, 3), np.uint8)
     canvas_a = np.zeros((H, W), np.uint8)
     ya, yb, xa, xb = max(0, -y), min(hw[0], H - y), max(0, -x), min(hw[1], W - x)
     canvas_fg[y + ya:y + yb, x + xa:x + xb] = fg[ya:yb, xa:xb]
     canvas_a[y + ya:y + yb, x + xa:x + xb] = a8[ya:yb, xa:xb]
     bg_crop = random_resized_crop(bg, rng, (H, W), bg_area_range, hflip_prob=hflip_prob)
+    if bg_blur_sigma > 0:
+        bg_crop = cv2.GaussianBlur(bg_crop, (0, 0), bg_blur_sigma, borderType=cv2.BORDER_REFLECT_101)
+    if harmonize > 0:
+        canvas_fg = harmonize_colour(canvas_fg, canvas_a, bg_crop, harmonize)
     return composite(canvas_fg, canvas_a, bg_crop), canvas_a
+
+
+def harmonize_colour(fg: np.ndarray, alpha: np.ndarray, bg: np.ndarray, strength: float) -> np.ndarray:
+    """``fg`` (uint8 RGB) shifted by ``strength`` x (mean colour of ``bg`` - alpha-weighted mean
+    colour of ``fg``): the subject takes on some of the scene's light. strength 0 = unchanged."""
+    a = _alpha01(alpha)
+    total = a.sum()
+    if total <= 0 or strength <= 0:
+        return fg
+    fg_mean = (fg.astype(np.float64) * a[..., None]).sum(axis=(0, 1)) / total
+    shift = strength * (bg.reshape(-1, 3).astype(np.float64).mean(axis=0) - fg_mean)
+    return np.clip(np.round(fg.astype(np.float64) + shift), 0, 255).astype(np.uint8)
+
+
+def photo_crop(
+    image: np.ndarray,
+    alpha: np.ndarray,
+    rng: np.random.Generator,
+    out_size: int | tuple[int, int],
+    area_range: tuple[float, float] = (0.35, 1.0),
+    min_visible: float = 0.6,
+    hflip_prob: float = 0.5,
+    tries: int = 20,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A real photo and its alpha, randomly cropped together (``area_range`` of the photo,
+    aspect that of the output) and resized to ``out_size``: the photo itself as a training
+    sample at another scale and framing, its real background and light included.
+
+    The crop keeps at least ``min_visible`` of the alpha mass (the first of ``tries`` draws
+    that does, else the whole photo). Returns (image uint8 (H, W, 3), alpha uint8 (H, W)).
+    """
+    oh, ow = _hw(out_size)
+    a8 = alpha if alpha.dtype == np.uint8 else np.round(_alpha01(alpha) * 255).astype(np.uint8)
+    h, w = a8.shape
+    mass = cv2.integral(a8.astype(np.float64) / 255.0)
+    total = mass[-1, -1]
+    box = (0, 0, h, w)
+    for _ in range(tries):
+        area = rng.uniform(*area_range) * h * w
+        aspect = ow / oh
+        cw = int(np.clip(round(np.sqrt(area * aspect)), 1, w))
+        ch = int(np.clip(round(np.sqrt(area / aspect)), 1, h))
+        cw, ch = max(1, min(cw, round(ch * aspect))), max(1, min(ch, round(cw / aspect)))  # no distortion
+        y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        vis = mass[y0 + ch, x0 + cw] - mass[y0, x0 + cw] - mass[y0 + ch, x0] + mass[y0, x0]
+        if total <= 0 or vis >= min_visible * total:
+            box = (y0, x0, ch, cw)
+            break
+    y0, x0, ch, cw = box
+    im = _resize(np.ascontiguousarray(image[y0:y0 + ch, x0:x0 + cw]), (oh, ow))
+    al = _resize(np.ascontiguousarray(a8[y0:y0 + ch, x0:x0 + cw]), (oh, ow))
+    if rng.random() < hflip_prob:
+        im, al = im[:, ::-1], al[:, ::-1]
+    return np.ascontiguousarray(im), np.ascontiguousarray(al)
 
 
 def trimap_from_alpha(alpha: np.ndarray, radius: int | None = None) -> np.ndarray:
