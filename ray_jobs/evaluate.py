@@ -18,6 +18,11 @@ What is scored, per image of ``--split`` (``all``: every split file present):
   (:func:`matting_lib.data.lowlight.darken`) at the fixed :data:`LOWLIGHT` parameters, the
   noise drawn from ``numpy.random.default_rng([seed, crc32(name)])``, so every run, order
   and worker count gives the same images;
+- with ``--folds FOLDS_JSON`` (from ``ray_jobs.prepare_data --folds``): cross-validation. The
+  photos of the folds are scored, and a checkpoint URI containing ``{fold}`` is resolved per
+  image to its fold's model (``base=runs/cv-fold{fold}/best.pt``), which never saw the photo;
+- the trivial answer ``background`` (alpha 0 everywhere) beside GrabCut, so a model that
+  misses its subjects is visible as one (both left out with ``--no-baseline``);
 - with ``--routed`` (implies ``--lowlight``): pseudo-model ``routed``, the service's
   behaviour. Each input, normal and low-light, goes to the checkpoint that
   :class:`matting_lib.routing.BrightnessRouter` picks from the input's brightness
@@ -72,7 +77,11 @@ from ray_jobs.predict import SetupError, check_output
 
 CONDITIONS = ("normal", "lowlight")
 BASELINE = "grabcut"
+BACKGROUND = "background"
+"""The trivial answer "everything is background" (alpha 0 everywhere), scored beside GrabCut."""
 ROUTED = "routed"
+FOLD_FIELD = "{fold}"
+"""In a checkpoint URI with ``--folds``: replaced by the fold of the image being scored."""
 SPLITS = ("train", "val", "test")
 """Split files that ``--split all`` looks for."""
 METRICS: dict[str, Callable[..., float]] = {
@@ -136,6 +145,18 @@ class EvalSpec:
     """Images whose inputs and predictions come back for the visual grid."""
     alphas_uri: str = ""
     """When set, every prediction is written as ``<alphas_uri>/<condition>/<model>/<name>.png``."""
+    folds: tuple[tuple[str, int], ...] = ()
+    """(image name, fold) pairs from ``--folds``: a checkpoint URI with ``{fold}`` scores each
+    image with the model of that image's fold, which never saw it."""
+
+    def checkpoint_for(self, uri: str, image: str) -> str:
+        """``uri`` with ``{fold}`` replaced by ``image``'s fold (URIs without it are returned as they are)."""
+        if FOLD_FIELD not in uri:
+            return uri
+        fold = dict(self.folds).get(image)
+        if fold is None:
+            raise ValueError(f"{image}: in no fold of --folds, so {uri} names no checkpoint for it")
+        return uri.replace(FOLD_FIELD, str(fold))
 
     @property
     def router(self) -> BrightnessRouter:
@@ -178,17 +199,19 @@ def score(pred: np.ndarray, gt: np.ndarray, trimap: np.ndarray | None) -> dict[s
     return out
 
 
-def predictions(image: np.ndarray, spec: EvalSpec) -> dict[str, tuple[np.ndarray, float]]:
-    """``{model: (alpha, ms)}`` for every checkpoint and the baseline."""
+def predictions(image: np.ndarray, spec: EvalSpec, image_name: str = "") -> dict[str, tuple[np.ndarray, float]]:
+    """``{model: (alpha, ms)}`` for every checkpoint (its fold's, with ``{fold}``), GrabCut and
+    the all-background answer."""
     out = {}
     for name, uri in spec.models:
         t0 = time.perf_counter()
-        alpha = predictor(uri, spec).predict(image)
+        alpha = predictor(spec.checkpoint_for(uri, image_name), spec).predict(image)
         out[name] = (alpha, (time.perf_counter() - t0) * 1000)
     if spec.baseline is not None:
         t0 = time.perf_counter()
         alpha = grabcut_alpha(image, spec.baseline)
         out[BASELINE] = (alpha, (time.perf_counter() - t0) * 1000)
+        out[BACKGROUND] = (np.zeros(image.shape[:2], np.float32), 0.0)
     return out
 
 
@@ -199,7 +222,7 @@ def score_condition(name: str, condition: str, image: np.ndarray, alpha_gt: np.n
     h, w = alpha_gt.shape
     base = {"image": name, "condition": condition, "routed_to": "", "router_correct": "",
             "brightness": round(brightness, 5), "height": h, "width": w, "has_trimap": trimap is not None}
-    preds = predictions(image, spec)
+    preds = predictions(image, spec, name)
     if spec.alphas_uri:
         for model, (alpha, _) in preds.items():
             png = encode_png(np.rint(alpha * 255).astype(np.uint8))
@@ -216,7 +239,7 @@ def score_condition(name: str, condition: str, image: np.ndarray, alpha_gt: np.n
         route = f" -> {spec.router.pick(brightness)}" if spec.routed else ""
         result.grid.append(ReportRow(
             label=f"{name} ({condition})", image=image, alpha_gt=alpha_gt,
-            predictions={m: a for m, (a, _) in preds.items()},
+            predictions={m: a for m, (a, _) in preds.items() if m != BACKGROUND},  # a blank tile says nothing
             notes={"input": f"brightness {brightness:.3f}{route}",
                    **{m: f"SAD {r['sad']:.2f} MAD {r['mad']:.3f}" for m, r in by_model.items()}},
         ))
@@ -317,7 +340,7 @@ def router_summary(rows: Sequence[dict[str, Any]], table: dict, spec: EvalSpec) 
     }
     for cond, models in table.items():
         cond_rows = [r for r in routed if r["condition"] == cond]
-        singles = {m: v["sad"] for m, v in models.items() if m not in (ROUTED, BASELINE) and v["sad"] is not None}
+        singles = {m: v["sad"] for m, v in models.items() if m not in (ROUTED, BASELINE, BACKGROUND) and v["sad"] is not None}
         best = min(singles, key=singles.get) if singles else None
         routed_sad = models.get(ROUTED, {}).get("sad")
         gap = None
@@ -360,7 +383,9 @@ def build_summary(spec: EvalSpec, args: argparse.Namespace, names: Sequence[str]
         if "lowlight" in spec.conditions else None,
         "models": model_info,
         "baseline": {"name": BASELINE, "method": "OpenCV GrabCut from a border rectangle, hard mask feathered",
-                     "params": asdict(spec.baseline)} if spec.baseline is not None else None,
+                     "params": asdict(spec.baseline), "trivial": f"{BACKGROUND}: alpha 0 everywhere"}
+        if spec.baseline is not None else None,
+        "cross_validation": {"folds_file": args.folds, "folds": fold_lists(spec.folds)} if spec.folds else None,
         "predictor": {"max_side": spec.max_side, "device": spec.device,
                       "device_used": sorted({m["device"] for m in model_info.values()})},
         "units": UNITS,
@@ -400,6 +425,12 @@ def markdown(summary: dict[str, Any]) -> str:
         lines.append(f"- model `{name}`: {info['uri']} ({info['parameters']:,} parameters)")
     if summary["baseline"]:
         lines.append(f"- baseline `{BASELINE}`: {summary['baseline']['method']}; {summary['baseline']['params']}")
+        lines.append(f"- baseline `{BACKGROUND}`: the trivial answer, alpha 0 everywhere")
+    if summary.get("cross_validation"):
+        cv = summary["cross_validation"]
+        lines.append(f"- cross-validation ({cv['folds_file']}): checkpoints with `{{fold}}` scored each image with its "
+                     "fold's model, trained without that fold's photos; folds: "
+                     + "; ".join(f"{k}: {', '.join(f)}" for k, f in enumerate(cv["folds"])))
     p = summary["predictor"]
     lines.append(f"- predictor: max side {p['max_side'] or 'full'}, device {p['device']} ({', '.join(p['device_used'])})")
     if summary["lowlight"]:
@@ -477,7 +508,7 @@ def parse_models(specs: Sequence[str]) -> tuple[tuple[str, str], ...]:
             name, uri = posixpath.splitext(posixpath.basename(s.rstrip("/")))[0], s
         if not name or not uri:
             raise SetupError(f"--checkpoint {s!r}: expected URI or name=URI")
-        if name in (BASELINE, ROUTED):
+        if name in (BASELINE, BACKGROUND, ROUTED):
             raise SetupError(f"--checkpoint {s!r}: the name {name!r} is reserved; use name=URI")
         if name in models:
             raise SetupError(f"--checkpoint: two checkpoints are named {name!r} ({models[name]}, {uri}); use name=URI")
@@ -493,11 +524,34 @@ def load_model_info(spec: EvalSpec) -> dict[str, dict[str, Any]]:
     """
     info = {}
     for name, uri in spec.models:
-        p = predictor(uri, spec)
+        uris = sorted({spec.checkpoint_for(uri, image) for image, _ in spec.folds}) if FOLD_FIELD in uri else [uri]
+        loaded = [predictor(u, spec) for u in uris]
+        p = loaded[0]
         n_params = sum(t.numel() for t in p.model.parameters())
         info[name] = {"uri": uri, "parameters": n_params, "device": str(p.device),
                       "checkpoint_metrics": p.metadata.get("metrics", {})}
+        if len(uris) > 1 or FOLD_FIELD in uri:
+            info[name]["fold_checkpoints"] = uris
     return info
+
+
+def fold_lists(folds: Sequence[tuple[str, int]]) -> list[list[str]]:
+    """(name, fold) pairs -> the names of fold 0, 1, ..."""
+    k = max((f for _, f in folds), default=-1) + 1
+    return [[n for n, f in folds if f == i] for i in range(k)]
+
+
+def read_folds(uri: str) -> tuple[tuple[str, int], ...]:
+    """(name, fold) pairs from a ``folds.json`` of ``ray_jobs.prepare_data --folds``."""
+    try:
+        doc = json.loads(io.read_text(uri))
+        folds = doc["folds"]
+        pairs = tuple((str(n), k) for k, names in enumerate(folds) for n in names)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SetupError(f"--folds: cannot read folds from {uri}: {e}") from None
+    if not pairs:
+        raise SetupError(f"--folds: {uri} lists no photos")
+    return pairs
 
 
 def split_names(data: str, split: str) -> list[str]:
@@ -535,6 +589,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--task-cpus", type=float, default=0.5, help="CPUs per Ray scoring task (default 0.5)")
     p.add_argument("--task-gpus", type=float, default=0.0,
                    help="GPUs per Ray scoring task (e.g. 0.25 with --device cuda; default 0)")
+    p.add_argument("--folds", default="",
+                   help="folds.json of prepare_data --folds: score its photos, each with the checkpoint of its fold "
+                        "(write {fold} in a checkpoint URI, e.g. base=runs/cv-fold{fold}/best.pt)")
     p.add_argument("--save-alphas", action="store_true",
                    help="also write every predicted alpha as <out>/alphas/<condition>/<model>/<name>.png")
     args = p.parse_args(argv)
@@ -559,6 +616,16 @@ def make_spec(args: argparse.Namespace) -> tuple[EvalSpec, list[str], dict[str, 
             raise SetupError(f"{opt}: invalid value {value}")
     BrightnessRouter(args.router_threshold)  # validates the threshold
     names = split_names(args.data, args.split)
+    folds: tuple[tuple[str, int], ...] = ()
+    if args.folds:
+        folds = read_folds(args.folds)
+        missing = [n for n, _ in folds if n not in names]
+        if missing:
+            raise SetupError(f"--folds: {', '.join(missing)} not in split {args.split!r} of {args.data}")
+        in_folds = {n for n, _ in folds}
+        names = [n for n in names if n in in_folds]
+    elif any(FOLD_FIELD in uri for _, uri in models):
+        raise SetupError(f"--checkpoint: {FOLD_FIELD} in a checkpoint URI needs --folds")
     if args.limit:
         names = names[: args.limit]
     check_output(args.out)
@@ -567,7 +634,7 @@ def make_spec(args: argparse.Namespace) -> tuple[EvalSpec, list[str], dict[str, 
         data=args.data, models=models, conditions=conditions, routed=args.routed,
         router_threshold=args.router_threshold, baseline=None if args.no_baseline else GrabCutParams(),
         max_side=args.max_side or None, device=args.device, grid_names=frozenset(names[: args.grid]),
-        alphas_uri=io.join(args.out, "alphas") if args.save_alphas else "",
+        alphas_uri=io.join(args.out, "alphas") if args.save_alphas else "", folds=folds,
     )
     return spec, names, load_model_info(spec)
 

@@ -110,7 +110,7 @@ def test_outputs_table_summary_markdown_and_grid(result):
     assert result["code"] == 1  # the broken sample failed; everything else was scored
     rows, summary, md = result["rows"], result["summary"], result["md"]
     assert list(rows[0]) == evaluate.CSV_COLUMNS
-    models = ["base", "lowlight", "grabcut", "routed"]
+    models = ["base", "lowlight", "grabcut", "background", "routed"]
     assert len(rows) == 4 * 2 * len(models)
     assert {(r["condition"], r["model"]) for r in rows} == {(c, m) for c in ("normal", "lowlight") for m in models}
     assert summary["n_images"] == 5 and summary["n_scored"] == 4 and summary["n_with_trimap"] == 2
@@ -119,7 +119,7 @@ def test_outputs_table_summary_markdown_and_grid(result):
     assert summary["lowlight"]["peak"] == 255.0 and summary["lowlight"]["seed"] == 0
     assert summary["baseline"]["params"] == {"margin": 0.05, "iterations": 5, "max_side": 1024, "feather": 2, "seed": 0}
     assert summary["models"]["base"]["uri"].endswith("base.pt") and summary["models"]["base"]["parameters"] > 0
-    for heading in ("## normal", "## lowlight", "## Router", "| grabcut |", "| routed |", "gamma 0.45", "broken",
+    for heading in ("## normal", "## lowlight", "## Router", "| grabcut |", "| background |", "| routed |", "gamma 0.45", "broken",
                     "SAD vs base", "| base | 4 |"):
         assert heading in md
     # Grid: 2 images x 2 conditions; input, ground truth, base, lowlight, grabcut.
@@ -136,7 +136,12 @@ def test_every_number_equals_the_metrics_recomputed_on_the_same_predictions(resu
         if r["model"] == "routed":
             continue
         image, alpha, trimap = inputs[(r["image"], r["condition"])]
-        pred = grabcut_alpha(image) if r["model"] == "grabcut" else models[r["model"]].predict(image)
+        if r["model"] == "grabcut":
+            pred = grabcut_alpha(image)
+        elif r["model"] == "background":
+            pred = np.zeros(alpha.shape, np.float32)
+        else:
+            pred = models[r["model"]].predict(image)
         for m, fn in METRIC_FNS.items():
             assert float(r[m]) == pytest.approx(fn(pred, alpha), rel=1e-6, abs=1e-9), (r["image"], r["model"], m)
             if r["image"] in WITH_TRIMAP:
@@ -144,7 +149,7 @@ def test_every_number_equals_the_metrics_recomputed_on_the_same_predictions(resu
             else:
                 assert r[f"{m}_unknown"] == ""
         checked += 1
-    assert checked == 4 * 2 * 3
+    assert checked == 4 * 2 * 4
     # The summary's means are the means of the table.
     for cond, by_model in result["summary"]["means"].items():
         for model, means in by_model.items():
@@ -296,3 +301,57 @@ def test_grabcut_rejects_bad_inputs():
         grabcut_alpha(np.zeros((2, 2, 3), np.uint8))
     with pytest.raises(ValueError, match="margin"):
         GrabCutParams(margin=0.6)
+
+
+# --------------------------------------------------------------------------- cross-validation
+
+
+def _constant_checkpoint(path: Path, value: float) -> str:
+    """A model whose alpha is ``value`` everywhere (zero head weights, bias = logit(value))."""
+    model = build_model(TINY)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.fill_(float(np.log(value / (1 - value))))
+    return save_checkpoint(str(path), model)
+
+
+def test_folds_score_each_photo_with_its_folds_model_beside_both_baselines(dataset, tmp_path):
+    names = ["va000", "va001", "va002", "va003"]
+    folds = tmp_path / "folds.json"
+    folds.write_text(json.dumps({"k": 2, "folds": [["va000", "va002"], ["va001", "va003"]]}))
+    # fold 0's model says "all foreground", fold 1's "all background": each image's score shows which one ran.
+    _constant_checkpoint(tmp_path / "cv-f0.pt", 0.999)
+    _constant_checkpoint(tmp_path / "cv-f1.pt", 0.001)
+    out = tmp_path / "out"
+    code = evaluate.main(["--checkpoint", f"cv={tmp_path}/cv-f{{fold}}.pt", "--data", dataset["data"], "--split", "val",
+                          "--folds", str(folds), "--device", "cpu", "--grid", "0", "--out", str(out)])
+    assert code == 0  # "broken" is in no fold: not scored
+    rows = _read_csv((out / "per_image.csv").read_text())
+    assert sorted({r["image"] for r in rows}) == names
+    for r in rows:
+        gt = load_sample(dataset["data"], r["image"]).alpha / 255.0
+        if r["model"] == "cv":
+            value = 0.999 if r["image"] in ("va000", "va002") else 0.001
+            assert float(r["mad"]) == pytest.approx(np.abs(value - gt).mean(), abs=2e-4)
+        elif r["model"] == "background":
+            assert float(r["mad"]) == pytest.approx(gt.mean(), abs=1e-6)
+            assert float(r["sad"]) == pytest.approx(gt.sum() / 1000, rel=1e-6)
+    assert {r["model"] for r in rows} == {"cv", "grabcut", "background"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cross_validation"]["folds"] == [["va000", "va002"], ["va001", "va003"]]
+    assert summary["models"]["cv"]["fold_checkpoints"] == [f"{tmp_path}/cv-f0.pt", f"{tmp_path}/cv-f1.pt"]
+    assert "cross-validation" in (out / "summary.md").read_text()
+
+
+def test_fold_placeholder_without_folds_and_bad_folds_exit_2(dataset, tmp_path, capsys):
+    args = ["--data", dataset["data"], "--split", "val", "--device", "cpu", "--out", str(tmp_path / "o")]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"folds": [["nope"]]}))
+    for argv, message in ((["--checkpoint", "m=x-{fold}.pt"], "{fold} in a checkpoint URI needs --folds"),
+                          (["--checkpoint", dataset["base"], "--folds", str(bad)], "--folds: nope not in split 'val'"),
+                          (["--checkpoint", dataset["base"], "--folds", str(tmp_path / "none.json")], "cannot read folds")):
+        with pytest.raises(SystemExit) as exc:
+            evaluate.main(argv + args)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0]
