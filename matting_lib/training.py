@@ -213,6 +213,7 @@ def train_one_epoch(
     distill_weight: float = 1.0,
     distill_logit: float = 0.0,
     after_step: Callable[[], None] | None = None,
+    expected_steps: int = 0,
 ) -> dict[str, float]:
     """One pass over ``batches``; returns the mean of each loss term, ``samples`` and ``samples_per_s``.
 
@@ -254,11 +255,27 @@ def train_one_epoch(
             # Summed on the device: a float() per term would sync the GPU several times a step.
             sums[k] = sums.get(k, 0.0) + v.detach().float() * bs
         if log is not None and log_every and steps % log_every == 0:
-            log(f"  step {steps}: loss {float(loss.detach()):.4f} ({n_samples / (time.perf_counter() - t0):.1f} samples/s)")
+            log(progress_line(steps, expected_steps, float(loss.detach()), n_samples, time.perf_counter() - t0))
     elapsed = time.perf_counter() - t0
     out = {k: float(v) / max(n_samples, 1) for k, v in sums.items()}
     out.update(samples=float(n_samples), steps=float(steps), skipped_steps=float(skipped), samples_per_s=n_samples / max(elapsed, 1e-9))
     return out
+
+
+def progress_line(steps: int, expected: int, loss: float, samples: int, elapsed: float) -> str:
+    """``  step 50/540 (9%): loss 0.3123, 8.1 samples/s, about 61 s left in this epoch`` (the
+    total and the time left only when the epoch's length is known)."""
+    rate = samples / max(elapsed, 1e-9)
+    if expected > 0:
+        left = max(expected - steps, 0) * elapsed / max(steps, 1)
+        return (f"  step {steps}/{expected} ({100 * steps / expected:.0f}%): loss {loss:.4f}, {rate:.1f} samples/s, "
+                f"about {left:.0f} s left in this epoch")
+    return f"  step {steps}: loss {loss:.4f}, {rate:.1f} samples/s"
+
+
+def auto_log_every(steps_per_epoch: int, lines: int = 20) -> int:
+    """Steps between progress lines for about ``lines`` lines per epoch (0 = none for short epochs)."""
+    return steps_per_epoch // lines if steps_per_epoch >= 2 * lines else 0
 
 
 @torch.inference_mode()
@@ -396,7 +413,7 @@ class TrainingRun:
             device=self.device, precision=self.precision, scaler=self.stage.scaler,
             grad_clip=self.cfg.optim.grad_clip, step_hook=step_hook, log=log, log_every=log_every,
             teacher=self.teacher, distill_weight=self.cfg.distill.weight, distill_logit=self.cfg.distill.logit_l1,
-            after_step=self.stage.scheduler.step if self.per_step else None,
+            after_step=self.stage.scheduler.step if self.per_step else None, expected_steps=self.steps_per_epoch,
         )
         lr = self.stage.optimizer.param_groups[0]["lr"]
         if not self.per_step:

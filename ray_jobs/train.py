@@ -32,7 +32,7 @@ from matting_lib.checkpoint import CheckpointError, load_checkpoint, load_weight
 from matting_lib.config import TrainConfig, from_dict, to_dict
 from matting_lib.data.samples import SampleLoader
 from matting_lib.models import build_model
-from matting_lib.training import TrainingRun, evaluate, format_epoch, load_teacher, unwrap
+from matting_lib.training import TrainingRun, auto_log_every, evaluate, format_epoch, load_teacher, unwrap
 from ray_jobs.common import fail, init_ray, job_parser, load_job_config, run_uri, storage_args, worker_env
 
 CHECKPOINT_FILE = "model.pt"
@@ -275,7 +275,8 @@ def train_loop_per_worker(loop_config: dict) -> list[dict] | None:
 
     for epoch in run.epochs():
         batches = train_shard.iter_torch_batches(batch_size=cfg.data.batch_size, dtypes=torch.float32, drop_last=False)
-        stats = run.train_epoch(epoch, batches, step_hook=_maybe_inject_failure(epoch, rank))
+        progress = dict(log=lambda line: print(line, flush=True), log_every=auto_log_every(run.steps_per_epoch)) if rank == 0 else {}
+        stats = run.train_epoch(epoch, batches, step_hook=_maybe_inject_failure(epoch, rank), **progress)
         val = None
         if rank == 0:
             val_batches = val_shard.iter_torch_batches(batch_size=cfg.data.batch_size, dtypes=torch.float32)

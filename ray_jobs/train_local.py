@@ -33,7 +33,7 @@ from matting_lib.config import TrainConfig
 from matting_lib.data.samples import SampleLoader, fetch_pair
 from matting_lib.models import build_model
 from matting_lib.predictor import resolve_device
-from matting_lib.training import fit, load_teacher
+from matting_lib.training import auto_log_every, fit, load_teacher
 from ray_jobs.common import fail, load_job_config, run_uri
 from ray_jobs.train import absolute_paths, load_rows
 
@@ -99,7 +99,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     p.add_argument("--workers", type=int, default=None,
                    help="DataLoader worker processes (default: CPU count - 1, at most 16; 0 = in the main process)")
-    p.add_argument("--log-every", type=int, default=0, help="also log every N steps (0: once per epoch)")
+    p.add_argument("--log-every", type=int, default=-1,
+                   help="a progress line every N steps (default: about 20 per epoch; 0: once per epoch)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. stages.0.epochs=10 data.uri=s3://bucket/ds")
     return p.parse_args(argv)
 
@@ -148,11 +149,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     train_batches, val_batches = make_loaders(cfg, train_rows, val_rows, workers, device)
     steps_per_epoch = len(train_batches(0))
+    log_every = auto_log_every(steps_per_epoch) if args.log_every < 0 else args.log_every
     print(f"{steps_per_epoch} steps per epoch of {cfg.data.batch_size} samples", flush=True)
     t0 = time.perf_counter()
     try:
         history = fit(model, cfg, train_batches, val_batches, device=device, checkpoint_uri=best_uri,
-                      log=lambda s: print(s, flush=True), log_every=args.log_every, data_fingerprint=fingerprint,
+                      log=lambda s: print(s, flush=True), log_every=log_every, data_fingerprint=fingerprint,
                       teacher=teacher, steps_per_epoch=steps_per_epoch)
     except KeyboardInterrupt:
         fail(f"interrupted; run the same command again to resume from {best_uri}.last", code=130)

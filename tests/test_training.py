@@ -142,6 +142,23 @@ def test_per_step_cosine_decays_within_the_epoch_and_resumes_where_it_stopped(tm
         fit(build_model(cfg.model), cfg, lambda e: batches, lambda: batches[:1], device=CPU, log=lambda s: None)
 
 
+def test_long_epochs_print_progress_with_the_time_left():
+    from matting_lib.training import auto_log_every, progress_line
+
+    assert auto_log_every(540) == 27 and auto_log_every(39) == 0
+    assert progress_line(50, 200, 0.31234, 400, 40.0) == (
+        "  step 50/200 (25%): loss 0.3123, 10.0 samples/s, about 120 s left in this epoch")
+    cfg = from_dict(TrainConfig, {"model": {"encoder": "mobilenetv2", "encoder_width": 0.35,
+                                            "decoder_channels": [32, 24, 16, 16, 8]},
+                                  "optim": {"scheduler": "cosine", "schedule_per": "step"}})
+    batches = _batches(n=2) * 4
+    lines: list[str] = []
+    fit(build_model(cfg.model), cfg, lambda e: batches, lambda: batches[:1], device=CPU, log=lines.append, log_every=2,
+        steps_per_epoch=4)
+    steps = [ln.split(":")[0].strip() for ln in lines if ln.startswith("  step")]
+    assert steps == ["step 2/4 (50%)", "step 4/4 (100%)"]
+
+
 def test_layerwise_lr_groups():
     model = build_model(TINY)
     opt = build_optimizer(model, StageConfig(lr=1e-4, encoder_lr=1e-5), OptimConfig())
