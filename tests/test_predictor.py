@@ -131,3 +131,37 @@ def test_from_checkpoint_local_and_s3(model, rng, tmp_path, s3_bucket):
         p = Predictor.from_checkpoint(uri)
         assert p.metadata["checkpoint"] == uri and p.metadata["metrics"]["val_sad"] == 1.5
         np.testing.assert_allclose(p.predict(image), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_the_models_working_side_caps_what_the_network_sees(tmp_path, backend):
+    """ModelConfig.working_side: the network never sees more than it (the smaller of it and
+    max_side wins); the alpha still comes back at the input's size, equal to the same model run
+    by hand on the downscaled image and upsampled bilinearly (the reference)."""
+    from dataclasses import replace
+
+    from matting_lib.predictor import load_predictor
+
+    torch.manual_seed(0)
+    net = build_model(replace(TINY, working_side=64)).eval()
+    uri = save_checkpoint(str(tmp_path / "w.pt"), net)
+    p = load_predictor(uri, backend=backend, device="cpu", max_side=1024)
+    seen: list[tuple[int, int]] = []
+    forward = p._forward
+
+    def spy(batch):
+        seen.append(batch.shape[1:3])
+        return forward(batch)
+
+    p._forward = spy
+    image = np.random.default_rng(0).integers(0, 256, (100, 200, 3), dtype=np.uint8)
+    alpha = p.predict(image)
+    assert seen == [(32, 64)] and alpha.shape == (100, 200)
+    small = cv2.resize(image, (64, 32), interpolation=cv2.INTER_AREA)
+    with torch.no_grad():
+        ref_small = net(torch.from_numpy(small).permute(2, 0, 1)[None].float() / 255)[0, 0].numpy()
+    ref = np.clip(cv2.resize(ref_small, (200, 100), interpolation=cv2.INTER_LINEAR), 0, 1)
+    assert np.abs(alpha - ref).max() < 1e-4
+    p.predict(image, max_side=48)  # a smaller max_side still wins
+    assert seen[-1] == (24, 48)
+    assert p.effective_side(2048) == 64 and p.effective_side(None) == 64
