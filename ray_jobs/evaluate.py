@@ -33,7 +33,8 @@ What is scored, per image of ``--split`` (``all``: every split file present):
 Outputs under ``--out`` (local folder or ``s3://``): ``per_image.csv`` (one row per image,
 condition and model), ``summary.json`` and ``summary.md`` (conditions, parameters, models,
 per-condition per-model means, router accuracy) and ``grid.png`` (input | ground truth |
-each model, the first ``--grid`` images, each condition); with ``--save-alphas`` also every
+each model, the first ``--grid`` images, each condition), with ``--grid-worst N`` also
+``grid_worst.png`` (the N images the first model does worst on); with ``--save-alphas`` also every
 predicted alpha as ``alphas/<condition>/<model>/<name>.png`` (8-bit). One progress line per
 image.
 
@@ -57,7 +58,7 @@ import shlex
 import sys
 import time
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
 
@@ -535,6 +536,12 @@ def load_model_info(spec: EvalSpec) -> dict[str, dict[str, Any]]:
     return info
 
 
+def worst_images(results: Sequence[ImageResult], model: str, n: int) -> list[str]:
+    """The ``n`` images where ``model``'s whole-image MAD (normal light) is highest, worst first."""
+    mads = {r["image"]: r["mad"] for res in results for r in res.rows if r["model"] == model and r["condition"] == "normal"}
+    return sorted(mads, key=lambda k: -mads[k])[:n]
+
+
 def fold_lists(folds: Sequence[tuple[str, int]]) -> list[list[str]]:
     """(name, fold) pairs -> the names of fold 0, 1, ..."""
     k = max((f for _, f in folds), default=-1) + 1
@@ -584,6 +591,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-baseline", action="store_true", help="skip the GrabCut baseline")
     p.add_argument("--limit", type=int, default=0, help="score only the first N images (0 = all)")
     p.add_argument("--grid", type=int, default=6, help="images shown in grid.png (default 6; 0 = no grid)")
+    p.add_argument("--grid-worst", type=int, default=0,
+                   help="also grid_worst.png: the N images where the first model's MAD is highest (normal light)")
     p.add_argument("--ray", action="store_true", help="score images as Ray tasks")
     p.add_argument("--address", default=None, help="Ray cluster address (implies --ray)")
     p.add_argument("--task-cpus", type=float, default=0.5, help="CPUs per Ray scoring task (default 0.5)")
@@ -610,6 +619,7 @@ def make_spec(args: argparse.Namespace) -> tuple[EvalSpec, list[str], dict[str, 
             raise SetupError(f"--routed needs checkpoints named {router.bright_model} and {router.dark_model} "
                              f"(missing: {', '.join(missing)}); name them with name=URI")
     for opt, value, ok in (("--limit", args.limit, args.limit >= 0), ("--grid", args.grid, args.grid >= 0),
+                           ("--grid-worst", args.grid_worst, args.grid_worst >= 0),
                            ("--task-cpus", args.task_cpus, 0 < args.task_cpus <= 64),
                            ("--task-gpus", args.task_gpus, 0 <= args.task_gpus <= 8)):
         if not ok:
@@ -660,6 +670,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         uris = write_outputs(args.out, results, summary)
     except OSError as e:
         fail(f"--out: cannot write results: {e}", code=1)
+    if args.grid_worst:
+        worst = worst_images(results, spec.models[0][0], args.grid_worst)
+        if worst:
+            print(f"grid of the {len(worst)} worst images for {spec.models[0][0]}: {', '.join(worst)}", flush=True)
+            rows = [row for n in worst for row in score_image(n, replace(spec, grid_names=frozenset(worst),
+                                                                           conditions=("normal",))).grid]
+            uris["grid_worst"] = save_grid(io.join(args.out, "grid_worst.png"), rows, tile=160)
     print(markdown(summary), flush=True)
     print("wrote " + ", ".join(uris.values()), flush=True)
     if summary["failed"]:

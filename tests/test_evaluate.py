@@ -324,7 +324,7 @@ def test_folds_score_each_photo_with_its_folds_model_beside_both_baselines(datas
     _constant_checkpoint(tmp_path / "cv-f1.pt", 0.001)
     out = tmp_path / "out"
     code = evaluate.main(["--checkpoint", f"cv={tmp_path}/cv-f{{fold}}.pt", "--data", dataset["data"], "--split", "val",
-                          "--folds", str(folds), "--device", "cpu", "--grid", "0", "--out", str(out)])
+                          "--folds", str(folds), "--device", "cpu", "--grid", "0", "--grid-worst", "2", "--out", str(out)])
     assert code == 0  # "broken" is in no fold: not scored
     rows = _read_csv((out / "per_image.csv").read_text())
     assert sorted({r["image"] for r in rows}) == names
@@ -341,6 +341,12 @@ def test_folds_score_each_photo_with_its_folds_model_beside_both_baselines(datas
     assert summary["cross_validation"]["folds"] == [["va000", "va002"], ["va001", "va003"]]
     assert summary["models"]["cv"]["fold_checkpoints"] == [f"{tmp_path}/cv-f0.pt", f"{tmp_path}/cv-f1.pt"]
     assert "cross-validation" in (out / "summary.md").read_text()
+    # grid_worst.png: the two images with the highest MAD of "cv", one row each (normal light only).
+    mad = {r["image"]: float(r["mad"]) for r in rows if r["model"] == "cv"}
+    typed = [evaluate.ImageResult(n, rows=[{**r, "mad": float(r["mad"])} for r in rows if r["image"] == n]) for n in names]
+    assert evaluate.worst_images(typed, "cv", 2) == sorted(mad, key=lambda k: -mad[k])[:2]
+    with Image.open(out / "grid_worst.png") as im:
+        assert im.size == (4 * 160 + 5 * GAP, CAPTION_H + 2 * (160 + CAPTION_H + GAP) + GAP)
 
 
 def test_fold_placeholder_without_folds_and_bad_folds_exit_2(dataset, tmp_path, capsys):
