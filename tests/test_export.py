@@ -54,11 +54,14 @@ def torch_alpha(model: torch.nn.Module, rgb: np.ndarray) -> np.ndarray:
         return model(x)[0, 0].numpy()
 
 
-@pytest.fixture(params=["stride1", "stride2"])
+@pytest.fixture(params=["stride1", "stride2", "efficientnet_lite0"])
 def round_trip_model(request, tiny):
     if request.param == "stride1":
         return tiny["model"]
     torch.manual_seed(0)
+    if request.param == "efficientnet_lite0":  # the shipped base's encoder: SAME pads, its own normalisation
+        return build_model(ModelConfig(encoder="efficientnet_lite0", pretrained=True, decoder_channels=(32, 24, 16, 8),
+                                       output_stride=2)).eval()
     return build_model(ModelConfig(encoder_width=0.35, decoder_channels=(32, 24, 16, 16), output_stride=2)).eval()
 
 
