@@ -549,11 +549,12 @@ def fold_lists(folds: Sequence[tuple[str, int]]) -> list[list[str]]:
 
 
 def read_folds(uri: str) -> tuple[tuple[str, int], ...]:
-    """(name, fold) pairs from a ``folds.json`` of ``ray_jobs.prepare_data --folds``."""
+    """(name, fold) pairs from a ``folds.json`` of ``ray_jobs.prepare_data --folds``: its photos
+    and, when listed, its validation composites (``val_samples``), each in its photo's fold."""
     try:
         doc = json.loads(io.read_text(uri))
-        folds = doc["folds"]
-        pairs = tuple((str(n), k) for k, names in enumerate(folds) for n in names)
+        groups = [list(f) + list(v) for f, v in zip(doc["folds"], doc.get("val_samples") or [[]] * len(doc["folds"]))]
+        pairs = tuple((str(n), k) for k, names in enumerate(groups) for n in names)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise SetupError(f"--folds: cannot read folds from {uri}: {e}") from None
     if not pairs:
@@ -629,11 +630,14 @@ def make_spec(args: argparse.Namespace) -> tuple[EvalSpec, list[str], dict[str, 
     folds: tuple[tuple[str, int], ...] = ()
     if args.folds:
         folds = read_folds(args.folds)
-        missing = [n for n, _ in folds if n not in names]
-        if missing:
-            raise SetupError(f"--folds: {', '.join(missing)} not in split {args.split!r} of {args.data}")
         in_folds = {n for n, _ in folds}
-        names = [n for n in names if n in in_folds]
+        scored = [n for n in names if n in in_folds]
+        if not scored:
+            raise SetupError(f"--folds: none of the images in {args.folds} is in split {args.split!r} of {args.data}")
+        if len(scored) < len(names):
+            print(f"--folds: {len(names) - len(scored)} image(s) of split {args.split!r} are in no fold and are not scored",
+                  flush=True)
+        names = scored
     elif any(FOLD_FIELD in uri for _, uri in models):
         raise SetupError(f"--checkpoint: {FOLD_FIELD} in a checkpoint URI needs --folds")
     if args.limit:

@@ -364,8 +364,9 @@ def prepare(opts: PrepOptions, log=print) -> dict[str, Any]:
 
 
 FOLDS_FILE = "folds.json"
-"""Written with ``--folds``: the folds (photo names), their manifests and the options, for
-``python -m ray_jobs.evaluate --folds``."""
+"""Written with ``--folds``: the folds (photo names), each fold's validation composites
+(``val_samples``), their manifests and the options, for ``python -m ray_jobs.evaluate --folds``
+(which scores the photos, or these composites, each with its fold's model)."""
 
 
 def fold_rows(rows: Sequence[dict], provenance: Sequence[dict], fold: Sequence[str]) -> list[dict]:
@@ -390,7 +391,10 @@ def write_folds(opts: PrepOptions, folds: list[list[str]], provenance: Sequence[
         n_train = sum(r["split"] == "train" for r in part)
         log(f"fold {k}: {n_train} train / {len(part) - n_train} val rows -> {uri}")
         uris.append(uri)
-    doc = {"k": len(folds), "seed": opts.seed, "folds": folds, "manifests": uris, "foregrounds": opts.foregrounds}
+    fg = {m["name"]: m["fg"] for m in provenance if m["split"] == "val"}
+    val_samples = [sorted(n for n, f in fg.items() if f in set(fold)) for fold in folds]
+    doc = {"k": len(folds), "seed": opts.seed, "folds": folds, "val_samples": val_samples, "manifests": uris,
+           "foregrounds": opts.foregrounds}
     io.write_text(io.join(opts.out, FOLDS_FILE), json.dumps(doc, indent=1) + "\n")
     return uris
 

@@ -354,7 +354,7 @@ def test_fold_placeholder_without_folds_and_bad_folds_exit_2(dataset, tmp_path, 
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"folds": [["nope"]]}))
     for argv, message in ((["--checkpoint", "m=x-{fold}.pt"], "{fold} in a checkpoint URI needs --folds"),
-                          (["--checkpoint", dataset["base"], "--folds", str(bad)], "--folds: nope not in split 'val'"),
+                          (["--checkpoint", dataset["base"], "--folds", str(bad)], "--folds: none of the images"),
                           (["--checkpoint", dataset["base"], "--folds", str(tmp_path / "none.json")], "cannot read folds")):
         with pytest.raises(SystemExit) as exc:
             evaluate.main(argv + args)

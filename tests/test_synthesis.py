@@ -402,6 +402,7 @@ def test_prepare_data_folds_keep_each_folds_photos_out_of_its_training(sources, 
         assert train and val
         assert not {fg_of[r["name"]] for r in train} & set(fold)  # never trained on its own photos
         assert {fg_of[r["name"]] for r in val} == set(fold)
+        assert doc["val_samples"][k] == sorted(r["name"] for r in val)  # evaluate --folds scores these too
         # every train sample made without the fold's photos is in the fold's manifest
         assert len(train) == sum(m["split"] == "train" and m["fg"] not in fold for m in prov)
         assert all(io.exists(r["image_uri"]) and r["height"] == 64 for r in rows)
