@@ -39,6 +39,7 @@ from typing import Any, Sequence
 
 from matting_lib import io
 from matting_lib.checkpoint import CheckpointError, load_checkpoint
+from matting_lib.config import ConfigError
 from matting_lib.data.dataset import DatasetError, Sample, load_sample, read_split
 from matting_lib.io import StorageError
 from ray_jobs.common import fail
@@ -59,6 +60,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset")
     p.add_argument("--calibration-samples", type=int, default=64, help="most train images used for INT8 calibration")
     p.add_argument("--val-samples", type=int, default=32, help="most validation images used for the parity and SAD checks")
+    p.add_argument("--working-side", type=int, default=None,
+                   help="--format checkpoint: set the published model's model.working_side (px; 0 = no limit)")
     p.add_argument("--parity-side", type=int, default=512, help="working long side (max_side) for calibration and parity, px")
     p.add_argument("--max-abs", type=float, default=None, help="largest accepted per-pixel |alpha difference| (default per precision)")
     p.add_argument("--mean-abs", type=float, default=None, help="largest accepted per-image mean |alpha difference| (default per precision)")
@@ -123,7 +126,12 @@ def publish(args: argparse.Namespace) -> dict:
 
     ck = load_checkpoint(args.checkpoint)
     model = ck.build_model().eval()
-    data = checkpoint_bytes(model, model_config=ck.model_config, train_config=redact_local_paths(ck.train_config), metrics=ck.metrics,
+    model_config = ck.model_config
+    if args.working_side is not None:  # an inference setting, chosen by measurement after training
+        model_config = replace(model_config, working_side=args.working_side)
+        model.config = model_config
+        print(f"export: model.working_side {ck.model_config.working_side} -> {args.working_side}", flush=True)
+    data = checkpoint_bytes(model, model_config=model_config, train_config=redact_local_paths(ck.train_config), metrics=ck.metrics,
                             data_fingerprint=ck.data_fingerprint)
     again = parse_checkpoint(data, args.out).build_model().eval()
     images = generated_images()
@@ -205,8 +213,12 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
     from matting_lib.onnx_export import ParityError
 
     args = parse_args(argv)
+    if args.working_side is not None and args.format != "checkpoint":
+        fail("--working-side applies to --format checkpoint (an ONNX export keeps the checkpoint's)", code=2)
     try:
         return publish(args) if args.format == "checkpoint" else run(args)
+    except ConfigError as e:
+        fail(f"--working-side: {e}", code=2)
     except ParityError as e:
         fail(str(e), code=EXIT_PARITY)
     except (CheckpointError, DatasetError, StorageError, FileNotFoundError) as e:

@@ -209,3 +209,21 @@ def test_publish_drops_training_state_and_keeps_the_model(tiny, capsys):
     with pytest.raises(SystemExit) as exc:
         export_job.main(["--checkpoint", trained, "--format", "checkpoint", "--out", str(tiny["root"] / "x.onnx")])
     assert exc.value.code == 2 and "must end in .pt" in capsys.readouterr().err
+
+
+def test_publish_can_set_the_measured_working_side(tiny, capsys):
+    from matting_lib.checkpoint import load_checkpoint
+
+    src = save_checkpoint(str(tiny["root"] / "src.pt"), tiny["model"])
+    out = str(tiny["root"] / "ws.pt")
+    export_job.main(["--checkpoint", src, "--format", "checkpoint", "--out", out, "--working-side", "320"])
+    rel = load_checkpoint(out)
+    assert rel.model_config.working_side == 320 and load_checkpoint(src).model_config.working_side == 0
+    assert all(torch.equal(rel.state_dict[k], v) for k, v in load_checkpoint(src).state_dict.items())
+    for fmt, message in (("checkpoint", "model.working_side: must be 0 (no limit) or in [32, 8192]"),
+                         ("onnx", "applies to --format checkpoint")):
+        side, suffix = ("5", "pt") if fmt == "checkpoint" else ("320", "onnx")
+        argv = ["--checkpoint", src, "--format", fmt, "--out", str(tiny["root"] / f"bad.{suffix}"), "--working-side", side]
+        with pytest.raises(SystemExit) as exc:
+            export_job.main(argv)
+        assert exc.value.code == 2 and message in capsys.readouterr().err
