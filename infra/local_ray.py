@@ -14,6 +14,46 @@ import socket
 import sys
 from pathlib import Path
 
+from serve_app.run import LOOPBACK_ENV, use_loopback  # noqa: F401 - re-exported for the tests and benchmarks
+
+
+def listening_sockets(pids: "set[int] | list[int]") -> list[tuple[str, int, int]]:
+    """(address, port, pid) of every TCP socket in LISTEN state that one of ``pids`` holds,
+    read from ``/proc`` (no ``ss`` or psutil needed). IPv4-mapped IPv6 addresses are given as IPv4."""
+    import ipaddress
+
+    inodes: dict[int, int] = {}
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                try:
+                    target = os.readlink(fd)
+                except OSError:
+                    continue
+                if target.startswith("socket:["):
+                    inodes[int(target[8:-1])] = pid
+        except OSError:
+            continue
+    out = []
+    for table, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if f[3] != "0A" or int(f[9]) not in inodes:  # 0A = LISTEN
+                continue
+            hex_ip, hex_port = f[1].split(":")
+            raw = bytes.fromhex(hex_ip)
+            # /proc prints the address as native-endian 32-bit words.
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            ip = ipaddress.ip_address(raw)
+            if v6 and ip.ipv4_mapped:
+                ip = ip.ipv4_mapped
+            out.append((str(ip), int(hex_port, 16), inodes[int(f[9])]))
+    return sorted(out)
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -100,7 +140,9 @@ def _is_zombie(pid: int) -> bool:
 
 def start_ray_head(temp_dir: str, num_cpus: int = 2) -> dict:
     """``ray start --head`` on loopback with every port chosen free, so that several clusters
-    (parallel test runs on one machine) never collide. Returns address, dashboard URL, ray binary."""
+    (parallel test runs on one machine) never collide, and every Ray server listening on 127.0.0.1
+    only (:data:`LOOPBACK_ENV`; a driver joining it calls :func:`use_loopback` first). Returns
+    address, dashboard URL, ray binary."""
     import subprocess
 
     bin_dir = str(Path(sys.executable).parent)
@@ -115,7 +157,7 @@ def start_ray_head(temp_dir: str, num_cpus: int = 2) -> dict:
         f"--temp-dir={temp_dir}",
     ]
     try:
-        subprocess.run(cmd, check=True, timeout=120, capture_output=True, text=True)
+        subprocess.run(cmd, check=True, timeout=120, capture_output=True, text=True, env={**os.environ, **LOOPBACK_ENV})
     except subprocess.CalledProcessError as e:
         stop_ray_head(temp_dir)
         raise RuntimeError(f"ray start failed: {e.stdout[-2000:]} {e.stderr[-2000:]}") from None

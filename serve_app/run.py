@@ -34,6 +34,24 @@ FORWARDED_ENV = io.STORAGE_ENV
 
 OBJECT_STORE_BYTES = 256 * 1024 * 1024
 
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+"""Environment that keeps a single-node Ray cluster on loopback.
+
+Ray replaces ``--node-ip-address=127.0.0.1`` with the machine's address (``resolve_ip_for_localhost``),
+and its GCS, raylet and core-worker gRPC servers then listen on every interface (``*``). With this
+variable at 0, Ray keeps 127.0.0.1 as the node's address, as on a laptop, and every one of its
+servers listens on loopback only; the cost is that no other node can join the cluster, which a
+local cluster never wants. It is read when ``ray`` is imported, so set it before that."""
+
+
+def use_loopback() -> None:
+    """Set :data:`LOOPBACK_ENV` in this process, for a local cluster it starts or joins; also after ``ray`` was imported."""
+    os.environ.update(LOOPBACK_ENV)
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:
+        constants.ENABLE_RAY_CLUSTER = False
+
+
 HOW_TO_GET_MODELS = (
     "The shipped models are models/base.pt and models/lowlight.pt in the repository (see models/README.md for\n"
     "the commands that train them with `python -m ray_jobs.train`). To serve other checkpoints, point the config\n"
@@ -132,6 +150,8 @@ def start_ray(args: argparse.Namespace, cfg: ServeConfig) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if not args.address:  # a cluster of our own: every Ray server on loopback (before Ray is imported)
+        use_loopback()
     raw_cfg, cfg, host, port, name = load(args)
     check_checkpoints(cfg)
     check_port_free(host, port)

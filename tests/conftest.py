@@ -35,7 +35,9 @@ os.environ["RAY_AUTH_MODE"] = "token"
 os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from infra.local_ray import free_port, start_ray_head, stop_ray_head  # noqa: E402 - after the environment above
+from infra.local_ray import free_port, start_ray_head, stop_ray_head, use_loopback  # noqa: E402 - after the environment above
+
+use_loopback()  # the test cluster and this driver on 127.0.0.1 only (infra.local_ray.LOOPBACK_ENV)
 
 
 @pytest.fixture(scope="session", autouse=True)
