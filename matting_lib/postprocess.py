@@ -29,6 +29,8 @@ __all__ = [
     "encode_image",
     "PostprocessParams",
     "apply",
+    "foreground_fraction",
+    "is_empty_matte",
 ]
 
 MAX_EROSION = 51
@@ -36,6 +38,12 @@ MAX_FEATHER = 50
 FORMATS = ("png", "jpeg", "webp")
 OUTPUTS = ("rgba", "alpha", "composite")
 DEFAULT_BACKGROUND = "#ffffff"
+EMPTY_LEVEL = 0.5
+"""A pixel counts as foreground when its alpha is at least this (what a person sees as 'kept')."""
+EMPTY_FRACTION = 0.005
+"""A matte with fewer than this share of foreground pixels (0.5%, e.g. a 70x70 px patch of a
+1000x1000 photo) is reported as empty: no subject found. What is left at that level is specks,
+which a person sees as a transparent image."""
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -292,3 +300,21 @@ def apply(image: np.ndarray, alpha: np.ndarray, params: PostprocessParams) -> by
     else:
         out = replace_background(fg, a, params.background or DEFAULT_BACKGROUND)
     return encode_image(out, params.format, params.quality)
+
+
+# ----------------------------------------------------------------------------- empty results
+def foreground_fraction(alpha: np.ndarray, level: float = EMPTY_LEVEL) -> float:
+    """Share of pixels whose alpha is at least ``level`` (alpha float [0, 1] or uint8 0..255)."""
+    a = np.asarray(alpha)
+    if a.ndim != 2 or a.size == 0:
+        raise ValueError(f"alpha must be a non-empty (H, W) array, got shape {a.shape}")
+    cut = level * 255.0 if a.dtype == np.uint8 else level
+    return float(np.count_nonzero(a >= cut)) / a.size
+
+
+def is_empty_matte(alpha: np.ndarray, min_fraction: float = EMPTY_FRACTION, level: float = EMPTY_LEVEL) -> bool:
+    """True when the matte is essentially empty: fewer than ``min_fraction`` of its pixels have
+    alpha >= ``level`` (defaults :data:`EMPTY_FRACTION` = 0.5% and :data:`EMPTY_LEVEL` = 0.5).
+    The service reports such results (``X-Matting-Empty``) instead of returning a silent
+    transparent image."""
+    return foreground_fraction(alpha, level) < min_fraction

@@ -8,7 +8,10 @@ Archive layout::
 Log columns: ``file`` (input name), ``output`` (path in the archive, empty on error),
 ``status`` ('ok' or 'error'), ``http_status`` (what /v1/matte would have answered),
 ``model``, ``brightness`` (mean luma in [0, 1]), ``cache`` ('hit'/'miss'), ``ms``
-(processing time in milliseconds) and ``error`` (the message, empty on success).
+(processing time in milliseconds), ``error`` (the message, empty on success), ``empty``
+(true when the model found no subject: the matte is essentially empty, see
+:func:`matting_lib.postprocess.is_empty_matte`; empty on error) and ``notice`` (what to tell a
+person about such a result).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import json
 import zipfile
 from dataclasses import asdict, dataclass
 
-LOG_FIELDS = ("file", "output", "status", "http_status", "model", "brightness", "cache", "ms", "error")
+LOG_FIELDS = ("file", "output", "status", "http_status", "model", "brightness", "cache", "ms", "error", "empty", "notice")
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,8 @@ class BatchRow:
     cache: str
     ms: float
     error: str
+    empty: bool | None = None
+    notice: str = ""
     body: bytes | None = None
 
     def log(self) -> dict:

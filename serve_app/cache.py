@@ -26,6 +26,8 @@ class CachedResult:
     checkpoint: str
     width: int
     height: int
+    empty: bool = False
+    """The model's matte is essentially empty (:func:`matting_lib.postprocess.is_empty_matte`)."""
 
     @property
     def cost(self) -> int:

@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 from matting_lib.config import ConfigError, apply_overrides, from_dict, load_yaml, require
 from matting_lib.routing import DEFAULT_THRESHOLD
 from matting_lib.predictor import BACKENDS
+from serve_app.params import MAX_SIDE, MIN_SIDE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 """Base of relative paths in the config."""
@@ -143,7 +144,8 @@ class ModelDeploymentSettings:
         require(self.num_gpus >= 0, "model_deployment.num_gpus", "must be >= 0")
         require(self.backend in BACKENDS, "model_deployment.backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         require(0 <= self.num_threads <= 256, "model_deployment.num_threads", f"must be in [0, 256], got {self.num_threads}")
-        require(32 <= self.max_side <= 8192, "model_deployment.max_side", f"must be in [32, 8192], got {self.max_side}")
+        require(MIN_SIDE <= self.max_side <= MAX_SIDE, "model_deployment.max_side",
+                f"must be in [{MIN_SIDE}, {MAX_SIDE}], got {self.max_side}")
         require(self.max_batch_size >= 1, "model_deployment.max_batch_size", "must be >= 1")
         require(self.batch_wait_timeout_s >= 0, "model_deployment.batch_wait_timeout_s", "must be >= 0")
         require(self.max_ongoing_requests >= 1, "model_deployment.max_ongoing_requests", "must be >= 1")
@@ -185,17 +187,20 @@ class LimitSettings:
     """Most images in one batch (files or zip entries)."""
     max_zip_total_mb: float = 200.0
     """Largest total uncompressed size of a zip's entries (zip bombs)."""
+    body_timeout_s: float = 10.0
+    """Longest wait for the next piece of a request body; a client that sends nothing for longer
+    (a ``Content-Length`` larger than what it sends, a stalled upload) gets 408 ``request_timeout``."""
     max_pixels: int = 40_000_000
-    """Largest width x height, checked from the header before decoding (decompression bombs)."""
-    max_side_limit: int = 4096
-    """Largest ``max_side`` a request may ask for."""
+    """Largest width x height, checked from the header before decoding (decompression bombs).
+    (The largest ``max_side`` a request may ask for is not a setting: it is
+    :data:`serve_app.params.MAX_SIDE`, which bounds a replica's memory.)"""
 
     def __post_init__(self) -> None:
         for name in ("max_upload_mb", "max_batch_upload_mb", "max_zip_total_mb"):
             require(getattr(self, name) > 0, f"limits.{name}", "must be > 0")
         require(self.max_batch_files >= 1, "limits.max_batch_files", "must be >= 1")
         require(self.max_pixels >= 1, "limits.max_pixels", "must be >= 1")
-        require(32 <= self.max_side_limit <= 8192, "limits.max_side_limit", "must be in [32, 8192]")
+        require(0 < self.body_timeout_s <= 600, "limits.body_timeout_s", "must be in (0, 600]")
 
     @property
     def max_upload_bytes(self) -> int:

@@ -12,8 +12,9 @@ import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from matting_lib.data.decode import (
     EmptyImageError, ImageDecodeError, ImageTooLargeError, UnsupportedImageError,
@@ -21,11 +22,16 @@ from matting_lib.data.decode import (
 
 logger = logging.getLogger("ray.serve")
 
+CLIENT_CLOSED = 499
+"""Status logged (nginx's convention) for a request whose client hung up before it was read: not a
+server error, so one INFO line and no traceback."""
+
 CODES = {
     400: "bad_request",
     401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "invalid_parameter",
@@ -78,7 +84,8 @@ def _validation_detail(exc: RequestValidationError) -> str:
 
 
 def install_handlers(app: FastAPI) -> None:
-    """JSON for ApiError, validation errors (422), HTTP errors (404, 405...) and anything unexpected (500)."""
+    """JSON for ApiError, validation errors (422), HTTP errors (404, 405...) and anything unexpected (500);
+    a client that hung up mid-request is logged at INFO as 499, not as an error."""
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -91,6 +98,12 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, _: ClientDisconnect) -> Response:
+        logger.info("%s %s %d: the client disconnected before the request body was read",
+                    request.method, request.url.path, CLIENT_CLOSED)
+        return Response(status_code=CLIENT_CLOSED)  # nobody reads it; keeps the access log honest
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -12,6 +12,7 @@ event loop keeps serving. Every response names the model and the brightness it m
 
 import asyncio
 import hmac
+import importlib.resources
 import logging
 import posixpath
 import re
@@ -23,7 +24,8 @@ from typing import Annotated, Any, Awaitable
 
 import numpy as np
 from fastapi import Depends, FastAPI, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
@@ -38,8 +40,8 @@ from serve_app.cache import CachedResult, ResultCache
 from serve_app.config import ServeConfig
 from serve_app.errors import ApiError, decode_error_to_api, install_handlers
 from serve_app.history import Entry, History
-from serve_app.model import MattingModel, parse_ingress_user_config
-from serve_app.params import EXTENSIONS, MEDIA_TYPES, MatteParams, check_against_limits, content_key, merge_params
+from serve_app.model import TRIM_AFTER_PIXELS, MattingModel, parse_ingress_user_config, release_memory
+from serve_app.params import EXTENSIONS, MAX_SIDE, MEDIA_TYPES, MatteParams, check_against_limits, content_key, merge_params
 from serve_app.uploads import MULTIPART_OVERHEAD, expand_batch, output_name, parse_upload, read_body
 
 logger = logging.getLogger("ray.serve")
@@ -76,6 +78,31 @@ BATCH_BODY = {
     },
 }
 
+DOCS_ASSETS_URL = "/static-docs"
+"""Where Swagger UI's and ReDoc's scripts are served from: the files of the ``fastapi-offline``
+package, so ``/docs`` and ``/redoc`` work on a machine without internet (FastAPI's defaults load them from a CDN)."""
+EMPTY_NOTICE = "No subject found: the matte is empty (under 0.5% of pixels are foreground)"
+"""``X-Matting-Notice`` of an empty result (:func:`matting_lib.postprocess.is_empty_matte`)."""
+
+
+def _docs_assets() -> Path:
+    """The folder holding swagger-ui-bundle.js, swagger-ui.css, redoc.standalone.js and favicon.png."""
+    return Path(str(importlib.resources.files("fastapi_offline") / "static"))
+
+
+def _only_query(*names: str):
+    """A route dependency: 422 ``invalid_parameter`` for any query parameter not in ``names``
+    (unknown parameters are refused everywhere, as on /v1/matte and /v1/batch)."""
+
+    async def check(request: Request) -> None:
+        unknown = sorted(set(request.query_params) - set(names))
+        if unknown:
+            accepted = f"accepted: {', '.join(names)}" if names else "this route takes none"
+            raise ApiError(422, f"{unknown[0]}: unknown parameter ({accepted})")
+
+    return Depends(check)
+
+
 async def _require_api_key(request: Request) -> None:
     """The app-wide first dependency: a /v1 request without the key gets 401 before any of its
     parameters is parsed or validated (route parameters would otherwise answer 422 first).
@@ -86,6 +113,8 @@ async def _require_api_key(request: Request) -> None:
 
 app = FastAPI(
     dependencies=[Depends(_require_api_key)],
+    docs_url=None,  # served below from local files, not a CDN
+    redoc_url=None,
     title="Universal matting",
     version="1.0",
     description=(
@@ -96,6 +125,34 @@ app = FastAPI(
 )
 install_handlers(app)
 app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+app.mount(DOCS_ASSETS_URL, StaticFiles(directory=_docs_assets()), name="static-docs")
+
+
+@app.get("/docs", include_in_schema=False)
+async def swagger_ui(request: Request) -> HTMLResponse:
+    root = request.scope.get("root_path", "")
+    return get_swagger_ui_html(
+        openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - API docs",
+        oauth2_redirect_url=f"{root}/docs/oauth2-redirect",
+        swagger_js_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+        swagger_css_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui.css",
+        swagger_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
+    )
+
+
+@app.get("/docs/oauth2-redirect", include_in_schema=False)
+async def swagger_ui_redirect() -> HTMLResponse:
+    return get_swagger_ui_oauth2_redirect_html()
+
+
+@app.get("/redoc", include_in_schema=False)
+async def redoc(request: Request) -> HTMLResponse:
+    root = request.scope.get("root_path", "")
+    return get_redoc_html(
+        openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - ReDoc",
+        redoc_js_url=f"{root}{DOCS_ASSETS_URL}/redoc.standalone.js",
+        redoc_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png", with_google_fonts=False,
+    )
 
 
 @dataclass(frozen=True)
@@ -301,6 +358,7 @@ class MattingIngress:
         result = CachedResult(
             body=body, media_type=MEDIA_TYPES[params.format], model=model, brightness=brightness,
             checkpoint=answer["checkpoint"], width=rgb.shape[1], height=rgb.shape[0],
+            empty=await asyncio.to_thread(postprocess.is_empty_matte, answer["alpha"]),
         )
         if answer["checkpoint"] != self.versions.get(model):  # swapped since the key was made
             self.versions[model] = answer["checkpoint"]
@@ -310,7 +368,7 @@ class MattingIngress:
 
     def _params(self, query: MatteParams, fields: dict[str, str]) -> MatteParams:
         params = merge_params(query, fields)
-        check_against_limits(params, self.config.model_names, self.config.limits.max_side_limit)
+        check_against_limits(params, self.config.model_names)
         return params
 
     async def _record(self, **kwargs: Any) -> str | None:
@@ -348,7 +406,7 @@ class MattingIngress:
             m.check_health()
 
     # ------------------------------------------------------------------ API
-    @app.get("/v1/models", summary="Served models: names, checkpoints, metrics, and the routing rule")
+    @app.get("/v1/models", summary="Served models: names, checkpoints, metrics, and the routing rule", dependencies=[_only_query()])
     async def list_models(self) -> dict[str, Any]:
         infos = await self._model_infos()
         r = self.config.routing
@@ -366,7 +424,8 @@ class MattingIngress:
             "dark_model": r.dark_model,
             "measure": f"mean Rec.601 luma in [0, 1] of a copy downscaled to {MEASURE_SIDE} px on its long side",
         }
-        return {"models": models, "routing": routing}
+        limits = {"max_side": MAX_SIDE, "default_max_side": self.config.model_deployment.max_side}
+        return {"models": models, "routing": routing, "limits": limits}
 
     @app.post(
         "/v1/matte",
@@ -375,7 +434,8 @@ class MattingIngress:
             "Send the image as a multipart file (any field name, e.g. `file`) or as the raw body. "
             "Parameters in the query string (or as multipart text fields). Returns the image; "
             "headers X-Matting-Model, X-Matting-Brightness, X-Matting-Cache (hit/miss), "
-            "X-Matting-Checkpoint, X-Matting-Ms, X-Matting-History-Id, and Server-Timing (ms per stage: "
+            "X-Matting-Checkpoint, X-Matting-Ms, X-Matting-History-Id, X-Matting-Empty (true when the model found "
+            "no subject: under 0.5% of pixels have alpha >= 0.5; then X-Matting-Notice says so), and Server-Timing (ms per stage: "
             "upload (reading and parsing the request body), key, decode, model (the call to the model replica), "
             "forward (its forward pass), encode, and total from the cache lookup to the encoded result)."
         ),
@@ -386,7 +446,7 @@ class MattingIngress:
     async def matte(self, request: Request, query: Annotated[MatteParams, Query()]) -> Response:
         limits = self.config.limits
         t_request = time.perf_counter()
-        body = await read_body(request, limits.max_upload_bytes + MULTIPART_OVERHEAD)
+        body = await read_body(request, limits.max_upload_bytes + MULTIPART_OVERHEAD, limits.body_timeout_s)
         upload = await parse_upload(request, body, max_files=1)
         upload_ms = (time.perf_counter() - t_request) * 1000
         params = self._params(query, upload.fields)
@@ -395,10 +455,14 @@ class MattingIngress:
         f = upload.files[0]
         if len(f.data) > limits.max_upload_bytes:
             raise ApiError(413, f"image is {len(f.data) / 1e6:.1f} MB, the limit is {limits.max_upload_mb:g} MB")
+        del body, upload
         out = await self._matte(f.data, f.name, params)
         res = out.result
+        if res.width * res.height >= TRIM_AFTER_PIXELS:
+            await asyncio.to_thread(release_memory)  # the decoded image and its matte are gone: give their memory back
         ext = EXTENSIONS[params.format]
         headers = {
+            "X-Matting-Empty": "true" if res.empty else "false",
             "X-Matting-Model": res.model,
             "X-Matting-Brightness": f"{res.brightness:.4f}",
             "X-Matting-Cache": "hit" if out.cache_hit else "miss",
@@ -407,6 +471,8 @@ class MattingIngress:
             "Server-Timing": server_timing({"upload": upload_ms, **out.timings, "total": out.ms}),
             "Content-Disposition": _disposition("inline", _stem(f.name), f"-matte.{ext}"),
         }
+        if res.empty:
+            headers["X-Matting-Notice"] = EMPTY_NOTICE
         if params.history:
             entry_id = await self._record(
                 kind="image", name=f.name, model=res.model, brightness=res.brightness, params=params.model_dump(),
@@ -423,7 +489,8 @@ class MattingIngress:
         description=(
             "Send multipart files (any field names; a .zip among them is expanded) or a zip as the raw body. "
             "Returns a zip: results/<name>.<ext> per image plus log.csv and log.json (file, output, status, "
-            "http_status, model, brightness, cache, ms, error). A bad file is logged, not fatal."
+            "http_status, model, brightness, cache, ms, error, empty, notice; empty is true where the model found no "
+            "subject). A bad file is logged, not fatal. Headers X-Matting-Files, X-Matting-Failed, X-Matting-Empty (counts)."
         ),
         response_class=Response,
         responses={200: {"content": {"application/zip": {}}}},
@@ -431,7 +498,7 @@ class MattingIngress:
     )
     async def batch(self, request: Request, query: Annotated[MatteParams, Query()]) -> Response:
         limits = self.config.limits
-        body = await read_body(request, limits.max_batch_upload_bytes + MULTIPART_OVERHEAD)
+        body = await read_body(request, limits.max_batch_upload_bytes + MULTIPART_OVERHEAD, limits.body_timeout_s)
         upload = await parse_upload(request, body, max_files=limits.max_batch_files)
         params = self._params(query, upload.fields)
         files = expand_batch(upload.files, limits.max_batch_files, limits.max_upload_bytes, limits.max_zip_total_bytes)
@@ -439,9 +506,12 @@ class MattingIngress:
         rows = await self._batch_rows(files, params)
         archive = await asyncio.to_thread(build_zip, rows)
         ok = [r for r in rows if r.status == "ok"]
+        empty = sum(bool(r.empty) for r in ok)
+        await asyncio.to_thread(release_memory)  # a batch decodes many images: give their memory back
         headers = {
             "X-Matting-Files": str(len(rows)),
             "X-Matting-Failed": str(len(rows) - len(ok)),
+            "X-Matting-Empty": str(empty),
             "X-Matting-Ms": f"{(time.perf_counter() - t0) * 1000:.1f}",
             "Content-Disposition": 'attachment; filename="mattes.zip"',
         }
@@ -451,7 +521,7 @@ class MattingIngress:
                 kind="batch", name=f"{len(rows)} files", model=",".join(models), brightness=None,
                 params=params.model_dump(), width=None, height=None, media_type="application/zip", ext="zip",
                 body=archive, thumbnail_source=ok[0].body if ok else None,
-                summary={"files": len(rows), "ok": len(ok), "failed": len(rows) - len(ok)},
+                summary={"files": len(rows), "ok": len(ok), "failed": len(rows) - len(ok), "empty": empty},
             )
             if entry_id:
                 headers["X-Matting-History-Id"] = entry_id
@@ -477,12 +547,13 @@ class MattingIngress:
                 r = out.result
                 return BatchRow(
                     f.name, f"results/{out_name}", "ok", 200, r.model, round(r.brightness, 4),
-                    "hit" if out.cache_hit else "miss", round(out.ms, 1), "", r.body,
+                    "hit" if out.cache_hit else "miss", round(out.ms, 1), "", r.empty,
+                    EMPTY_NOTICE if r.empty else "", r.body,
                 )
 
         return list(await asyncio.gather(*(one(f, n) for f, n in zip(files, names))))
 
-    @app.get("/v1/history", summary="History, newest first (paginated)")
+    @app.get("/v1/history", summary="History, newest first (paginated)", dependencies=[_only_query("limit", "offset")])
     async def history_list(
         self,
         limit: Annotated[int, Query(ge=1, le=100, description="Entries per page.")] = 20,
@@ -504,11 +575,11 @@ class MattingIngress:
             raise ApiError(404, f"no history entry {entry_id!r}")
         return entry
 
-    @app.get("/v1/history/{entry_id}", summary="One history entry")
+    @app.get("/v1/history/{entry_id}", summary="One history entry", dependencies=[_only_query()])
     async def history_get(self, entry_id: str) -> dict[str, Any]:
         return (await self._entry(entry_id)).to_json()
 
-    @app.get("/v1/history/{entry_id}/result", summary="Download a history entry's result again", response_class=Response)
+    @app.get("/v1/history/{entry_id}/result", summary="Download a history entry's result again", response_class=Response, dependencies=[_only_query()])
     async def history_result(self, entry_id: str) -> Response:
         entry = await self._entry(entry_id)
         try:
@@ -521,7 +592,7 @@ class MattingIngress:
             disposition = _disposition("attachment", f"mattes-{entry.id[:8]}", ".zip")
         return Response(data, media_type=entry.media_type, headers={"Content-Disposition": disposition})
 
-    @app.get("/v1/history/{entry_id}/thumbnail", summary="A history entry's thumbnail (PNG)", response_class=Response)
+    @app.get("/v1/history/{entry_id}/thumbnail", summary="A history entry's thumbnail (PNG)", response_class=Response, dependencies=[_only_query()])
     async def history_thumbnail(self, entry_id: str) -> Response:
         entry = await self._entry(entry_id)
         data = await asyncio.to_thread(self.history.read_thumbnail, entry)
@@ -529,12 +600,12 @@ class MattingIngress:
             raise ApiError(404, f"history entry {entry_id} has no thumbnail")
         return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
 
-    @app.delete("/v1/history/{entry_id}", summary="Delete a history entry and its files")
+    @app.delete("/v1/history/{entry_id}", summary="Delete a history entry and its files", dependencies=[_only_query()])
     async def history_delete(self, entry_id: str) -> dict[str, Any]:
         entry = await self._entry(entry_id)
         await asyncio.to_thread(self.history.delete, entry.id)
         return {"deleted": entry.id}
 
-    @app.get("/v1/stats", summary="This ingress replica's counters: cache and model calls")
+    @app.get("/v1/stats", summary="This ingress replica's counters: cache and model calls", dependencies=[_only_query()])
     async def stats(self) -> dict[str, Any]:
         return {"cache": self.cache.stats(), "model_calls": self.model_calls, "model_retries": self.model_retries}

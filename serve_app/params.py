@@ -16,6 +16,14 @@ from matting_lib.postprocess import MAX_EROSION, MAX_FEATHER, PostprocessParams,
 from serve_app.errors import ApiError
 
 
+MIN_SIDE = 32
+MAX_SIDE = 2048
+"""The largest ``max_side`` (long side, px, the network works at) a request may ask for: the one
+limit the check, the OpenAPI schema, the web UI (from ``GET /v1/models``) and the docs use.
+It bounds a model replica's memory: one request at 2048 peaks at about 1.9 GB of RSS, where 4096
+took 5.2 GB (``bench/RELIABILITY.md``, "Memory of the largest request")."""
+
+
 class MatteParams(BaseModel):
     """What to compute and how to deliver it."""
 
@@ -35,7 +43,8 @@ class MatteParams(BaseModel):
     decontaminate: bool = Field(False, description="Remove background colour bleed from the foreground (slower).")
     quality: int = Field(90, ge=1, le=100, description="JPEG/WebP quality.")
     max_side: Optional[int] = Field(
-        None, ge=32, le=8192, description="Long side (px) the network works at; default from the server config."
+        None, ge=MIN_SIDE, le=MAX_SIDE,
+        description=f"Long side (px) the network works at, in [{MIN_SIDE}, {MAX_SIDE}]; default from the server config.",
     )
     history: bool = Field(True, description="Record the result in the history.")
 
@@ -88,12 +97,11 @@ def merge_params(query: MatteParams, form: Mapping[str, str]) -> MatteParams:
         raise ApiError(422, "; ".join(parts)) from None
 
 
-def check_against_limits(params: MatteParams, model_names: list[str], max_side_limit: int) -> None:
-    """Checks that need the server config: a known model and an allowed ``max_side``."""
+def check_against_limits(params: MatteParams, model_names: list[str]) -> None:
+    """Checks that need the server config: a known model. (``max_side`` is checked against
+    :data:`MAX_SIDE` by the model itself, so every value over it gets the same message.)"""
     if params.model != "auto" and params.model not in model_names:
         raise ApiError(422, f"model: unknown model {params.model!r}; use 'auto' or one of {', '.join(model_names)}")
-    if params.max_side is not None and params.max_side > max_side_limit:
-        raise ApiError(422, f"max_side: must be <= {max_side_limit}, got {params.max_side}")
 
 
 def content_key(data: bytes, params: MatteParams, versions: Mapping[str, str]) -> str:

@@ -8,6 +8,7 @@ uncompressed size, names) before any entry is used. Errors are :class:`ApiError`
 
 from __future__ import annotations
 
+import asyncio
 import io
 import posixpath
 import re
@@ -17,7 +18,8 @@ from typing import AsyncIterator
 
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import Request
+from ray.exceptions import TaskCancelledError
+from starlette.requests import ClientDisconnect, Request
 
 from serve_app.errors import ApiError
 
@@ -47,13 +49,33 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole request body, or 413 once it exceeds ``limit`` bytes."""
+async def read_body(request: Request, limit: int, timeout_s: float | None = None) -> bytes:
+    """The whole request body, or 413 once it exceeds ``limit`` bytes.
+
+    ``timeout_s``: the longest wait for the next piece of the body; a client that stalls longer
+    (a ``Content-Length`` larger than what it sends, a stalled upload) gets 408
+    ``request_timeout`` instead of holding the connection. A client that hangs up mid-upload
+    raises starlette's ``ClientDisconnect`` (answered 499 and logged as such, see
+    :func:`serve_app.errors.install_handlers`), also when Ray Serve's proxy noticed first and
+    cancelled the task that streams the body to this replica (``TaskCancelledError``).
+    """
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"request body is {_mb(int(declared))}, the limit is {_mb(limit)}")
     buf = bytearray()
-    async for chunk in request.stream():
+    chunks = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(chunks.__anext__(), timeout_s)
+        except StopAsyncIteration:
+            break
+        except TaskCancelledError:
+            # Serve's proxy cancels the call that fetches the body for us when its client hangs up.
+            raise ClientDisconnect() from None
+        except asyncio.TimeoutError:
+            got = f"{len(buf)} of {declared} bytes" if declared.isdigit() else f"{len(buf)} bytes"
+            raise ApiError(408, f"the request body stalled: no data for {timeout_s:g} s after {got}",
+                           headers={"Connection": "close"}) from None
         buf += chunk
         if len(buf) > limit:
             raise ApiError(413, f"request body is over the {_mb(limit)} limit")
@@ -69,6 +91,14 @@ def _basename(name: str | None) -> str:
     return posixpath.basename((name or "").replace("\\", "/")).strip()
 
 
+def _boundary(content_type: str) -> bytes:
+    """The ``boundary`` parameter of a multipart Content-Type (b'' if none)."""
+    from starlette.formparsers import parse_options_header
+
+    _, params = parse_options_header(content_type)
+    return params.get(b"boundary", b"")
+
+
 async def parse_upload(request: Request, body: bytes, max_files: int) -> Upload:
     """Files and fields of a multipart body, or the raw body as one file named by ``X-Filename``."""
     ctype = request.headers.get("content-type", "")
@@ -82,6 +112,11 @@ async def parse_upload(request: Request, body: bytes, max_files: int) -> Upload:
         form = await parser.parse()
     except MultiPartException as e:
         raise ApiError(400, f"malformed multipart upload: {e.message}") from None
+    boundary = _boundary(ctype)
+    if boundary and b"--" + boundary + b"--" not in body:
+        # The parser returns the parts it completed, possibly none, for a body cut short.
+        await form.close()
+        raise ApiError(400, "malformed multipart upload: the body ends before its closing boundary (cut short?)")
     upload = Upload()
     try:
         for key, value in form.multi_items():

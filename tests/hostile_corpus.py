@@ -28,6 +28,7 @@ import requests
 from PIL import Image
 
 from serve_app.config import LimitSettings
+from serve_app.params import MAX_SIDE
 
 MATTE, BATCH = "/v1/matte", "/v1/batch"
 
@@ -433,7 +434,7 @@ def param_cases(good: bytes) -> list[Case]:
         _param("quality 0", {"quality": "0"}, good),
         _param("max_side below 32", {"max_side": "31"}, good),
         _param("max_side 10^30", {"max_side": "1" + "0" * 30}, good),
-        _param("max_side over the server's limit", {"max_side": "8192"}, good),
+        _param("max_side just over MAX_SIDE", {"max_side": str(MAX_SIDE + 1)}, good),
         _param("model path traversal", {"model": "../../etc/passwd"}, good),
         _param("model empty", {"model": ""}, good),
         _param("model unknown", {"model": "MODNet"}, good),
@@ -465,7 +466,7 @@ def multipart_cases(good: bytes, limits: LimitSettings) -> list[Case]:
         _matte("multipart without a boundary", body, 400, "bad_request", content_type="multipart/form-data"),
         _matte("multipart with the wrong boundary", body, 400, "bad_request",
                content_type="multipart/form-data; boundary=somethingElse"),
-        _matte("multipart cut before its end", body[: len(body) // 2], 400, "no_image",
+        _matte("multipart cut before its end", body[: len(body) // 2], 400, "bad_request",
                content_type="multipart/form-data; boundary=hostileBoundary7"),
         Case(f"{limits.max_batch_files + 1} multipart files to /v1/batch", BATCH, 400, "bad_request",
              files=tuple(("files", f"{i}.png", good) for i in range(limits.max_batch_files + 1))),

@@ -20,12 +20,19 @@ from serve_app.config import DEFAULT_CONFIG_PATH, app_entry, load_serve_yaml
 TINY = ModelConfig(encoder_width=0.35, decoder_channels=(32, 24, 16, 16, 8))
 
 
-def make_checkpoint(path: Path | str, seed: int, metrics: dict[str, float] | None = None) -> str:
-    """A tiny random-weight checkpoint; different seeds give different mattes."""
+def make_checkpoint(path: Path | str, seed: int, metrics: dict[str, float] | None = None, head_bias: float | None = None) -> str:
+    """A tiny random-weight checkpoint; different seeds give different mattes (alpha near 0.4 everywhere).
+
+    ``head_bias``: the output layer's bias, e.g. -8 for a model that finds no subject in any image
+    (alpha near 0: an empty matte) or +8 for one that keeps everything (alpha near 1).
+    """
     import torch
 
     torch.manual_seed(seed)
     model = build_model(TINY)
+    if head_bias is not None:
+        with torch.no_grad():
+            model.head.bias.fill_(head_bias)
     return save_checkpoint(str(path), model, metrics=metrics or {"val_sad": float(seed)})
 
 
@@ -85,7 +92,7 @@ def serve_yaml_for_test(
         "autoscaling": {**a["model_deployment"]["autoscaling"], "upscale_delay_s": 600},
     }
     a["limits"] = {**a["limits"], "max_upload_mb": 2, "max_batch_upload_mb": 4, "max_batch_files": 8,
-                   "max_zip_total_mb": 3, "max_pixels": 4_000_000, "max_side_limit": 1024}
+                   "max_zip_total_mb": 3, "max_pixels": 4_000_000}
     for k, v in (args or {}).items():
         a[k] = {**a.get(k, {}), **v} if isinstance(v, dict) else v
     if fast_scaling:
@@ -132,10 +139,11 @@ def start_cluster_and_app(tmp: Path, checkpoints: dict[str, str], args: dict[str
     stop with ``serve.shutdown(); ray.shutdown(); stop_ray_head(cluster["temp_dir"])``."""
     import os
 
-    import ray
-
-    from infra.local_ray import free_port, start_ray_head
+    from infra.local_ray import free_port, start_ray_head, use_loopback
     from tests.conftest import ROOT
+
+    use_loopback()  # before Ray is imported: the cluster listens on 127.0.0.1 only
+    import ray
 
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     print("starting a local Ray cluster ...", flush=True)

@@ -34,7 +34,7 @@ from matting_lib.data.decode import ImageDecodeError, decode_image
 from serve_app.config import HistorySettings, LimitSettings, app_entry
 from serve_app.errors import ApiError
 from serve_app.history import History
-from serve_app.params import MatteParams, check_against_limits, merge_params
+from serve_app.params import MAX_SIDE, MatteParams, check_against_limits, merge_params
 from serve_app.uploads import UploadedFile, expand_batch, output_name, parse_upload
 from infra.local_ray import free_port
 from tests.hostile_corpus import BATCH, MATTE, corpus, make_zip, photo, pil_bytes
@@ -341,7 +341,7 @@ def test_parameter_parsing(form):
     t0 = time.perf_counter()
     try:
         params = merge_params(MatteParams(), form)
-        check_against_limits(params, ["base", "lowlight"], 1024)
+        check_against_limits(params, ["base", "lowlight"])
     except ApiError as e:
         assert e.status == 422 and e.detail
     else:
@@ -349,7 +349,7 @@ def test_parameter_parsing(form):
         assert 0.0 <= params.threshold <= 1.0 and params.threshold == params.threshold  # not NaN
         assert 1 <= params.quality <= 100 and params.erosion >= 0 and params.feather >= 0
         assert params.model in ("auto", "base", "lowlight") and params.format in ("png", "jpeg", "webp")
-        assert params.max_side is None or 32 <= params.max_side <= 1024
+        assert params.max_side is None or 32 <= params.max_side <= MAX_SIDE
         params.postprocess()  # accepted by matting_lib as well
     assert time.perf_counter() - t0 < FUZZ_BOUND_S
 

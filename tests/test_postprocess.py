@@ -280,3 +280,28 @@ def test_apply_with_decontamination():
 def test_apply_shape_mismatch():
     with pytest.raises(ValueError, match="alpha shape"):
         P.apply(rand_image(0), np.zeros((5, 5), np.float32), P.PostprocessParams())
+
+
+# ----------------------------------------------------------------------------- empty results
+
+
+def test_empty_matte_threshold_is_half_a_percent_of_pixels_at_alpha_half():
+    from matting_lib.postprocess import EMPTY_FRACTION, EMPTY_LEVEL, foreground_fraction, is_empty_matte
+
+    assert (EMPTY_FRACTION, EMPTY_LEVEL) == (0.005, 0.5)
+    a = np.zeros((100, 200), np.float32)
+    assert is_empty_matte(a) and foreground_fraction(a) == 0.0
+    a[:, :] = 0.49  # a faint haze everywhere is still no subject
+    assert is_empty_matte(a)
+    a[:] = 0
+    a.flat[:99] = 1.0  # 99 of 20000 pixels = 0.495%
+    assert is_empty_matte(a)
+    a.flat[99] = 0.5  # 100 = 0.5%: reported as a subject
+    assert not is_empty_matte(a) and foreground_fraction(a) == pytest.approx(0.005)
+    u8 = np.zeros((10, 10), np.uint8)
+    u8[0, 0] = 128  # uint8 mattes: 128/255 >= 0.5, 127 is not
+    assert foreground_fraction(u8) == 0.01 and not is_empty_matte(u8)
+    u8[0, 0] = 127
+    assert is_empty_matte(u8)
+    with pytest.raises(ValueError):
+        foreground_fraction(np.zeros((0, 3)))

@@ -27,6 +27,7 @@ from matting_lib.postprocess import PostprocessParams, apply
 from matting_lib.predictor import Predictor
 from matting_lib.routing import DEFAULT_THRESHOLD
 from serve_app.ingress import parse_server_timing
+from serve_app.params import MAX_SIDE
 from infra.local_ray import free_port
 from tests.serve_helpers import (
     app_running, decode, deploy, deploy_and_wait, encode, get, make_checkpoint, photo, post, running_replicas,
@@ -233,7 +234,7 @@ BAD_MATTE = [
     ("unknown format", {"data": GOOD, "params": {"format": "gif"}}, 422),
     ("bad colour", {"data": GOOD, "params": {"background": "reddish"}}, 422),
     ("unknown model", {"data": GOOD, "params": {"model": "nope"}}, 422),
-    ("max_side over the limit", {"data": GOOD, "params": {"max_side": 2048}}, 422),
+    ("max_side over the limit", {"data": GOOD, "params": {"max_side": MAX_SIDE + 1}}, 422),
     ("unknown parameter", {"data": GOOD, "params": {"colour": "red"}}, 422),
 ]
 

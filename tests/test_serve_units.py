@@ -239,3 +239,40 @@ def test_hot_swap_loads_the_new_checkpoint_and_survives_a_bad_one(tmp_path):
     assert "unknown key 'bogus'" in model.info()["swap_error"] and model.checkpoint == b
     asyncio.run(model.reconfigure({}))  # no checkpoint named: back to the deployment's own
     assert model.checkpoint == a and model.swaps == 2
+
+
+# --------------------------------------------------------------------------- memory of a large request
+
+
+def _rss_mb() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.timeout(300)
+def test_a_model_replica_gives_back_the_memory_of_a_large_request(tmp_path):
+    """ONNX Runtime keeps its arena at the largest size it ever needed: one request at the largest
+    max_side would pin ~0.85 GB even for this tiny model. The replica's session frees it after
+    runs above the configured working size, and malloc_trim hands the heap back."""
+    import numpy as np
+
+    from serve_app.config import ModelDeploymentSettings
+    from serve_app.model import MattingModel, ShrinkingSession, release_memory
+    from serve_app.params import MAX_SIDE
+    from tests.serve_helpers import make_checkpoint
+
+    model = MattingModel.func_or_class("base", make_checkpoint(tmp_path / "m.pt", 1),
+                                       ModelDeploymentSettings(max_side=256, num_threads=1), "onnx")
+    assert isinstance(model.predictor.model, ShrinkingSession)
+    small = np.zeros((200, 200, 3), np.uint8)
+    model.predictor.predict(small)
+    before = _rss_mb()
+    big = np.random.default_rng(0).integers(0, 255, (MAX_SIDE + 500, MAX_SIDE + 500, 3), dtype=np.uint8)
+    alpha = model.predictor.predict(big, MAX_SIDE)
+    assert alpha.shape == big.shape[:2]
+    del big, alpha
+    release_memory()
+    model.predictor.predict(small)  # and the normal size still runs on the warm arena
+    assert _rss_mb() - before < 250, (before, _rss_mb())

@@ -59,8 +59,16 @@ async function loadModels() {
     const select = $("p-model");
     select.length = 1;
     for (const m of body.models) select.add(new Option(`${m.name} (${m.role})`, m.name));
+    if (body.limits) { // the server's one max_side limit (serve_app.params.MAX_SIDE)
+      $("p-max_side").max = body.limits.max_side;
+      $("p-max_side").placeholder = `server default (${body.limits.default_max_side})`;
+    }
   } catch (e) { console.warn(e); }
 }
+
+// What to tell a person when the model found no subject (X-Matting-Empty: true).
+const EMPTY_TEXT = "No subject found: the result is (almost) fully transparent. " +
+  "Try the other model, a larger max side, or a photo where the subject stands out.";
 
 let timer = null;
 for (const name of PARAMS) {
@@ -93,6 +101,16 @@ dropZone($("drop-single"), $("file-single"), (files) => {
   runSingle();
 });
 
+function clearResult() {
+  // An old result must not stay on screen (or downloadable) beside a new error.
+  const link = $("download");
+  if (link.href.startsWith("blob:")) URL.revokeObjectURL(link.href);
+  link.removeAttribute("href");
+  link.classList.add("disabled");
+  $("result-img").removeAttribute("src");
+  $("result-notice").hidden = true;
+}
+
 async function runSingle() {
   if (!singleFile) return;
   const id = ++runId;
@@ -111,14 +129,20 @@ async function runSingle() {
     const fmt = $("p-format").value;
     info.textContent = `model ${h.get("X-Matting-Model")} · brightness ${Number(h.get("X-Matting-Brightness")).toFixed(3)}` +
       ` · ${h.get("X-Matting-Cache") === "hit" ? "cached" : h.get("X-Matting-Ms") + " ms"} · ${fmt.toUpperCase()}`;
+    const empty = h.get("X-Matting-Empty") === "true";
+    $("result-notice").textContent = empty ? EMPTY_TEXT : "";
+    $("result-notice").hidden = !empty;
+    info.dataset.empty = empty ? "true" : "false";
     info.dataset.state = "done";
     info.dataset.format = fmt;
     const link = $("download");
+    if (link.href.startsWith("blob:")) URL.revokeObjectURL(link.href);
     link.href = url;
     link.download = `${stem(singleFile.name)}-matte.${EXT[fmt]}`;
     link.classList.remove("disabled");
   } catch (e) {
     if (id !== runId) return;
+    clearResult();
     info.dataset.state = "error";
     info.textContent = e.message;
   }
@@ -140,6 +164,7 @@ dropZone($("drop-batch"), $("file-batch"), (files) => {
   $("batch-zip").classList.add("disabled");
   $("batch-progress").value = 0;
   $("batch-count").textContent = `${files.length} file(s)`;
+  delete $("batch-count").dataset.state;
 });
 
 $("batch-run").addEventListener("click", async () => {
@@ -164,7 +189,9 @@ $("batch-run").addEventListener("click", async () => {
         const img = new Image();
         img.src = URL.createObjectURL(await res.blob());
         row.cells[0].replaceChildren(img);
-        row.cells[2].textContent = "ok";
+        const empty = res.headers.get("X-Matting-Empty") === "true";
+        row.cells[2].textContent = empty ? "ok: no subject found" : "ok";
+        row.cells[2].className = empty ? "warning" : "";
         row.cells[3].textContent = res.headers.get("X-Matting-Model");
         row.cells[4].textContent = Number(res.headers.get("X-Matting-Brightness")).toFixed(3);
         row.cells[5].textContent = res.headers.get("X-Matting-Ms");
@@ -180,13 +207,20 @@ $("batch-run").addEventListener("click", async () => {
   for (const f of batchFiles) form.append("files", f, f.name);
   try {
     const res = await api("/v1/batch?" + queryString(), { method: "POST", body: form });
-    $("batch-zip").href = URL.createObjectURL(await res.blob());
+    const blob = await res.blob();
+    step(); // the ZIP is the last step; the summary below replaces the "N / M" count
+    $("batch-zip").href = URL.createObjectURL(blob);
     $("batch-zip").classList.remove("disabled");
-    $("batch-count").textContent = `${res.headers.get("X-Matting-Files")} file(s), ${res.headers.get("X-Matting-Failed")} failed`;
+    const h = res.headers;
+    const empty = Number(h.get("X-Matting-Empty") || 0);
+    $("batch-count").textContent = `${h.get("X-Matting-Files")} file(s), ${h.get("X-Matting-Failed")} failed` +
+      (empty ? `, ${empty} with no subject found` : "");
+    $("batch-count").dataset.state = "done";
   } catch (e) {
+    step();
     notice("ZIP failed: " + e.message);
+    $("batch-count").dataset.state = "error";
   }
-  step();
   $("batch-run").disabled = false;
 });
 
