@@ -1,0 +1,152 @@
+"""Memory of the largest request the app accepts; writes "Memory of the largest request" in ``bench/RELIABILITY.md``.
+
+    python -m bench.memory                      # the shipped models, a 6000x6000 PNG at max_side=MAX_SIDE
+    python -m bench.memory --max-side 4096 --no-write   # (what the app accepted before MAX_SIDE was 2048)
+
+Starts a local Ray cluster and the app (the tests' machinery, with the shipped checkpoints,
+``model_deployment.max_side`` 1024 and the shipped upload limits), warms every replica up with a
+small image, then sends the largest accepted request twice (two different 6000x6000 PNGs, 36 Mpx,
+under the 40 Mpx limit, forced to ``base``) and reads every Serve process's resident set size
+(``VmRSS`` in ``/proc``, MB = 10^6 bytes): before, the peak while the request runs (sampled every
+20 ms), and 5 s after each answer ("steady"). The bound this checks: peak and steady RSS of the
+model replica and the ingress stay what the table says, and the steady RSS returns near its level
+before the request (the replica hands back what it used).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.results import load_average, machine, markdown_table, update_results
+
+RELIABILITY = Path(__file__).resolve().parent / "RELIABILITY.md"
+SECTION = "Memory of the largest request"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def big_png(side: int, seed: int) -> bytes:
+    """A smooth side x side photo-like PNG (a blob on a gradient): small enough to upload (a few MB)."""
+    import cv2
+
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32) / side
+    d = np.hypot(yy - 0.5, xx - 0.5 - 0.05 * seed)
+    a = np.clip((0.3 - d) * 20, 0, 1)[..., None]
+    bg = np.stack([60 + 80 * xx, 110 + 60 * yy, 170 - 50 * xx], -1)
+    img = (a * np.array([200, 150, 120], np.float32) + (1 - a) * bg).astype(np.uint8)
+    ok, buf = cv2.imencode(".png", img[..., ::-1])
+    assert ok
+    return buf.tobytes()
+
+
+class Sampler:
+    """Peak VmRSS (MB) of a set of pids, sampled in a thread."""
+
+    def __init__(self, pids: dict[str, int], every_s: float = 0.02):
+        from bench.load import rss_mb
+
+        self.rss, self.pids, self.every = rss_mb, pids, every_s
+        self.peak = {name: 0.0 for name in pids}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for name, pid in self.pids.items():
+                self.peak[name] = max(self.peak[name], self.rss(pid))
+            time.sleep(self.every)
+
+    def __enter__(self) -> "Sampler":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def measure(side: int, max_side: int) -> tuple[list[list[object]], list[str]]:
+    import ray
+    import requests
+    from ray import serve
+
+    from bench.load import rss_mb, serve_replicas
+    from infra.local_ray import stop_ray_head
+    from serve_app.config import LimitSettings
+    from tests.serve_helpers import encode, photo, start_cluster_and_app
+
+    checkpoints = {"base": str(ROOT / "models" / "base.pt"), "lowlight": str(ROOT / "models" / "lowlight.pt")}
+    limits = {k: v for k, v in dataclasses.asdict(LimitSettings()).items()}
+    notes = []
+    with tempfile.TemporaryDirectory() as tmp:
+        cluster, _, url = start_cluster_and_app(Path(tmp), checkpoints, args={"limits": limits, "model_deployment": {"max_side": 1024}})
+        try:
+            for light in ("bright", "dark"):  # every replica loaded and warm
+                r = requests.post(f"{url}/v1/matte", files={"file": ("w.png", encode(photo(256, 256, light)))},
+                                  params={"history": "false"}, timeout=300)
+                assert r.status_code == 200, r.text
+            pids = {r.deployment: r.pid for r in serve_replicas(cluster["dashboard"])}
+            time.sleep(2)
+            rows = {name: [name, round(rss_mb(pid))] for name, pid in pids.items()}
+            for i in range(2):
+                data = big_png(side, seed=i)
+                with Sampler(pids) as sampler:
+                    t0 = time.perf_counter()
+                    r = requests.post(f"{url}/v1/matte", data=data, headers={"Content-Type": "image/png"},
+                                      params={"model": "base", "max_side": max_side, "history": "false", "output": "alpha"},
+                                      timeout=600)
+                    took = time.perf_counter() - t0
+                    time.sleep(0.5)
+                if r.status_code != 200:
+                    raise SystemExit(f"the request got {r.status_code}: {r.text[:300]}")
+                notes.append(f"request {i + 1}: {len(data) / 1e6:.1f} MB PNG, {side}x{side}, max_side={max_side}: "
+                             f"200 in {took:.1f} s ({r.headers.get('Server-Timing', '')})")
+                time.sleep(5)
+                for name, pid in pids.items():
+                    rows[name] += [round(sampler.peak[name]), round(rss_mb(pid))]
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+            stop_ray_head(cluster["temp_dir"])
+    order = ["model_base", "ingress", "model_lowlight", "proxy"]
+    return [rows[n] for n in order if n in rows], notes
+
+
+def main(argv: list[str] | None = None) -> int:
+    from serve_app.params import MAX_SIDE
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--side", type=int, default=6000, help="the image's side in px (default 6000: 36 Mpx)")
+    ap.add_argument("--max-side", type=int, default=MAX_SIDE, help=f"max_side of the request (default MAX_SIDE = {MAX_SIDE})")
+    ap.add_argument("--no-write", action="store_true", help="print the section instead of writing RELIABILITY.md")
+    args = ap.parse_args(argv)
+    import tests.conftest  # noqa: F401 - the auth environment before Ray is imported
+
+    rows, notes = measure(args.side, args.max_side)
+    header = ["process", "before", "peak, 1st", "steady, 1st", "peak, 2nd", "steady, 2nd"]
+    md = "\n".join([
+        f"`python -m bench.memory`: the shipped models (ONNX Runtime on CPU), one {args.side}x{args.side} PNG "
+        f"at `max_side={args.max_side}` sent twice (two different images), resident set size (VmRSS, MB) of each "
+        "Serve process: before, the peak while the request ran (sampled every 20 ms), and 5 s after the answer.",
+        "",
+        *[f"- {n}" for n in notes],
+        "",
+        markdown_table(header, rows),
+    ])
+    if args.no_write:
+        print(f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on: {machine()} (load average at the end: {load_average()}).\n")
+        print(md)
+    else:
+        print(update_results(SECTION, md, path=RELIABILITY).read_text().split(f"## {SECTION}", 1)[1].split("\n## ", 1)[0])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
