@@ -20,8 +20,8 @@ MIN_SIDE = 32
 MAX_SIDE = 2048
 """The largest ``max_side`` (long side, px, the network works at) a request may ask for: the one
 limit the check, the OpenAPI schema, the web UI (from ``GET /v1/models``) and the docs use.
-It bounds a model replica's memory: one request at 2048 peaks at about 1.9 GB of RSS, where 4096
-took 5.2 GB (``bench/RELIABILITY.md``, "Memory of the largest request")."""
+It bounds a model replica's memory: one 6000x6000 request at 2048 peaks at about 2 GB of RSS, where
+4096 took 5.6-5.8 GB (``bench/memory.py``; ``bench/RELIABILITY.md``, "Memory of the largest request")."""
 
 
 class MatteParams(BaseModel):
