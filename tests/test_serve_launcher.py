@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.local_ray import _cluster_pids, free_port, stop_ray_head
+from infra.local_ray import _cluster_pids, free_port, listening_sockets, stop_ray_head
 from tests.serve_helpers import encode, get, make_checkpoint, photo, post, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +44,15 @@ def test_launcher_serves_and_stops_cleanly_on_ctrl_c(tmp_path):
         assert get(f"{url}/readyz").status_code == 200
         r = post(f"{url}/v1/matte", files={"file": ("d.png", encode(photo(40, 60, "dark")))})
         assert r.status_code == 200 and r.headers["X-Matting-Model"] == "lowlight"
+        # Ray's servers of the cluster it started listen on loopback only (GCS, raylet, workers,
+        # agents, the HTTP proxy); the one exception is Ray Serve's per-replica gRPC server on [::]
+        # (infra/README.md says so and gives the firewall rule).
+        sockets = listening_sockets(_cluster_pids(ray_tmp))
+        assert ("127.0.0.1", port) in {(ip, p) for ip, p, _ in sockets}
+        names = {pid: Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace") for _, _, pid in sockets}
+        assert any("gcs_server" in n for n in names.values()), names
+        exposed = [(ip, p, names[pid]) for ip, p, pid in sockets if not (ip.startswith("127.") or ip == "::1")]
+        assert all(n.startswith("ray::ServeReplica:") for *_, n in exposed), exposed
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
         assert proc.wait(timeout=90) == 0, "".join(lines)[-3000:]
         reader.join(10)
