@@ -85,9 +85,14 @@ EMPTY_NOTICE = "No subject found: the matte is empty (under 0.5% of pixels are f
 """``X-Matting-Notice`` of an empty result (:func:`matting_lib.postprocess.is_empty_matte`)."""
 
 
-def _docs_assets() -> Path:
-    """The folder holding swagger-ui-bundle.js, swagger-ui.css, redoc.standalone.js and favicon.png."""
-    return Path(str(importlib.resources.files("fastapi_offline") / "static"))
+def _docs_assets() -> Path | None:
+    """The folder holding swagger-ui-bundle.js, swagger-ui.css, redoc.standalone.js and favicon.png
+    (None when the ``fastapi-offline`` package is missing: the pages then load them from a CDN)."""
+    try:
+        return Path(str(importlib.resources.files("fastapi_offline") / "static"))
+    except ModuleNotFoundError:
+        logger.warning("fastapi-offline is not installed: /docs and /redoc load their scripts from a CDN")
+        return None
 
 
 def _only_query(*names: str):
@@ -125,7 +130,18 @@ app = FastAPI(
 )
 install_handlers(app)
 app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-app.mount(DOCS_ASSETS_URL, StaticFiles(directory=_docs_assets()), name="static-docs")
+_DOCS_ASSETS = _docs_assets()
+if _DOCS_ASSETS is not None:
+    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=_DOCS_ASSETS), name="static-docs")
+
+
+def _local_assets(request: Request, **names: str) -> dict[str, str]:
+    """``{argument: URL of the local copy}`` for FastAPI's docs page helpers; empty without the
+    package (the helpers then keep their CDN defaults)."""
+    if _DOCS_ASSETS is None:
+        return {}
+    root = request.scope.get("root_path", "")
+    return {arg: f"{root}{DOCS_ASSETS_URL}/{name}" for arg, name in names.items()}
 
 
 @app.get("/docs", include_in_schema=False)
@@ -134,9 +150,8 @@ async def swagger_ui(request: Request) -> HTMLResponse:
     return get_swagger_ui_html(
         openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - API docs",
         oauth2_redirect_url=f"{root}/docs/oauth2-redirect",
-        swagger_js_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
-        swagger_css_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui.css",
-        swagger_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
+        **_local_assets(request, swagger_js_url="swagger-ui-bundle.js", swagger_css_url="swagger-ui.css",
+                        swagger_favicon_url="favicon.png"),
     )
 
 
@@ -149,9 +164,8 @@ async def swagger_ui_redirect() -> HTMLResponse:
 async def redoc(request: Request) -> HTMLResponse:
     root = request.scope.get("root_path", "")
     return get_redoc_html(
-        openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - ReDoc",
-        redoc_js_url=f"{root}{DOCS_ASSETS_URL}/redoc.standalone.js",
-        redoc_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png", with_google_fonts=False,
+        openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - ReDoc", with_google_fonts=False,
+        **_local_assets(request, redoc_js_url="redoc.standalone.js", redoc_favicon_url="favicon.png"),
     )
 
 

