@@ -50,6 +50,9 @@ def test_shipped_config_is_a_valid_serve_config_and_app_config():
         ("history.db_path=s3://b/h.sqlite", "history.db_path"),
         ("model_deployment.num_cpus=fast", "model_deployment.num_cpus"),
         ("model_deployment.placement=inline", "model_deployment.placement"),
+        ("model_deployment.max_side=4096", "model_deployment.max_side"),  # over serve_app.params.MAX_SIDE
+        ("limits.max_side_limit=1024", "limits.max_side_limit"),  # gone: MAX_SIDE is not a setting
+        ("limits.body_timeout_s=0", "limits.body_timeout_s"),
     ],
 )
 def test_config_errors_name_the_key(override, key):
