@@ -32,8 +32,11 @@ test: $(STAMP)
 
 # Starts a local Ray cluster and serves models/base.pt + models/lowlight.pt on
 # http://127.0.0.1:8000 (Ctrl-C stops it). Extra settings: make serve ARGS="--port 8080".
+# One machine: the models run inside the ingress replica, which saves a Ray call per image
+# (bench/serve.py); serve_app/config.yaml keeps `separate` for clusters (per-model scaling, GPUs).
+SERVE_ARGS ?= model_deployment.placement=ingress
 serve: $(STAMP)
-	$(BIN)/python -m serve_app $(ARGS)
+	$(BIN)/python -m serve_app $(SERVE_ARGS) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

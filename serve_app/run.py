@@ -73,7 +73,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--num-cpus", type=float, default=None, help="CPUs of a started cluster (default: all)")
     p.add_argument("--temp-dir", default=None, help="Ray's temp/session folder for a started cluster")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the app's args, e.g. routing.threshold=0.25")
-    return p.parse_args(argv)
+    # Intermixed: `make serve` puts its own overrides first and the user's ARGS (options included) after them.
+    return p.parse_intermixed_args(argv)
 
 
 def load(args: argparse.Namespace) -> tuple[ServeConfig, ServeConfig, str, int, str]:

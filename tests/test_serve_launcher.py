@@ -20,6 +20,25 @@ from tests.serve_helpers import encode, get, make_checkpoint, photo, post, wait_
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _make_serve_settings() -> list[str]:
+    """The key=value settings that ``make serve`` passes to ``python -m serve_app`` (from ``make -n``)."""
+    out = subprocess.run(["make", "-n", "serve", "STAMP=/dev/null"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=30).stdout
+    line = next(ln for ln in out.splitlines() if "-m serve_app" in ln)
+    return [a for a in line.split("-m serve_app", 1)[1].split() if "=" in a]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_make_serve_runs_the_models_in_the_ingress():
+    assert "model_deployment.placement=ingress" in _make_serve_settings()
+
+
 @pytest.mark.timeout(300)
 def test_launcher_serves_and_stops_cleanly_on_ctrl_c(tmp_path):
     base = make_checkpoint(tmp_path / "base.pt", 1)
@@ -27,7 +46,7 @@ def test_launcher_serves_and_stops_cleanly_on_ctrl_c(tmp_path):
     port = free_port()
     ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must stay under 108 bytes
     cmd = [
-        sys.executable, "-m", "serve_app", "--port", str(port), "--num-cpus", "2", "--temp-dir", ray_tmp,
+        sys.executable, "-m", "serve_app", *_make_serve_settings(), "--port", str(port), "--num-cpus", "2", "--temp-dir", ray_tmp,
         f"models.0.checkpoint={base}", f"models.1.checkpoint={lowlight}",
         f"history.db_path={tmp_path / 'h.sqlite'}", f"history.store_uri={tmp_path / 'results'}",
     ]
@@ -53,6 +72,10 @@ def test_launcher_serves_and_stops_cleanly_on_ctrl_c(tmp_path):
         assert any("gcs_server" in n for n in names.values()), names
         exposed = [(ip, p, names[pid]) for ip, p, pid in sockets if not (ip.startswith("127.") or ip == "::1")]
         assert all(n.startswith("ray::ServeReplica:") for *_, n in exposed), exposed
+        # make serve runs the models inside the ingress: no model deployments, no Ray call per image.
+        replicas = [_cmdline(pid) for pid in _cluster_pids(ray_tmp)]
+        assert any(c.startswith("ray::ServeReplica:matting:ingress") for c in replicas), replicas
+        assert not any(c.startswith("ray::ServeReplica:matting:model_") for c in replicas), replicas
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
         assert proc.wait(timeout=90) == 0, "".join(lines)[-3000:]
         reader.join(10)
