@@ -21,6 +21,8 @@ FORWARDED_ENV = io.STORAGE_ENV + ("MATTING_FAIL_ONCE",)
 
 
 def job_parser(description: str) -> argparse.ArgumentParser:
+    """The jobs' common options; parse with ``parse_intermixed_args`` so key=value overrides may
+    come before and after options (``--config c.yaml a=1 --address auto b=2``)."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--config", required=True, help="YAML config under configs/")
     p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS, a running local cluster, or a new one)")

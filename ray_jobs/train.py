@@ -186,7 +186,7 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = job_parser(__doc__.splitlines()[0]).parse_args(argv)
+    args = job_parser(__doc__.splitlines()[0]).parse_intermixed_args(argv)
     cfg: TrainConfig = absolute_paths(load_job_config(args.config, args.overrides))
     train_rows, val_rows, extra_env = prepare_data(cfg)
     init_ray(args.address, env=extra_env)

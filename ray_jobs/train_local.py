@@ -102,7 +102,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-every", type=int, default=-1,
                    help="a progress line every N steps (default: about 20 per epoch; 0: once per epoch)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. stages.0.epochs=10 data.uri=s3://bucket/ds")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # overrides may come before and after options
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -646,7 +646,7 @@ def make_tuner(
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = job_parser(__doc__.splitlines()[0]).parse_args(argv)
+    args = job_parser(__doc__.splitlines()[0]).parse_intermixed_args(argv)
     sweep: SweepConfig = load_job_config(args.config, args.overrides, cls=SweepConfig)
     try:
         base = load_base(sweep)

@@ -122,3 +122,15 @@ def test_missing_teacher_is_a_clear_error(dataset, tmp_path):
     r = _run("--config", TINY, f"data.uri={dataset}", f"run.storage_path={tmp_path}", f"distill.teacher={tmp_path}/none.pt")
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert "distill.teacher:" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_overrides_may_come_before_and_after_options():
+    """``... --config c.yaml data.uri=x --workers 1 stages.0.lr=1e-4``: both overrides are kept
+    (plain parse_args stopped with "unrecognized arguments")."""
+    from ray_jobs import train_local
+    from ray_jobs.common import job_parser
+
+    args = train_local.parse_args(["--config", "c.yaml", "data.uri=x", "--workers", "1", "stages.0.lr=1e-4"])
+    assert args.overrides == ["data.uri=x", "stages.0.lr=1e-4"] and args.workers == 1
+    args = job_parser("t").parse_intermixed_args(["--config", "c.yaml", "a=1", "--address", "auto", "b=2"])
+    assert args.overrides == ["a=1", "b=2"] and args.address == "auto"
