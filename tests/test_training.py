@@ -263,7 +263,7 @@ def test_distilling_a_stride2_student_closes_the_gap_to_its_teacher(tmp_path):
         "model": {"encoder_width": 0.35, "decoder_channels": [32, 24, 16, 16], "output_stride": 2},
         "loss": {"l1": 1.0, "grad": 0.0, "laplacian": 0.0},
         "optim": {"weight_decay": 0.0, "scheduler": "none"},
-        "stages": [{"epochs": 40, "trainable": "head", "lr": 5e-3}],
+        "stages": [{"epochs": 80, "trainable": "head", "lr": 5e-3}],
         "distill": {"teacher": "unused-here", "weight": 1.0},
     })
     student = build_model(cfg.model)
@@ -278,4 +278,4 @@ def test_distilling_a_stride2_student_closes_the_gap_to_its_teacher(tmp_path):
     before = gap()
     fit(student, cfg, lambda epoch: batches, lambda: batches, device=CPU, log=lambda s: None, teacher=teacher)
     after = gap()
-    assert after < before / 3, (before, after)
+    assert after < before / 3, (before, after)  # 40 epochs reached 2.4x on one machine and 3x on another: 80 leave a margin
