@@ -99,6 +99,9 @@ def export_onnx(model: nn.Module, opset: int = OPSET, checkpoint: str = "") -> b
     proto = onnx.load_from_string(buf.getvalue())
     cfg = getattr(model, "config", None)
     meta = {"stride": str(getattr(model, "stride", 32)), "precision": "fp32"}
+    keep = int(getattr(getattr(model, "encoder", None), "int8_float_stages", 0))
+    if keep:  # INT8 leaves these encoder stages in float (quantize_int8 reads this)
+        meta["int8_float_prefixes"] = ",".join(f"/encoder/stages.{i}/" for i in range(keep))
     if checkpoint:
         meta["checkpoint"] = checkpoint
     if isinstance(cfg, ModelConfig):
@@ -137,6 +140,8 @@ def quantize_int8(model: bytes, images: Iterable[np.ndarray], max_side: int | No
     """FP32 ONNX -> INT8 QDQ ONNX, calibrated on ``images`` (uint8 (H, W, 3) RGB).
 
     Each image is fed once at its working size under ``max_side`` (the predictor's policy).
+    Nodes under the ``int8_float_prefixes`` of the model's metadata stay in float: the encoder
+    declares them (``int8_float_stages``), written by :func:`export_onnx`.
     """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -148,6 +153,12 @@ def quantize_int8(model: bytes, images: Iterable[np.ndarray], max_side: int | No
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.feeds, None)
 
+    import onnx
+
+    src_proto = onnx.load_from_string(model)
+    props = {p.key[len(META_PREFIX):]: p.value for p in src_proto.metadata_props if p.key.startswith(META_PREFIX)}
+    prefixes = [x for x in props.get("int8_float_prefixes", "").split(",") if x]
+    excluded = [n.name for n in src_proto.graph.node if any(n.name.startswith(x) for x in prefixes)]
     with tempfile.TemporaryDirectory(prefix="matting-int8-") as tmp:
         src, pre, out = (os.path.join(tmp, f) for f in ("fp32.onnx", "pre.onnx", "int8.onnx"))
         with open(src, "wb") as f:
@@ -155,7 +166,7 @@ def quantize_int8(model: bytes, images: Iterable[np.ndarray], max_side: int | No
         quant_pre_process(src, pre, skip_symbolic_shape=False)
         quantize_static(
             pre, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
         )
         import onnx
 

@@ -175,7 +175,9 @@ def run(args: argparse.Namespace) -> dict:
         data = to_fp16(data)
     elif precision == "int8":
         t1 = time.perf_counter()
-        data = quantize_int8(data, [s.image for s in train], max_side=args.parity_side)
+        # Calibrate at the size the network will see: the smaller of the parity side and its working side.
+        calib_side = Predictor(model, device="cpu", max_side=args.parity_side).effective_side()
+        data = quantize_int8(data, [s.image for s in train], max_side=calib_side)
         print(f"export: INT8 calibrated on {len(train)} images in {time.perf_counter() - t1:.1f} s", flush=True)
 
     side = args.parity_side
