@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from matting_lib.models.encoders.base import StagedEncoder
+
 
 def _ch(c: float, width: float) -> int:
     """Channels scaled by ``width``, rounded to a multiple of 8 (at least 8)."""
@@ -43,7 +45,7 @@ class ConvNeXtBlock(nn.Module):
         return x + y.permute(0, 3, 1, 2)
 
 
-class ConvNeXtEncoder(nn.Module):
+class ConvNeXtEncoder(StagedEncoder):
     """ConvNeXt feature extractor.
 
     Args:
@@ -83,13 +85,6 @@ class ConvNeXtEncoder(nn.Module):
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
 
 
 def convnext_tiny(width: float = 1.0, in_channels: int = 3) -> ConvNeXtEncoder:

