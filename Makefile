@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml Makefile
 	@# s3fs silently falls back to 0.4.2 (2019) when boto3 leaves aiobotocore's band.
 	$(BIN)/python -c "import s3fs, sys; v = tuple(int(x) for x in s3fs.__version__.split('.')[:2]); sys.exit(0 if v >= (2024, 1) else 'stale s3fs ' + s3fs.__version__)"
 	$(BIN)/python -m pip check
+	@# pymatting compiles its numba kernels on first import (a minute on 2 cores) and caches
+	@# them in site-packages: pay that once here, not in the first request or test that uses it.
+	$(BIN)/python -c "import pymatting"
 	@touch $(STAMP)
 
 install: $(STAMP)
