@@ -29,69 +29,17 @@ def s3_dataset(ray_cluster, s3_server):
     return bucket, root
 
 
-def _train(args: list[str]) -> None:
-    from ray_jobs.train import main
-
-    assert main(["--config", TINY, *args]) == 0
-
-
 def _history(storage: str, name: str) -> list[dict]:
     return json.loads(io.read_text(f"{storage}/{name}/history.json"))
 
 
 @pytest.mark.timeout(400)
-def test_ddp_from_s3_with_worker_failure(s3_dataset, tmp_path, capsys):
-    """2 DDP workers, data and checkpoints in S3; one worker dies once mid-run and the
-    run recovers from the last checkpoint with every epoch counted exactly once."""
-    bucket, root = s3_dataset
-    storage = f"s3://{bucket}/runs"
-    marker = tmp_path / "failed-once"
-    os.environ["MATTING_FAIL_ONCE"] = f"1:1:{marker}"
-    try:
-        _train([f"data.uri={root}", f"run.storage_path={storage}", "run.name=ddp", "run.max_failures=2"])
-    finally:
-        os.environ.pop("MATTING_FAIL_ONCE")
-    assert marker.exists(), "the injected failure did not fire"
-    out = capsys.readouterr().out
-    history = _history(storage, "ddp")
-    assert [h["epoch"] for h in history] == [0, 1, 2]
-    assert history[-1]["val_loss"] < history[0]["val_loss"]
-    ck = load_checkpoint(f"{storage}/ddp/best.pt")
-    assert ck.model_config.encoder == "mobilenetv2"
-    assert ck.training_state is None and "val_sad" in ck.metrics
-    assert ck.data_fingerprint.startswith("sha256:")
-    assert f"{storage}/ddp/best.pt" in out
-    ck.build_model()  # loads strictly
-
-
-@pytest.mark.timeout(400)
-def test_interrupted_run_resumes_by_name(s3_dataset, tmp_path, capsys):
-    """A run that dies (no retries left) resumes where it stopped when relaunched by name;
-    a fresh name starts from epoch 1."""
-    _, root = s3_dataset
-    storage = str(tmp_path / "runs")
-    marker = tmp_path / "died"
-    os.environ["MATTING_FAIL_ONCE"] = f"1:0:{marker}"
-    try:
-        from ray_jobs.train import main
-
-        with pytest.raises(SystemExit) as e:
-            main(["--config", TINY, f"data.uri={root}", f"run.storage_path={storage}", "run.name=resume", "run.max_failures=0", "scaling.num_workers=1", "scaling.cpus_per_worker=1"])
-        assert e.value.code == 1
-        assert "injected worker failure" in capsys.readouterr().err
-        _train([f"data.uri={root}", f"run.storage_path={storage}", "run.name=resume", "run.max_failures=0", "scaling.num_workers=1", "scaling.cpus_per_worker=1"])
-    finally:
-        os.environ.pop("MATTING_FAIL_ONCE")
-    out = capsys.readouterr().out
-    assert "resuming at epoch 2/3" in out
-    assert "epoch 1/3" not in out
-    assert [h["epoch"] for h in _history(storage, "resume")] == [0, 1, 2]
-
-
-@pytest.mark.timeout(300)
-def test_seed_format_without_val_txt_on_s3(ray_cluster, s3_server, capsys):
-    """A bucket holding images/, masks/ and train.txt only: a seeded 10% of train.txt validates
-    (the log says so) and the manifest is written to the run folder, never into the dataset."""
+def test_seed_format_run_on_s3_dies_then_resumes_by_name(ray_cluster, s3_server, tmp_path, capsys):
+    """A bucket holding images/, masks/ and train.txt only (the seeds' layout): a seeded 10% of
+    train.txt validates (the log says so) and the manifest is written to the run folder, never
+    into the dataset. The run dies with no retries left; relaunched by name it resumes where it
+    stopped, from the checkpoint and manifest in the bucket. (Group restarts after a lost worker:
+    tests/test_training_faults.py.)"""
     import boto3
 
     bucket = f"noval-{uuid.uuid4().hex[:8]}"
@@ -105,14 +53,29 @@ def test_seed_format_without_val_txt_on_s3(ray_cluster, s3_server, capsys):
 
     before = dataset_keys()
     storage = f"s3://{bucket}/runs"
-    _train([f"data.uri={root}", f"run.storage_path={storage}", "run.name=noval", "stages.0.epochs=1",
-            "scaling.num_workers=1", "scaling.cpus_per_worker=1"])
+    args = ["--config", TINY, f"data.uri={root}", f"run.storage_path={storage}", "run.name=resume", "run.max_failures=0",
+            "stages.0.epochs=2", "scaling.num_workers=1", "scaling.cpus_per_worker=1"]
+    os.environ["MATTING_FAIL_ONCE"] = f"1:0:{tmp_path / 'died'}"
+    try:
+        from ray_jobs.train import main
+
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        assert e.value.code == 1
+        captured = capsys.readouterr()
+        assert "injected worker failure" in captured.err
+        assert "holding out 1 of 10 'train' samples for validation (10%, seed 0" in captured.out, captured.out
+        assert f"data: {storage}/resume/manifest.jsonl: 9 train / 1 val samples" in captured.out
+        assert main(args) == 0
+    finally:
+        os.environ.pop("MATTING_FAIL_ONCE")
     out = capsys.readouterr().out
-    assert "holding out 1 of 10 'train' samples for validation (10%, seed 0" in out, out
-    assert f"data: {storage}/noval/manifest.jsonl: 9 train / 1 val samples" in out
+    assert f"data: {storage}/resume/manifest.jsonl: 9 train / 1 val samples" in out
+    assert "resuming at epoch 2/2" in out
+    assert "epoch 1/2" not in out
+    assert [h["epoch"] for h in _history(storage, "resume")] == [0, 1]
+    assert "val_sad" in load_checkpoint(f"{storage}/resume/best.pt").metrics
     assert dataset_keys() == before
-    assert [h["epoch"] for h in _history(storage, "noval")] == [0]
-    assert "val_sad" in load_checkpoint(f"{storage}/noval/best.pt").metrics
 
 
 def _run_cli(args: list[str], timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -123,20 +86,33 @@ def _run_cli(args: list[str], timeout: float = 60, env: dict | None = None) -> s
 
 
 @pytest.mark.timeout(120)
-def test_bad_inputs_fail_fast_and_clearly(tmp_path):
+def test_bad_inputs_fail_fast_and_clearly(tmp_path, capsys):
+    """Exit 2 with one clear line and no traceback, before any cluster is touched. In-process
+    (each case a fresh parse), plus the command line for the cases that set process-wide state
+    (an S3 endpoint) and for the exit path itself."""
+    from ray_jobs.train import main
+
+    empty = tmp_path / "empty"
+    (empty / "images").mkdir(parents=True)
+    (empty / "train.txt").write_text("\n")
     cases = [
         (["--config", TINY, f"data.uri={tmp_path}/missing"], "dataset not found"),
         (["--config", TINY, "optim.grad_clip=-3"], "optim.grad_clip"),
         (["--config", TINY, "model.encoder_width=abc"], "model.encoder_width"),
         (["--config", str(tmp_path / "nope.yaml")], "config file not found"),
         (["--config", TINY], "data.uri is empty"),
-        (["--config", TINY, "data.uri=s3://nobucket/ds", "data.s3_endpoint_url=http://127.0.0.1:9"], "unreachable"),
+        (["--config", TINY, f"data.uri={empty}"], "empty"),
     ]
-    empty = tmp_path / "empty"
-    (empty / "images").mkdir(parents=True)
-    (empty / "train.txt").write_text("\n")
-    cases.append((["--config", TINY, f"data.uri={empty}"], "empty"))
     for args, needle in cases:
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        assert e.value.code == 2, args
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err, (args, err)
+    for args, needle in [
+        (["--config", TINY, "data.uri=s3://nobucket/ds", "data.s3_endpoint_url=http://127.0.0.1:9"], "unreachable"),
+        (["--config", TINY, f"data.uri={tmp_path}/missing"], "dataset not found"),
+    ]:
         t0 = time.monotonic()
         r = _run_cli(args)
         assert r.returncode == 2, (args, r.stdout, r.stderr)
@@ -155,7 +131,8 @@ def test_ray_job_submit(ray_cluster, s3_dataset, tmp_path):
     cmd = [
         ray_cluster["ray_bin"], "job", "submit", "--address", ray_cluster["dashboard"], "--working-dir", str(ROOT),
         "--", "python", "-m", "ray_jobs.train", "--config", "configs/tiny.yaml",
-        f"data.uri={root}", f"run.storage_path={storage}", "run.name=submitted", "scaling.num_workers=1", "scaling.cpus_per_worker=1",
+        f"data.uri={root}", f"run.storage_path={storage}", "run.name=submitted", "stages.0.epochs=1",
+        "scaling.num_workers=1", "scaling.cpus_per_worker=1",
         "distill.teacher=models/base.pt", "distill.weight=0.5",
     ]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=360, env=env)
