@@ -65,7 +65,7 @@ def matmul_peak(sizes: tuple[int, ...] = (1024, 2048, 3072), repeats: int = 5) -
     and an ONNX Runtime MatMul, each with the current thread count; ``peak`` is the larger."""
     from onnx import TensorProto, helper
 
-    from matting_lib.onnx_backend import make_session
+    from matting_lib.inference.onnx_runtime import make_session
 
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["a", "b"], ["c"])], "mm",
@@ -116,7 +116,7 @@ def ort_profile(data: bytes, x: np.ndarray, threads: int, runs: int = 3) -> dict
     import json
     import tempfile
 
-    from matting_lib.onnx_backend import onnxruntime
+    from matting_lib.inference.onnx_runtime import onnxruntime
 
     ort = onnxruntime()
     with tempfile.TemporaryDirectory() as tmp:
@@ -168,8 +168,8 @@ def runners(
     model: torch.nn.Module, int8: bool, threads: int
 ) -> tuple[dict[str, Callable[[np.ndarray], object]], dict[str, bytes]]:
     """(backend name -> function running one float32 NCHW batch, ORT backend name -> ONNX bytes)."""
-    from matting_lib.onnx_backend import make_session
-    from matting_lib.onnx_export import export_onnx, generated_images, quantize_int8
+    from matting_lib.inference.onnx_runtime import make_session
+    from matting_lib.inference.export import export_onnx, generated_images, quantize_int8
 
     def torch_run(x: np.ndarray) -> object:
         with torch.inference_mode():

@@ -154,7 +154,7 @@ def run_level(who: str, batching: str, concurrency: int, images: list[bytes], ca
 
 def direct_levels(args: argparse.Namespace, images: dict[int, list[bytes]]) -> list[Level]:
     """The direct predictor in this process: sequential latency, and batched throughput."""
-    from matting_lib.predictor import backend_name, load_predictor
+    from matting_lib.inference.load import backend_name, load_predictor
 
     pred = load_predictor(args.checkpoint, backend=args.backend, device="cpu", max_side=args.size,
                           batch_size=4, num_threads=args.threads)
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from matting_lib.predictor import backend_name, load_predictor
+    from matting_lib.inference.load import backend_name, load_predictor
 
     backend = backend_name(load_predictor(args.checkpoint, backend=args.backend, device="cpu", max_side=64))
     images, levels = {}, {}

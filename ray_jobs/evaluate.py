@@ -8,7 +8,7 @@ What is scored, per image of ``--split`` (``all``: every split file present):
 - every checkpoint (named ``name=URI``, or by file stem: ``models/base.pt`` is ``base``; the
   first one is the reference that the summary's "SAD vs" column compares every row with) and
   the classical baseline ``grabcut`` (:func:`matting_lib.baselines.grabcut_alpha`, trimap-free,
-  same run, same images), through :class:`matting_lib.predictor.Predictor` with the
+  same run, same images), through :class:`matting_lib.inference.predictor.Predictor` with the
   service's settings (``--max-side``);
 - metrics of :mod:`matting_lib.metrics` (SAD, MSE, MAD, Grad, Conn; SAD/Grad/Conn in
   thousands, MSE/MAD means, alpha in [0, 1]) over the whole image and, for images with a
@@ -70,7 +70,7 @@ from matting_lib.checkpoint import CheckpointError
 from matting_lib.data.dataset import DatasetError, load_sample, read_split
 from matting_lib.data.decode import encode_png
 from matting_lib.data.lowlight import darken
-from matting_lib.predictor import DEFAULT_MAX_SIDE, Predictor
+from matting_lib.inference.predictor import DEFAULT_MAX_SIDE, Predictor
 from matting_lib.report import ReportRow, save_grid
 from matting_lib.routing import DEFAULT_THRESHOLD, BrightnessRouter, measure_brightness
 from ray_jobs.common import fail, init_ray

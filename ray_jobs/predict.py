@@ -23,7 +23,7 @@ Runs in one local process without Ray, deliberately: the model is loaded once, t
 spreads each forward pass over all cores (or one GPU, ``--device``), and a thread pool
 overlaps storage reads and writes with compute, which is what saturates one machine. Ray
 tasks would load the model once per worker and split the same cores. Sharding a bucket over
-a cluster is a Ray Data job around the same :class:`matting_lib.predictor.Predictor`; this
+a cluster is a Ray Data job around the same :class:`matting_lib.inference.predictor.Predictor`; this
 command is the tool for a folder on one machine.
 """
 
@@ -44,7 +44,7 @@ from matting_lib import io
 from matting_lib.checkpoint import CheckpointError
 from matting_lib.data.decode import ImageDecodeError
 from matting_lib.postprocess import decontaminate_foreground, encode_image, to_rgba
-from matting_lib.predictor import DEFAULT_MAX_SIDE, Predictor, as_rgb
+from matting_lib.inference.predictor import DEFAULT_MAX_SIDE, Predictor, as_rgb
 from ray_jobs.common import fail
 
 INPUT_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")

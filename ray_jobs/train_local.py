@@ -32,7 +32,7 @@ from matting_lib.checkpoint import CheckpointError, data_fingerprint, load_check
 from matting_lib.config import TrainConfig
 from matting_lib.data.samples import SampleLoader, fetch_pair
 from matting_lib.models import build_model
-from matting_lib.predictor import resolve_device
+from matting_lib.inference.predictor import resolve_device
 from matting_lib.training import auto_log_every, fit, load_teacher
 from ray_jobs.common import fail, load_job_config, run_uri
 from ray_jobs.train import absolute_paths, load_rows

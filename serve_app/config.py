@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 
 from matting_lib.config import ConfigError, apply_overrides, from_dict, load_yaml, require
 from matting_lib.routing import DEFAULT_THRESHOLD
-from matting_lib.predictor import BACKENDS
+from matting_lib.inference.load import BACKENDS
 from serve_app.params import MAX_SIDE, MIN_SIDE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -113,7 +113,7 @@ class ModelDeploymentSettings:
     backend: str = "auto"
     """Inference backend: 'torch' (eager), 'onnx' (ONNX Runtime, the checkpoint exported in
     memory at load) or 'auto': ONNX Runtime on CPU, where ``bench/inference.py`` measured it
-    faster, torch on CUDA (see :func:`matting_lib.predictor.load_predictor`)."""
+    faster, torch on CUDA (see :func:`matting_lib.inference.load.load_predictor`)."""
     num_threads: int = 1
     """Intra-op threads of each replica's forward pass (0 = the library default, one per core).
     Replicas hold fractions of a CPU, so one thread each avoids oversubscribing the cores."""

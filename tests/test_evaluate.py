@@ -29,7 +29,7 @@ from matting_lib.data.lowlight import darken
 from matting_lib.data.synthesis import trimap_from_alpha
 from matting_lib.models import build_model
 from matting_lib.postprocess import feather_alpha
-from matting_lib.predictor import Predictor
+from matting_lib.inference.predictor import Predictor
 from matting_lib.report import CAPTION_H, GAP
 from matting_lib.routing import BrightnessRouter, measure_brightness
 from ray_jobs import evaluate

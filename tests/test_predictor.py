@@ -12,7 +12,7 @@ from matting_lib.config import ModelConfig
 from matting_lib.data.decode import ImageDecodeError, encode_png
 from matting_lib.data.lowlight import LowlightParams, simulate_lowlight
 from matting_lib.models import build_model
-from matting_lib.predictor import Predictor, working_size
+from matting_lib.inference.predictor import Predictor, working_size
 from matting_lib.routing import BrightnessRouter, measure_brightness
 from tests.conftest import synthetic_pair
 
@@ -140,7 +140,7 @@ def test_the_models_working_side_caps_what_the_network_sees(tmp_path, backend):
     by hand on the downscaled image and upsampled bilinearly (the reference)."""
     from dataclasses import replace
 
-    from matting_lib.predictor import load_predictor
+    from matting_lib.inference.load import load_predictor
 
     torch.manual_seed(0)
     net = build_model(replace(TINY, working_side=64)).eval()

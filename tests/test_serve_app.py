@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from matting_lib.postprocess import PostprocessParams, apply
-from matting_lib.predictor import Predictor
+from matting_lib.inference.predictor import Predictor
 from matting_lib.routing import DEFAULT_THRESHOLD
 from serve_app.ingress import parse_server_timing
 from serve_app.params import MAX_SIDE

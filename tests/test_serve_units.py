@@ -262,7 +262,8 @@ def test_a_model_replica_gives_back_the_memory_of_a_large_request(tmp_path):
     import numpy as np
 
     from serve_app.config import ModelDeploymentSettings
-    from serve_app.model import MattingModel, ShrinkingSession, release_memory
+    from matting_lib.inference.onnx_runtime import ShrinkingSession
+    from serve_app.model import MattingModel, release_memory
     from serve_app.params import MAX_SIDE
     from tests.serve_helpers import make_checkpoint
 

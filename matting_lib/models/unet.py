@@ -113,7 +113,7 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
     than an early return: a branch on the pad values would be frozen by ONNX tracing, and the
     exported graph would then skip padding for every size. Traced for ONNX, the pad amounts
     stay dynamic and the mode is fixed to reflect, which is what this function picks for
-    every side of 12 px or more (:mod:`matting_lib.onnx_backend` pads smaller inputs itself).
+    every side of 12 px or more (:mod:`matting_lib.inference.onnx_runtime` pads smaller inputs itself).
     """
     h, w = x.shape[-2:]
     ph, pw = -h % multiple, -w % multiple

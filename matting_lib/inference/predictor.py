@@ -3,11 +3,12 @@
     predictor = Predictor.from_checkpoint("models/base.pt")          # or s3://...
     alpha = predictor.predict(image)            # uint8 (H, W, 3) RGB or encoded bytes
     alphas = predictor.predict_batch([a, b, c])  # several at once
-    predictor = load_predictor(uri, backend="auto")  # from config: torch, or ONNX Runtime for .onnx
+    predictor = load_predictor(uri, backend="auto")  # matting_lib.inference.load: torch, or ONNX Runtime
 
-Backends: this module's :class:`Predictor` runs torch; :class:`matting_lib.onnx_backend.OnnxPredictor`
+Backends: this module's :class:`Predictor` runs torch; :class:`matting_lib.inference.onnx_runtime.OnnxPredictor`
 subclasses it and replaces only ``_forward`` with an ONNX Runtime session, so both share the
-resizing and batching policy below. :func:`load_predictor` is the one entry point that chooses.
+resizing and batching policy below. :func:`matting_lib.inference.load.load_predictor` is the one
+entry point that chooses.
 
 Policy for big inputs: the network sees the image resized (area averaging) so its long side
 is at most ``max_side`` and at most the model's own ``working_side`` (its config: the scale it
@@ -148,7 +149,7 @@ class Predictor:
     @torch.inference_mode()
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         """uint8 (N, h, w, 3) -> float32 (N, h, w) alpha in [0, 1]. The one backend-specific
-        step: :class:`matting_lib.onnx_backend.OnnxPredictor` overrides it."""
+        step: :class:`matting_lib.inference.onnx_runtime.OnnxPredictor` overrides it."""
         x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
         if self.precision == "off":
             y = self.model(x)
@@ -188,63 +189,3 @@ class Predictor:
     def predict(self, image: ImageInput, max_side: int | None = -1) -> np.ndarray:
         """Alpha matte of one image, float32 (H, W) in [0, 1] at the input's size."""
         return self.predict_batch([image], max_side=max_side)[0]
-
-
-BACKENDS = ("auto", "torch", "onnx")
-"""Values of ``load_predictor(backend=...)``."""
-
-CPU_AUTO_BACKEND = "onnx"
-"""What ``backend="auto"`` runs a checkpoint with on CPU: the faster one in ``bench/inference.py``
-(see :func:`load_predictor` for the figures)."""
-
-
-def load_predictor(uri: str, backend: str = "auto", **kwargs: Any) -> Predictor:
-    """The one entry point for a predictor, from config: a checkpoint or an exported ``.onnx``.
-
-    Args:
-        uri: a matting checkpoint (``.pt``) or an ONNX export (``.onnx``, from
-            ``python -m ray_jobs.export``), local or any fsspec URI (``s3://`` included).
-        backend: ``"torch"`` (torch eager), ``"onnx"`` (ONNX Runtime,
-            :class:`matting_lib.onnx_backend.OnnxPredictor`) or ``"auto"``: an ``.onnx`` URI
-            runs on ONNX Runtime; a checkpoint runs on torch when the device is CUDA and on
-            :data:`CPU_AUTO_BACKEND` on CPU. A checkpoint on the ``onnx`` backend is exported in
-            memory at load time (FP32; a second or two).
-        **kwargs: the predictor's settings (``device``, ``max_side``, ``batch_size``; torch also
-            ``precision``). ``num_threads`` (None = the library default) is the ORT session's
-            intra-op threads on onnx; on torch it sets ``torch.set_num_threads`` for the whole
-            process, which is what a serving replica or a predict worker wants.
-
-    CPU choice for ``auto`` is ONNX Runtime, measured by ``bench/inference.py`` (base model of
-    ``configs/base.yaml``, FP32, 2-core AMD EPYC, both with 2 threads, 2026-11-23): at 512²
-    batch 1, 13.2 images/s on ORT against 5.7 on torch eager in one run and 7.3 against 3.9 in
-    a busier one; ORT led at every size (512², 1024²) and batch (1, 4) measured (``bench/RESULTS.md``,
-    "Inference").
-
-    Raises:
-        ValueError: unknown backend, or an ``.onnx`` file asked to run on torch.
-    """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
-    is_onnx = uri.lower().endswith(".onnx")
-    if is_onnx and backend == "torch":
-        raise ValueError(f"{uri}: an ONNX export runs only on the 'onnx' backend (got backend='torch')")
-    if backend == "auto":
-        device = resolve_device(kwargs.get("device", "auto")) if not is_onnx else None
-        backend = "onnx" if is_onnx or (device is not None and device.type == "cpu" and CPU_AUTO_BACKEND == "onnx") else "torch"
-    if backend == "torch":
-        threads = kwargs.pop("num_threads", None)
-        if threads is not None:
-            if threads < 1:
-                raise ValueError(f"num_threads must be >= 1 or None, got {threads}")
-            torch.set_num_threads(threads)
-        return Predictor.from_checkpoint(uri, **kwargs)
-    from matting_lib.onnx_backend import OnnxPredictor
-
-    return OnnxPredictor.from_onnx(uri, **kwargs) if is_onnx else OnnxPredictor.from_checkpoint(uri, **kwargs)
-
-
-def backend_name(predictor: Predictor) -> str:
-    """``"onnx"`` or ``"torch"``: the backend a predictor from :func:`load_predictor` runs on."""
-    from matting_lib.onnx_backend import OnnxPredictor
-
-    return "onnx" if isinstance(predictor, OnnxPredictor) else "torch"

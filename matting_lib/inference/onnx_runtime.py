@@ -1,13 +1,13 @@
-"""ONNX Runtime backend: the torch :class:`~matting_lib.predictor.Predictor`'s policy, an ORT forward.
+"""ONNX Runtime backend: the torch :class:`~matting_lib.inference.predictor.Predictor`'s policy, an ORT forward.
 
     predictor = OnnxPredictor.from_onnx("models/base.int8.onnx")   # or s3://...
     predictor = OnnxPredictor.from_checkpoint("models/base.pt")    # exported in memory (FP32)
     alpha = predictor.predict(image)                               # same API as Predictor
 
-Prefer :func:`matting_lib.predictor.load_predictor`, which picks the backend from config.
+Prefer :func:`matting_lib.inference.load.load_predictor`, which picks the backend from config.
 
 Only the forward pass differs from the torch predictor (resizing, batching and upsampling are
-inherited). The ONNX graph (from :func:`matting_lib.onnx_export.export_onnx`) takes float32
+inherited). The ONNX graph (from :func:`matting_lib.inference.export.export_onnx`) takes float32
 ``image`` (N, 3, H, W) in [0, 1], any N, H, W, and returns float32 ``alpha`` (N, 1, H, W);
 FP16 and INT8 exports keep float32 inputs and outputs. The model's internal pad to a multiple
 of its stride is in the graph with dynamic amounts, but its mode was fixed to reflect by
@@ -27,14 +27,12 @@ import torch
 
 from matting_lib import io
 from matting_lib.config import ModelConfig, from_dict
+from matting_lib.inference.export import INPUT_NAME, META_PREFIX, OUTPUT_NAME, export_onnx
+from matting_lib.inference.predictor import Predictor
 from matting_lib.models.unet import crop, pad_to_multiple
-from matting_lib.predictor import Predictor
 
-INPUT_NAME = "image"
-OUTPUT_NAME = "alpha"
-META_PREFIX = "matting."
-"""ONNX ``metadata_props`` keys written by the exporter: ``matting.model_config`` (JSON),
-``matting.stride``, ``matting.precision`` (fp32 / fp16 / int8), ``matting.checkpoint``."""
+ORT_SHRINK = ("memory.enable_memory_arena_shrinkage", "cpu:0")
+"""ONNX Runtime run option that frees the unused part of its CPU memory arena after the run."""
 
 
 def onnxruntime() -> Any:
@@ -125,8 +123,6 @@ class OnnxPredictor(Predictor):
         cls, model: torch.nn.Module, device: str | torch.device = "auto", num_threads: int | None = None, **kwargs: Any
     ) -> "OnnxPredictor":
         """Export ``model`` to FP32 ONNX in memory and run it on ORT."""
-        from matting_lib.onnx_export import export_onnx
-
         session = make_session(export_onnx(model), device, num_threads)
         meta = {**session_metadata(session), **kwargs.pop("metadata", {})}
         return cls(session, device=device, num_threads=num_threads, metadata=meta, **kwargs)
@@ -151,3 +147,24 @@ class OnnxPredictor(Predictor):
         if pads is not None:
             y = crop(torch.from_numpy(y), pads).numpy()
         return np.clip(y[:, 0], 0.0, 1.0).astype(np.float32, copy=False)
+
+
+class ShrinkingSession:
+    """An ONNX Runtime session whose runs on inputs larger than ``min_pixels`` (per image) free the
+    arena memory they grew afterwards (:data:`ORT_SHRINK`). ORT otherwise keeps its arena at the
+    largest size it ever needed: one 2048-px request would pin about 1.3 GB per replica for good,
+    a 4096-px one about 4.3 GB. Runs at or below the configured working size keep the warm arena."""
+
+    def __init__(self, session: Any, min_pixels: int):
+        import onnxruntime as ort
+
+        self.session, self.min_pixels = session, min_pixels
+        self.shrink = ort.RunOptions()
+        self.shrink.add_run_config_entry(*ORT_SHRINK)
+
+    def run(self, output_names: Any, feeds: Mapping[str, np.ndarray], run_options: Any = None) -> Any:
+        big = any(v.ndim == 4 and v.shape[-1] * v.shape[-2] > self.min_pixels for v in feeds.values())
+        return self.session.run(output_names, feeds, run_options or (self.shrink if big else None))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.session, name)

@@ -33,9 +33,14 @@ from torch import nn
 
 from matting_lib.config import ModelConfig, to_dict
 from matting_lib.data.dataset import Sample
+from matting_lib.inference.predictor import Predictor, to_working_size
 from matting_lib.metrics import sad
-from matting_lib.onnx_backend import INPUT_NAME, META_PREFIX, OUTPUT_NAME
-from matting_lib.predictor import Predictor, to_working_size
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "alpha"
+META_PREFIX = "matting."
+"""ONNX ``metadata_props`` keys written by the exporter: ``matting.model_config`` (JSON),
+``matting.stride``, ``matting.precision`` (fp32 / fp16 / int8), ``matting.checkpoint``."""
 
 OPSET = 17
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -79,7 +84,7 @@ def export_onnx(model: nn.Module, opset: int = OPSET, checkpoint: str = "") -> b
     """Serialized FP32 ONNX of a matting model; input ``image`` (N, 3, H, W), output ``alpha``.
 
     N, H and W are dynamic; the graph stores the model config, stride and ``checkpoint`` in its
-    metadata (:data:`matting_lib.onnx_backend.META_PREFIX`).
+    metadata (:data:`META_PREFIX`).
     """
     import onnx
 
