@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import io as _io
 import json
-import logging
 import os
 import random
 import secrets
@@ -54,9 +53,10 @@ os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from bench.results import markdown_table, update_results  # noqa: E402
+from bench.results import markdown_table, update_results  # noqa: E402 - after the environment above
+from infra.local_ray import free_port  # noqa: E402
+from testkit.s3 import RestartableS3  # noqa: E402, F401 - re-exported: the fault tests use it
 
 REPORT = Path(__file__).parent / "RELIABILITY.md"
 REPORT_HEADER = (
@@ -78,51 +78,6 @@ def write_section(section: str, markdown: str) -> None:
 
 def log(msg: str) -> None:
     print(f"[faults] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    """A TCP port free on loopback now."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class RestartableS3:
-    """A moto S3 server on one fixed loopback port that can be stopped and started again.
-
-    moto keeps its buckets in process memory, so objects survive a restart, as they survive
-    a real endpoint's outage; while it is stopped, connections are refused.
-    """
-
-    def __init__(self) -> None:
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self._server = None
-
-    @property
-    def running(self) -> bool:
-        return self._server is not None
-
-    def start(self) -> None:
-        from moto.server import ThreadedMotoServer
-
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self._server.start()
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
-
-    def outage(self, seconds: float) -> threading.Thread:
-        """Stop now and start again after ``seconds`` (in a background thread, returned)."""
-        self.stop()
-        thread = threading.Thread(target=lambda: (time.sleep(seconds), self.start()), daemon=True)
-        thread.start()
-        return thread
 
 
 # --------------------------------------------------------------------------- shared plumbing

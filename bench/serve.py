@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -42,9 +41,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from bench.results import load_average, machine, markdown_table, update_results  # noqa: E402
+from infra.local_ray import free_port  # noqa: E402
 from matting_lib.data.decode import decode_image  # noqa: E402
 
 TARGET_LATENCY_OVERHEAD = 1.15
@@ -114,12 +113,6 @@ def alpha_png(alpha: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.rint(alpha * 255).astype(np.uint8)).save(buf, "PNG")
     return buf.getvalue()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_level(who: str, batching: str, concurrency: int, images: list[bytes], call, placement: str = "") -> Level:

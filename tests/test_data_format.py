@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import synthetic_pair
+from testkit.data import synthetic_pair
 from matting_lib import io
 from matting_lib.data.dataset import (
     DatasetError,

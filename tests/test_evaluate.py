@@ -33,7 +33,7 @@ from matting_lib.inference.predictor import Predictor
 from matting_lib.report import CAPTION_H, GAP
 from matting_lib.routing import BrightnessRouter, measure_brightness
 from ray_jobs import evaluate
-from tests.conftest import synthetic_pair, write_dataset
+from testkit.data import synthetic_pair, write_dataset
 
 TINY = ModelConfig(encoder_width=0.35, decoder_channels=(32, 24, 16, 16, 8))
 METRIC_FNS = {"sad": metrics.sad, "mse": metrics.mse, "mad": metrics.mad,

@@ -21,7 +21,7 @@ from matting_lib.inference.export import export_onnx
 from matting_lib.inference.load import CPU_AUTO_BACKEND, load_predictor
 from matting_lib.inference.predictor import Predictor
 from ray_jobs import export as export_job
-from tests.conftest import write_dataset
+from testkit.data import write_dataset
 
 TINY = ModelConfig(encoder_width=0.35, decoder_channels=(32, 24, 16, 16, 8))
 

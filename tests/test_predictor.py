@@ -14,7 +14,7 @@ from matting_lib.data.lowlight import LowlightParams, simulate_lowlight
 from matting_lib.models import build_model
 from matting_lib.inference.predictor import Predictor, working_size
 from matting_lib.routing import BrightnessRouter, measure_brightness
-from tests.conftest import synthetic_pair
+from testkit.data import synthetic_pair
 
 TINY = ModelConfig(encoder_width=0.35, decoder_channels=(32, 24, 16, 16, 8))
 

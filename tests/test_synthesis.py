@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import synthetic_pair
+from testkit.data import synthetic_pair
 
 from matting_lib import io
 from matting_lib.data.dataset import load_sample, read_split

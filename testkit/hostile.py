@@ -18,6 +18,7 @@ import io
 import json
 import re
 import struct
+import time
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -588,3 +589,42 @@ def problem(case: Case, reply: Reply) -> str | None:
         except Exception as e:  # noqa: BLE001 - any failure of the check is the problem to report
             return f"check failed: {type(e).__name__}: {e}"
     return None
+
+
+# --------------------------------------------------------------------------- running the corpus
+
+
+@dataclass(frozen=True)
+class Result:
+    """One case's reply: what it got, what is wrong (None if right), and how long it took (s)."""
+
+    case: Case
+    got: str
+    problem: str | None
+    seconds: float
+
+
+def replica_identities(dashboard: str, app: str = "matting") -> dict[str, tuple[str, int, str]]:
+    """``replica_id -> (actor_id, pid, state)`` of every replica of ``app``, from Serve's REST API."""
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    details = ServeSubmissionClient(dashboard).get_serve_details()
+    deployments = details["applications"][app]["deployments"]
+    return {
+        r["replica_id"]: (r["actor_id"], int(r["pid"]), r["state"])
+        for d in deployments.values()
+        for r in d["replicas"]
+    }
+
+
+def run_cases(url: str, cases: list[Case], headers: Mapping[str, str] | None = None, log: bool = False) -> list[Result]:
+    """Send every case in order and judge its reply."""
+    results = []
+    for i, case in enumerate(cases, 1):
+        t0 = time.perf_counter()
+        reply = send(url, case, headers)
+        dt = time.perf_counter() - t0
+        results.append(Result(case, outcome(reply), problem(case, reply), dt))
+        if log:
+            print(f"[{i}/{len(cases)}] {case.name}: {results[-1].got} ({dt * 1000:.0f} ms)", flush=True)
+    return results
