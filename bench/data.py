@@ -4,7 +4,7 @@
 
 The question: can Ray Data feed the trainer? Measured on this machine, side by side in one run:
 
-- **pipeline**: the training job's own Ray Data pipeline (``ray_jobs.train.build_datasets``)
+- **pipeline**: the training job's own Ray Data pipeline (``ray_jobs.trainer.build_datasets``)
   reading from a real S3 protocol server on loopback (moto): fetch from S3, decode, augment,
   batch, collate to torch, consumed with ``iter_torch_batches`` as a worker does. Samples/s.
 - **step**: the model from ``configs/base.yaml`` alone on random tensors of the same shape:
@@ -61,7 +61,7 @@ def pipeline_rate(cfg, rows: list[dict], passes: int) -> float:
     """Samples/s of fetch -> decode -> augment -> torch batches, median over ``passes``."""
     import torch
 
-    from ray_jobs.train import build_datasets
+    from ray_jobs.trainer import build_datasets
 
     ds = build_datasets(cfg, rows, rows[:1])["train"]
     rates = []

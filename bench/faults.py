@@ -385,7 +385,7 @@ def _trial_history(run_dir: Path) -> list[int]:
     from ray.train import Result
 
     from matting_lib.checkpoint import load_checkpoint
-    from ray_jobs.train import CHECKPOINT_FILE
+    from ray_jobs.trainer import CHECKPOINT_FILE
 
     latest = Result.from_path(str(run_dir)).checkpoint
     if latest is None:

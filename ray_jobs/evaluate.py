@@ -73,8 +73,7 @@ from matting_lib.data.lowlight import darken
 from matting_lib.inference.predictor import DEFAULT_MAX_SIDE, Predictor
 from matting_lib.report import ReportRow, save_grid
 from matting_lib.routing import DEFAULT_THRESHOLD, BrightnessRouter, measure_brightness
-from ray_jobs.common import fail, init_ray
-from ray_jobs.predict import SetupError, check_output
+from ray_jobs.common import SetupError, check_output, fail, init_ray
 
 CONDITIONS = ("normal", "lowlight")
 BASELINE = "grabcut"

@@ -45,17 +45,13 @@ from matting_lib.checkpoint import CheckpointError
 from matting_lib.data.decode import ImageDecodeError
 from matting_lib.postprocess import decontaminate_foreground, encode_image, to_rgba
 from matting_lib.inference.predictor import DEFAULT_MAX_SIDE, Predictor, as_rgb
-from ray_jobs.common import fail
+from ray_jobs.common import SetupError, check_output, fail
 
 INPUT_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 """Extensions read from an input folder (case-insensitive)."""
 LOG_NAME = "predict_log.jsonl"
 IO_THREADS = 8
 """Threads for reads and writes (hides object-storage latency)."""
-
-
-class SetupError(ValueError):
-    """Nothing can be predicted: the message names the option and what is wrong with it."""
 
 
 @dataclass
@@ -102,20 +98,6 @@ def list_inputs(uri: str) -> list[str]:
     if io.exists(uri):
         return [uri]
     raise SetupError(f"--input: not found: {uri}")
-
-
-def check_output(uri: str) -> None:
-    """Create a local output folder, or check that an ``s3://`` bucket exists."""
-    if io.protocol(uri) == "file":
-        try:
-            io.makedirs(uri)
-        except OSError as e:
-            raise SetupError(f"--output: cannot create folder {uri} ({e.strerror or e})") from None
-        return
-    if io.protocol(uri) == "s3":
-        bucket = "s3://" + uri.split("://", 1)[1].split("/", 1)[0]
-        if not io.exists(bucket):
-            raise SetupError(f"--output: bucket {bucket} does not exist")
 
 
 def output_names(inputs: Sequence[str], output: str) -> list[tuple[str, str, str]]:

@@ -4,7 +4,7 @@
     python -m ray_jobs.tune --config configs/sweep_tiny.yaml train.data.uri=/tmp/ds search.num_samples=8
 
 Design: TorchTrainer inside a function trainable. Each trial is a Tune function that builds
-the training job's own TorchTrainer (``ray_jobs.train.make_trainer``, same data pipeline and
+the training job's own TorchTrainer (``ray_jobs.trainer.make_trainer``, same data pipeline and
 loop) and fits it with Tune's ``TuneReportCallback``, the way Ray 2.60 tunes Train V2
 (``Tuner(TorchTrainer)`` no longer works). Chosen over a single-worker trial mode (the loop run
 inside the trial's own process) because
@@ -79,8 +79,9 @@ import numpy as np
 
 from matting_lib import io
 from matting_lib.config import ConfigError, ScalingSettings, TrainConfig, dump_config, from_dict, load_yaml, require, to_dict
-from ray_jobs.common import fail, init_ray, job_parser, load_job_config, run_uri, storage_args, worker_env
-from ray_jobs.train import build_datasets, export_best, make_trainer, prepare_data
+from matting_lib.io import run_uri
+from ray_jobs.common import fail, init_ray, job_parser, load_job_config, storage_args, worker_env
+from ray_jobs.trainer import build_datasets, export_best, make_trainer, prepare_data
 
 METRIC = "val_sad"
 """What ASHA and the ranking minimise: mean validation SAD (thousands of alpha units)."""
