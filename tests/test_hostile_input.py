@@ -119,7 +119,7 @@ def _walk(routes: list, prefix: str = "") -> list[tuple[str, str]]:
 
 def _v1_routes() -> list[tuple[str, str]]:
     """(method, path) of every /v1 route in the app's route table (in the OpenAPI page or not)."""
-    from serve_app.ingress import app as fastapi_app
+    from serve_app.api import router as fastapi_app
 
     return sorted((m, p) for m, p in _walk(fastapi_app.routes) if p.startswith("/v1"))
 
