@@ -88,7 +88,7 @@ def write_dataset(root: str, n_train: int, n_val: int, size: int, seed: int = 0)
     import numpy as np
 
     from matting_lib import io
-    from matting_lib.data.decode import encode_png
+    from matting_lib.data.encode import encode_png
     from matting_lib.data.procedural import random_foreground
 
     rng = np.random.default_rng(seed)

@@ -212,7 +212,7 @@ def hot_swap(cluster: dict, config: dict, path: Path, url: str, png: bytes, new:
 
 
 def main() -> int:
-    from matting_lib.data.decode import encode_png
+    from matting_lib.data.encode import encode_png
 
     os.chdir(REPO)  # `ray start` here: job entrypoints find configs/ as in the image's WORKDIR
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))

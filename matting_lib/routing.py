@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from matting_lib.config import require
-from matting_lib.data.lowlight import luminance
+from matting_lib.data.luma import luminance
 
 MEASURE_SIDE = 128
 """Long side of the copy the brightness is measured on."""

@@ -21,7 +21,7 @@ def synthetic_pair(rng: np.random.Generator, h: int = 64, w: int = 64) -> tuple[
 def write_dataset(root: str, n_train: int, n_val: int, size: int = 64, seed: int = 0) -> str:
     """A tiny synthetic dataset in the seed format at ``root`` (local path or s3://); no ``val.txt`` when ``n_val`` is 0."""
     from matting_lib import io
-    from matting_lib.data.decode import encode_png
+    from matting_lib.data.encode import encode_png
 
     rng = np.random.default_rng(seed)
     splits = {"train": [f"tr{i:03d}" for i in range(n_train)], "val": [f"va{i:03d}" for i in range(n_val)]}

@@ -24,7 +24,8 @@ from matting_lib.baselines import GrabCutParams, border_rect, grabcut_alpha
 from matting_lib.checkpoint import save_checkpoint
 from matting_lib.config import ModelConfig
 from matting_lib.data.dataset import load_sample
-from matting_lib.data.decode import decode_mask, encode_png
+from matting_lib.data.decode import decode_mask
+from matting_lib.data.encode import encode_png
 from matting_lib.data.lowlight import darken
 from matting_lib.data.synthesis import trimap_from_alpha
 from matting_lib.models import build_model

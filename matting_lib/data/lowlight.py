@@ -35,11 +35,10 @@ from typing import Union
 
 import numpy as np
 
+from matting_lib.data.luma import luminance
+
 Range = Union[float, tuple[float, float]]
 """A fixed value, or a ``(low, high)`` range sampled uniformly per image."""
-
-LUMA = np.array([0.299, 0.587, 0.114])
-"""Rec.601 luma weights (the same as the manifest's brightness)."""
 
 
 def _as_range(value: Range, field: str) -> tuple[float, float]:
@@ -134,15 +133,6 @@ def simulate_lowlight(image: np.ndarray, rng: np.random.Generator, params: Lowli
         uint8 (H, W, 3), same shape as ``image``.
     """
     return darken(image, rng, **(params or LowlightParams()).sample(rng))
-
-
-def luminance(image: np.ndarray, weight: np.ndarray | None = None) -> float:
-    """Mean Rec.601 luma of a uint8 RGB image in [0, 1], optionally weighted (e.g. by alpha)."""
-    y = (image.astype(np.float64) / 255.0) @ LUMA
-    if weight is None:
-        return float(y.mean())
-    w = np.asarray(weight, np.float64)
-    return float((y * w).sum() / max(w.sum(), 1e-12))
 
 
 def lowlight_composite(

@@ -5,7 +5,7 @@ Each line of ``manifest.jsonl``::
     {"name": "GT01", "image_uri": "s3://b/ds/images/GT01.png", "mask_uri": "s3://b/ds/masks/GT01.png",
      "trimap_uri": null, "height": 497, "width": 800, "brightness": 0.4123, "split": "train"}
 
-``brightness`` is the mean Rec.601 luma of the image, ``(0.299 R + 0.587 G + 0.114 B) / 255``,
+``brightness`` is the mean Rec.601 luma of the image (:func:`matting_lib.data.luma.luminance`),
 in [0, 1] (it drives brightness-aware loss weights and low-light sampling). URIs keep the
 root's scheme; plain local roots are made absolute so workers with another working
 directory still find the files. An existing manifest is trusted as is: rebuild it with
@@ -35,6 +35,7 @@ import numpy as np
 from matting_lib import io
 from matting_lib.config import TrainConfig
 from matting_lib.data.dataset import DatasetError, find_image, mask_uri, read_sample, read_split, trimap_uri
+from matting_lib.data.luma import luminance
 
 MANIFEST_NAME = "manifest.jsonl"
 FIELDS: dict[str, tuple[type, ...]] = {
@@ -56,12 +57,6 @@ CACHE_ENV = "MATTING_CACHE_DIR"
 """Environment variable naming the cache folder (default ``~/.cache/matting``)."""
 
 
-def brightness(image: np.ndarray) -> float:
-    """Mean Rec.601 luma of a uint8 (H, W, 3) RGB image, in [0, 1]."""
-    rgb = image.reshape(-1, 3).astype(np.float64)
-    return float((rgb @ np.array([0.299, 0.587, 0.114])).mean() / 255.0)
-
-
 def _absolute(root: str) -> str:
     return os.path.abspath(os.path.expanduser(root)) if "://" not in root else root.rstrip("/")
 
@@ -77,7 +72,7 @@ def _row(root: str, split: str, name: str) -> dict[str, Any]:
         "trimap_uri": t_uri,
         "height": int(h),
         "width": int(w),
-        "brightness": brightness(sample.image),
+        "brightness": luminance(sample.image),
         "split": split,
     }
 

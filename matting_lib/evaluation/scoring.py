@@ -17,7 +17,7 @@ import numpy as np
 from matting_lib import io, metrics
 from matting_lib.baselines import GrabCutParams, grabcut_alpha
 from matting_lib.data.dataset import DatasetError, load_sample
-from matting_lib.data.decode import encode_png
+from matting_lib.data.encode import encode_png
 from matting_lib.data.lowlight import darken
 from matting_lib.inference.predictor import DEFAULT_MAX_SIDE, Predictor
 from matting_lib.report import ReportRow

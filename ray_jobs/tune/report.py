@@ -187,7 +187,7 @@ def export_best_checkpoint(best: TrialSummary, template: TrainConfig) -> str:
 
 def write_outputs(rows: list[TrialSummary], names: Sequence[str], base: TrainConfig, template: TrainConfig, sweep: SweepConfig, sweep_uri: str) -> dict[str, str]:
     """Table, plot, best YAML and best checkpoint; returns what was written, by kind."""
-    from matting_lib.data.decode import encode_png
+    from matting_lib.data.encode import encode_png
 
     table = table_rows(rows, names)
     out = {"csv": io.join(sweep_uri, "results.csv"), "markdown": io.join(sweep_uri, "results.md"), "plot": io.join(sweep_uri, "val_sad.png")}
