@@ -81,7 +81,7 @@ def step_rate(cfg, steps: int) -> float:
     import torch
 
     from matting_lib.losses import matting_loss
-    from matting_lib.models import build_model
+    from matting_lib.nets import build_model
     from matting_lib.training import build_optimizer
 
     torch.manual_seed(0)

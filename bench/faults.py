@@ -455,7 +455,7 @@ def scenario_checkpoint(ctx: dict) -> None:
 
     from matting_lib.checkpoint import CheckpointError, checkpoint_bytes, parse_checkpoint
     from matting_lib.config import load_config
-    from matting_lib.models import build_model
+    from matting_lib.nets import build_model
 
     cfg = load_config(str(ROOT / "configs" / "base.yaml"), [])
     torch.manual_seed(0)

@@ -151,7 +151,7 @@ def shown(path: str) -> str:
 
 def base_model(config: str, checkpoint: str) -> tuple[torch.nn.Module, str]:
     """The model to benchmark and where it came from."""
-    from matting_lib.models import build_model
+    from matting_lib.nets import build_model
 
     if checkpoint and Path(checkpoint).exists():
         from matting_lib.checkpoint import load_model

@@ -46,7 +46,7 @@ import numpy as np
 from matting_lib import io
 from matting_lib.data.dataset import DatasetError, load_sample, read_split
 from matting_lib.data.decode import decode_image
-from matting_lib.data.lowlight import LowlightParams, darken
+from matting_lib.data.darken import LowlightParams, darken
 from matting_lib.data.procedural import GENERATORS, pick_generator
 from matting_lib.data.synthesis import (
     crop_to_alpha,

@@ -22,7 +22,7 @@ from matting_lib import io
 from matting_lib.checkpoint import CheckpointError, load_checkpoint, load_weights, parse_checkpoint, save_checkpoint
 from matting_lib.config import TrainConfig, from_dict, to_dict
 from matting_lib.data.samples import SampleLoader
-from matting_lib.models import build_model
+from matting_lib.nets import build_model
 from matting_lib.training import TrainingRun, auto_log_every, evaluate, format_epoch, load_teacher, unwrap
 from matting_lib.data.manifest import load_rows
 from matting_lib.io import run_uri

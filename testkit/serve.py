@@ -14,7 +14,7 @@ from PIL import Image
 
 from matting_lib.checkpoint import save_checkpoint
 from matting_lib.config import ModelConfig
-from matting_lib.models import build_model
+from matting_lib.nets import build_model
 from serve_app.config import DEFAULT_CONFIG_PATH, app_entry, load_serve_yaml
 
 TINY = ModelConfig(encoder_width=0.35, decoder_channels=(32, 24, 16, 16, 8))

@@ -26,9 +26,9 @@ from matting_lib.config import ModelConfig
 from matting_lib.data.dataset import load_sample
 from matting_lib.data.decode import decode_mask
 from matting_lib.data.encode import encode_png
-from matting_lib.data.lowlight import darken
+from matting_lib.data.darken import darken
 from matting_lib.data.synthesis import trimap_from_alpha
-from matting_lib.models import build_model
+from matting_lib.nets import build_model
 from matting_lib.postprocess import feather_alpha
 from matting_lib.inference.predictor import Predictor
 from matting_lib.report import CAPTION_H, GAP

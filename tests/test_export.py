@@ -15,7 +15,7 @@ import torch
 from matting_lib import io
 from matting_lib.checkpoint import save_checkpoint
 from matting_lib.config import ModelConfig
-from matting_lib.models import build_model
+from matting_lib.nets import build_model
 from matting_lib.inference.onnx_runtime import OnnxPredictor, make_session, session_metadata
 from matting_lib.inference.export import export_onnx
 from matting_lib.inference.load import CPU_AUTO_BACKEND, load_predictor

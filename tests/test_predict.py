@@ -15,7 +15,7 @@ from PIL import Image
 from matting_lib.checkpoint import save_checkpoint
 from matting_lib.config import ModelConfig
 from matting_lib.data.encode import encode_png
-from matting_lib.models import build_model
+from matting_lib.nets import build_model
 from matting_lib.inference.predictor import Predictor
 from ray_jobs import predict
 from testkit.data import synthetic_pair

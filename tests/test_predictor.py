@@ -11,8 +11,8 @@ from matting_lib.checkpoint import save_checkpoint
 from matting_lib.config import ModelConfig
 from matting_lib.data.decode import ImageDecodeError
 from matting_lib.data.encode import encode_png
-from matting_lib.data.lowlight import LowlightParams, simulate_lowlight
-from matting_lib.models import build_model
+from matting_lib.data.darken import LowlightParams, simulate_lowlight
+from matting_lib.nets import build_model
 from matting_lib.inference.predictor import Predictor, working_size
 from matting_lib.routing import BrightnessRouter, measure_brightness
 from testkit.data import synthetic_pair

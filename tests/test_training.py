@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from matting_lib.config import LossConfig, ModelConfig, OptimConfig, StageConfig, TrainConfig, from_dict
-from matting_lib.models import build_model
+from matting_lib.nets import build_model
 from matting_lib.training import (
     TrainingRun,
     build_optimizer,

@@ -27,7 +27,7 @@ from testkit.s3 import RestartableS3
 from matting_lib import io
 from matting_lib.checkpoint import CheckpointError, checkpoint_bytes, load_checkpoint, parse_checkpoint, save_checkpoint
 from matting_lib.config import ModelConfig
-from matting_lib.models import build_model
+from matting_lib.nets import build_model
 from testkit import ROOT
 from testkit.data import write_dataset
 

@@ -18,7 +18,7 @@ from matting_lib import io, metrics
 from matting_lib.baselines import GrabCutParams, grabcut_alpha
 from matting_lib.data.dataset import DatasetError, load_sample
 from matting_lib.data.encode import encode_png
-from matting_lib.data.lowlight import darken
+from matting_lib.data.darken import darken
 from matting_lib.inference.predictor import DEFAULT_MAX_SIDE, Predictor
 from matting_lib.report import ReportRow
 from matting_lib.routing import DEFAULT_THRESHOLD, BrightnessRouter, measure_brightness
@@ -58,7 +58,7 @@ CSV_COLUMNS = (
 
 @dataclass(frozen=True)
 class LowlightSpec:
-    """The fixed low-light condition (seed 001's model, :func:`matting_lib.data.lowlight.darken`)."""
+    """The fixed low-light condition (seed 001's model, :func:`matting_lib.data.darken.darken`)."""
 
     gamma: float = 0.45
     """Darkening gamma, seed convention ``x ** (1/gamma)``: the middle of the seed's [0.3, 0.6]."""

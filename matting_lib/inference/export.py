@@ -93,7 +93,7 @@ def export_onnx(model: nn.Module, opset: int = OPSET, checkpoint: str = "") -> b
     buf = _io.BytesIO()
     axes = {0: "batch", 2: "height", 3: "width"}
     with warnings.catch_warnings(), torch.no_grad():
-        # The tracer warns that the pad mode is frozen (see matting_lib.models.unet.pad_to_multiple)
+        # The tracer warns that the pad mode is frozen (see matting_lib.nets.unet.pad_to_multiple)
         # and that this exporter is deprecated; both are known and handled.
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)

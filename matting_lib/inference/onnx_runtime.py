@@ -13,7 +13,7 @@ FP16 and INT8 exports keep float32 inputs and outputs. The model's internal pad 
 of its stride is in the graph with dynamic amounts, but its mode was fixed to reflect by
 tracing; inputs with a side under the stride (where the torch model may switch to replicate
 padding) are padded here, before the graph, by the model's own
-:func:`matting_lib.models.unet.pad_to_multiple`, so both backends see the same pixels.
+:func:`matting_lib.nets.unet.pad_to_multiple`, so both backends see the same pixels.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from matting_lib import io
 from matting_lib.config import ModelConfig, from_dict
 from matting_lib.inference.export import INPUT_NAME, META_PREFIX, OUTPUT_NAME, export_onnx
 from matting_lib.inference.predictor import Predictor
-from matting_lib.models.unet import crop, pad_to_multiple
+from matting_lib.nets.unet import crop, pad_to_multiple
 
 ORT_SHRINK = ("memory.enable_memory_arena_shrinkage", "cpu:0")
 """ONNX Runtime run option that frees the unused part of its CPU memory arena after the run."""

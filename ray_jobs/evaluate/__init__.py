@@ -15,7 +15,7 @@ What is scored, per image of ``--split`` (``all``: every split file present):
   ``trimaps/`` file, over its unknown region (value 128): columns ``<metric>_unknown``;
 - condition ``normal`` (the image as stored) and, with ``--lowlight``, condition
   ``lowlight``: the same image darkened by seed 001's physical simulation
-  (:func:`matting_lib.data.lowlight.darken`) at the fixed :data:`LOWLIGHT` parameters, the
+  (:func:`matting_lib.data.darken.darken`) at the fixed :data:`LOWLIGHT` parameters, the
   noise drawn from ``numpy.random.default_rng([seed, crc32(name)])``, so every run, order
   and worker count gives the same images;
 - with ``--folds FOLDS_JSON`` (from ``ray_jobs.prepare_data --folds``): cross-validation. The

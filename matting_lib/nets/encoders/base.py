@@ -7,7 +7,7 @@ from torch import nn
 
 
 class StagedEncoder(nn.Module):
-    """Base of every encoder in :data:`matting_lib.models.encoders.ENCODERS`: subclasses build
+    """Base of every encoder in :data:`matting_lib.nets.encoders.ENCODERS`: subclasses build
     ``self.stages`` (an ``nn.ModuleList``, shallow to deep); ``forward`` returns every stage's
     output, the feature maps shallow to deep."""
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from matting_lib.models.encoders.base import StagedEncoder
+from matting_lib.nets.encoders.base import StagedEncoder
 
 
 def _ch(c: float, width: float) -> int:

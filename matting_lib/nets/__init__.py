@@ -7,10 +7,10 @@
 from __future__ import annotations
 
 from matting_lib.config import ModelConfig
-from matting_lib.models.encoders import ENCODERS, PRETRAINED, get_encoder
-from matting_lib.models.finetune import count_parameters, param_groups, set_trainable
-from matting_lib.models.lowlight import LowLightEnhancer
-from matting_lib.models.unet import MattingUNet
+from matting_lib.nets.encoders import ENCODERS, PRETRAINED, get_encoder
+from matting_lib.nets.enhancer import LowLightEnhancer
+from matting_lib.nets.finetune import count_parameters, param_groups, set_trainable
+from matting_lib.nets.unet import MattingUNet
 
 
 def build_model(cfg: ModelConfig, load_pretrained: bool | None = None) -> MattingUNet:

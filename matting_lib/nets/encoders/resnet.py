@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from matting_lib.models.encoders.base import StagedEncoder
+from matting_lib.nets.encoders.base import StagedEncoder
 
 
 def _ch(c: float, width: float) -> int:

@@ -34,7 +34,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from matting_lib.models.encoders.base import StagedEncoder
+from matting_lib.nets.encoders.base import StagedEncoder
 
 # Per stage of the paper's B0 table: (kernel, stride, expansion, out channels, repeats).
 _B0: tuple[tuple[int, int, int, int, int], ...] = (

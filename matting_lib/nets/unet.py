@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from matting_lib.config import ModelConfig
-from matting_lib.models.encoders import get_encoder
-from matting_lib.models.lowlight import LowLightEnhancer
+from matting_lib.nets.encoders import get_encoder
+from matting_lib.nets.enhancer import LowLightEnhancer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

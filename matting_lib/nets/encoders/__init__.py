@@ -22,15 +22,15 @@ from typing import Callable
 
 from torch import nn
 
-from matting_lib.models.encoders.convnext import ConvNeXtEncoder, convnext_tiny
-from matting_lib.models.encoders.efficientnet_lite import (
+from matting_lib.nets.encoders.convnext import ConvNeXtEncoder, convnext_tiny
+from matting_lib.nets.encoders.efficientnet_lite import (
     EfficientNetLiteEncoder,
     efficientnet_lite0,
     efficientnet_lite1,
     efficientnet_lite2,
 )
-from matting_lib.models.encoders.mobilenetv2 import MobileNetV2Encoder
-from matting_lib.models.encoders.resnet import ResNetEncoder, resnet18, resnet34
+from matting_lib.nets.encoders.mobilenetv2 import MobileNetV2Encoder
+from matting_lib.nets.encoders.resnet import ResNetEncoder, resnet18, resnet34
 
 ENCODERS: dict[str, Callable[..., nn.Module]] = {
     "mobilenetv2": MobileNetV2Encoder,

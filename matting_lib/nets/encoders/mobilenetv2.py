@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from matting_lib.models.encoders.base import StagedEncoder
+from matting_lib.nets.encoders.base import StagedEncoder
 
 # (expansion t, channels c, repeats n, stride s) per stage, from the paper's Table 2.
 _STAGES: tuple[tuple[tuple[int, int, int, int], ...], ...] = (
