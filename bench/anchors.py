@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from matting_lib.models.encoders.mobilenetv2 import MobileNetV2Encoder
+from matting_lib.nets.encoders.mobilenetv2 import MobileNetV2Encoder
 
 
 def _up(x: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:

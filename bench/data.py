@@ -4,7 +4,7 @@
 
 The question: can Ray Data feed the trainer? Measured on this machine, side by side in one run:
 
-- **pipeline**: the training job's own Ray Data pipeline (``ray_jobs.train.build_datasets``)
+- **pipeline**: the training job's own Ray Data pipeline (``ray_jobs.trainer.build_datasets``)
   reading from a real S3 protocol server on loopback (moto): fetch from S3, decode, augment,
   batch, collate to torch, consumed with ``iter_torch_batches`` as a worker does. Samples/s.
 - **step**: the model from ``configs/base.yaml`` alone on random tensors of the same shape:
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import socket
 import statistics
 import sys
 import time
@@ -33,13 +32,6 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def upload_dataset(src: str, bucket: str, n: int) -> str:
@@ -69,7 +61,7 @@ def pipeline_rate(cfg, rows: list[dict], passes: int) -> float:
     """Samples/s of fetch -> decode -> augment -> torch batches, median over ``passes``."""
     import torch
 
-    from ray_jobs.train import build_datasets
+    from ray_jobs.trainer import build_datasets
 
     ds = build_datasets(cfg, rows, rows[:1])["train"]
     rates = []
@@ -89,7 +81,7 @@ def step_rate(cfg, steps: int) -> float:
     import torch
 
     from matting_lib.losses import matting_loss
-    from matting_lib.models import build_model
+    from matting_lib.nets import build_model
     from matting_lib.training import build_optimizer
 
     torch.manual_seed(0)
@@ -127,11 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     from moto.server import ThreadedMotoServer
 
     from bench.results import markdown_table, update_results
+    from infra.local_ray import free_port
     from matting_lib.config import load_config
     from matting_lib.data.manifest import ensure_manifest, read_manifest
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{port}"

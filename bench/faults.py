@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import io as _io
 import json
-import logging
 import os
 import random
 import secrets
@@ -54,9 +53,10 @@ os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from bench.results import markdown_table, update_results  # noqa: E402
+from bench.results import markdown_table, update_results  # noqa: E402 - after the environment above
+from infra.local_ray import free_port  # noqa: E402
+from testkit.s3 import RestartableS3  # noqa: E402, F401 - re-exported: the fault tests use it
 
 REPORT = Path(__file__).parent / "RELIABILITY.md"
 REPORT_HEADER = (
@@ -80,51 +80,6 @@ def log(msg: str) -> None:
     print(f"[faults] {msg}", file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    """A TCP port free on loopback now."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class RestartableS3:
-    """A moto S3 server on one fixed loopback port that can be stopped and started again.
-
-    moto keeps its buckets in process memory, so objects survive a restart, as they survive
-    a real endpoint's outage; while it is stopped, connections are refused.
-    """
-
-    def __init__(self) -> None:
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self._server = None
-
-    @property
-    def running(self) -> bool:
-        return self._server is not None
-
-    def start(self) -> None:
-        from moto.server import ThreadedMotoServer
-
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self._server.start()
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
-
-    def outage(self, seconds: float) -> threading.Thread:
-        """Stop now and start again after ``seconds`` (in a background thread, returned)."""
-        self.stop()
-        thread = threading.Thread(target=lambda: (time.sleep(seconds), self.start()), daemon=True)
-        thread.start()
-        return thread
-
-
 # --------------------------------------------------------------------------- shared plumbing
 
 
@@ -133,7 +88,7 @@ def write_dataset(root: str, n_train: int, n_val: int, size: int, seed: int = 0)
     import numpy as np
 
     from matting_lib import io
-    from matting_lib.data.decode import encode_png
+    from matting_lib.data.encode import encode_png
     from matting_lib.data.procedural import random_foreground
 
     rng = np.random.default_rng(seed)
@@ -430,7 +385,7 @@ def _trial_history(run_dir: Path) -> list[int]:
     from ray.train import Result
 
     from matting_lib.checkpoint import load_checkpoint
-    from ray_jobs.train import CHECKPOINT_FILE
+    from ray_jobs.trainer import CHECKPOINT_FILE
 
     latest = Result.from_path(str(run_dir)).checkpoint
     if latest is None:
@@ -500,7 +455,7 @@ def scenario_checkpoint(ctx: dict) -> None:
 
     from matting_lib.checkpoint import CheckpointError, checkpoint_bytes, parse_checkpoint
     from matting_lib.config import load_config
-    from matting_lib.models import build_model
+    from matting_lib.nets import build_model
 
     cfg = load_config(str(ROOT / "configs" / "base.yaml"), [])
     torch.manual_seed(0)

@@ -3,12 +3,12 @@
     python -m bench.hostile                 # starts a local Ray cluster and the app with tiny random models
     python -m bench.hostile --url http://127.0.0.1:8000 --dashboard http://127.0.0.1:8265 [--api-key KEY]
 
-Every case of :func:`tests.hostile_corpus.corpus` is sent once; the report is a table of case,
+Every case of :func:`testkit.hostile.corpus` is sent once; the report is a table of case,
 expected and got answer, the slowest reply, and the number of replicas that were replaced
 during the run (from Serve's REST API: a replica id or process id that changed). That number
 must be 0: no hostile upload may crash a replica. Exit status 1 when a case is answered
 wrongly or a replica was replaced. The local app uses the test limits of
-``tests/serve_helpers.py`` (2 MB uploads, 4 Mpx), so the oversized cases stay small.
+``testkit/serve.py`` (2 MB uploads, 4 Mpx), so the oversized cases stay small.
 """
 
 from __future__ import annotations
@@ -16,14 +16,11 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from bench.results import markdown_table, update_results
 from serve_app.config import LimitSettings, app_entry
-from tests.hostile_corpus import Case, corpus, outcome, problem, send
+from testkit.hostile import Result, corpus, replica_identities, run_cases
 
 RELIABILITY = Path(__file__).resolve().parent / "RELIABILITY.md"
 HEADER = (
@@ -32,42 +29,6 @@ HEADER = (
     "section is replaced by the latest run of its script.\n"
 )
 SECTION = "Hostile input"
-
-
-@dataclass(frozen=True)
-class Result:
-    """One case's reply: what it got, what is wrong (None if right), and how long it took (s)."""
-
-    case: Case
-    got: str
-    problem: str | None
-    seconds: float
-
-
-def replica_identities(dashboard: str, app: str = "matting") -> dict[str, tuple[str, int, str]]:
-    """``replica_id -> (actor_id, pid, state)`` of every replica of ``app``, from Serve's REST API."""
-    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
-
-    details = ServeSubmissionClient(dashboard).get_serve_details()
-    deployments = details["applications"][app]["deployments"]
-    return {
-        r["replica_id"]: (r["actor_id"], int(r["pid"]), r["state"])
-        for d in deployments.values()
-        for r in d["replicas"]
-    }
-
-
-def run_cases(url: str, cases: list[Case], headers: Mapping[str, str] | None = None, log: bool = False) -> list[Result]:
-    """Send every case in order and judge its reply."""
-    results = []
-    for i, case in enumerate(cases, 1):
-        t0 = time.perf_counter()
-        reply = send(url, case, headers)
-        dt = time.perf_counter() - t0
-        results.append(Result(case, outcome(reply), problem(case, reply), dt))
-        if log:
-            print(f"[{i}/{len(cases)}] {case.name}: {results[-1].got} ({dt * 1000:.0f} ms)", flush=True)
-    return results
 
 
 def report(results: list[Result], replaced: int, replicas: int) -> str:
@@ -79,7 +40,7 @@ def report(results: list[Result], replaced: int, replicas: int) -> str:
         for r in results
     ]
     lines = [
-        f"{len(results)} cases from `tests/hostile_corpus.py` sent to one running app "
+        f"{len(results)} cases from `testkit/hostile.py` sent to one running app "
         f"({sum(r.case.expect == 200 for r in results)} legitimately odd inputs that must succeed, the rest must be refused "
         "with their documented status and JSON error).",
         "",
@@ -106,7 +67,8 @@ def _local_app(tmp: Path):
     from ray import serve
 
     from infra.local_ray import stop_ray_head
-    from tests.serve_helpers import make_checkpoint, start_cluster_and_app
+    from bench.local_app import start_cluster_and_app
+    from testkit.serve import make_checkpoint
 
     checkpoints = {name: make_checkpoint(tmp / f"{name}.pt", seed) for seed, name in enumerate(("base", "lowlight"), 1)}
     cluster, config, url = start_cluster_and_app(tmp, checkpoints)
@@ -126,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--api-key", default="", help="the app's API key, if it has one")
     ap.add_argument("--no-write", action="store_true", help="print the section instead of writing RELIABILITY.md")
     args = ap.parse_args(argv)
-    import tests.conftest  # noqa: F401 - sets the auth and S3 environment before Ray is imported
+    from testkit.env import configure
+
+    configure()  # the auth and S3 environment before Ray is imported
 
     stop = None
     with tempfile.TemporaryDirectory() as tmp:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,6 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from bench.anchors import ANCHORS  # noqa: E402
 from bench.results import markdown_table, median_time, save_chart, update_results  # noqa: E402
@@ -65,7 +63,7 @@ def matmul_peak(sizes: tuple[int, ...] = (1024, 2048, 3072), repeats: int = 5) -
     and an ONNX Runtime MatMul, each with the current thread count; ``peak`` is the larger."""
     from onnx import TensorProto, helper
 
-    from matting_lib.onnx_backend import make_session
+    from matting_lib.inference.onnx_runtime import make_session
 
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["a", "b"], ["c"])], "mm",
@@ -116,7 +114,7 @@ def ort_profile(data: bytes, x: np.ndarray, threads: int, runs: int = 3) -> dict
     import json
     import tempfile
 
-    from matting_lib.onnx_backend import onnxruntime
+    from matting_lib.inference.onnx_runtime import onnxruntime
 
     ort = onnxruntime()
     with tempfile.TemporaryDirectory() as tmp:
@@ -153,7 +151,7 @@ def shown(path: str) -> str:
 
 def base_model(config: str, checkpoint: str) -> tuple[torch.nn.Module, str]:
     """The model to benchmark and where it came from."""
-    from matting_lib.models import build_model
+    from matting_lib.nets import build_model
 
     if checkpoint and Path(checkpoint).exists():
         from matting_lib.checkpoint import load_model
@@ -168,8 +166,8 @@ def runners(
     model: torch.nn.Module, int8: bool, threads: int
 ) -> tuple[dict[str, Callable[[np.ndarray], object]], dict[str, bytes]]:
     """(backend name -> function running one float32 NCHW batch, ORT backend name -> ONNX bytes)."""
-    from matting_lib.onnx_backend import make_session
-    from matting_lib.onnx_export import export_onnx, generated_images, quantize_int8
+    from matting_lib.inference.onnx_runtime import make_session
+    from matting_lib.inference.export import export_onnx, generated_images, quantize_int8
 
     def torch_run(x: np.ndarray) -> object:
         with torch.inference_mode():

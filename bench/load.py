@@ -5,9 +5,9 @@
 
 Starts its own local Ray cluster (``ray start --head`` on loopback, free ports, token auth, as
 the tests do) and deploys the app like ``serve deploy`` with the tests' config
-(:func:`tests.serve_helpers.serve_yaml_for_test`: one replica per model, no scale-up, model
+(:func:`testkit.serve.serve_yaml_for_test`: one replica per model, no scale-up, model
 ``max_side`` 256). Without ``--checkpoints`` the two models are tiny random-weight checkpoints
-(:func:`tests.serve_helpers.make_checkpoint`); weights do not change the serving path.
+(:func:`testkit.serve.make_checkpoint`); weights do not change the serving path.
 
 Workload (:func:`make_workload`, fixed seed): POST /v1/matte with images of 64-512 px on each
 side (mixed aspect), 40 % dark (routed to ``lowlight``) and 60 % normal light (``base``),
@@ -52,8 +52,6 @@ from typing import Any, Callable
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
 RELIABILITY = Path(__file__).resolve().parent / "RELIABILITY.md"
 RELIABILITY_HEADER = (
     "# Reliability results\n\n"
@@ -103,7 +101,7 @@ def stamp(rgb: np.ndarray, number: int) -> None:
 @functools.cache
 def base_photos(n_shapes: int = 8) -> dict[tuple[tuple[int, int], str], np.ndarray]:
     """(shape, light) -> photo, for ``n_shapes`` fixed random shapes with sides in 64-512 px."""
-    from tests.serve_helpers import photo
+    from testkit.serve import photo
 
     rng = np.random.default_rng(1234)
     shapes = [(int(rng.integers(64, 513)), int(rng.integers(64, 513))) for _ in range(n_shapes)]
@@ -113,11 +111,11 @@ def base_photos(n_shapes: int = 8) -> dict[tuple[tuple[int, int], str], np.ndarr
 def make_workload(n: int, seed: int = 0, repeat_fraction: float = 0.25, dark_fraction: float = 0.4) -> list[Request]:
     """``n`` requests: sides 64-512 px, mixed light, PNG/JPEG, a ``repeat_fraction`` of repeats.
 
-    Unique images are variants of a few rendered photos (:func:`tests.serve_helpers.photo`) with
+    Unique images are variants of a few rendered photos (:func:`testkit.serve.photo`) with
     ``seed`` and their index stamped into the first pixels, so every one has its own content hash
     and workloads of different seeds share no image.
     """
-    from tests.serve_helpers import encode
+    from testkit.serve import encode
 
     rng = np.random.default_rng(seed)
     bases = base_photos()
@@ -353,7 +351,7 @@ def hot_swap(dashboard: str, config: dict[str, Any], url: str, model: str, check
     """
     import requests
 
-    from tests.serve_helpers import deploy
+    from testkit.serve import deploy
 
     app = config["applications"][0]
     others = [d for d in app.get("deployments", []) if d["name"] != f"model_{model}"]
@@ -544,15 +542,17 @@ def md_backend() -> str:
 
 def start_app(tmp: Path, checkpoints: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any], str]:
     """A local cluster and the deployed app: (cluster, Serve config, base URL)."""
-    from tests.serve_helpers import start_cluster_and_app
+    from bench.local_app import start_cluster_and_app
 
     return start_cluster_and_app(tmp, checkpoints)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import tests.conftest  # noqa: F401 - sets the auth and S3 environment before Ray is imported
-    from tests.serve_helpers import make_checkpoint
+    from testkit.env import configure
+    from testkit.serve import make_checkpoint
+
+    configure()  # the auth and S3 environment before Ray is imported
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-load-"))
     cluster = None

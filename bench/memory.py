@@ -80,7 +80,8 @@ def measure(side: int, max_side: int) -> tuple[list[list[object]], list[str]]:
     from bench.load import rss_mb, serve_replicas
     from infra.local_ray import stop_ray_head
     from serve_app.config import LimitSettings
-    from tests.serve_helpers import encode, photo, start_cluster_and_app
+    from bench.local_app import start_cluster_and_app
+    from testkit.serve import encode, photo
 
     checkpoints = {"base": str(ROOT / "models" / "base.pt"), "lowlight": str(ROOT / "models" / "lowlight.pt")}
     limits = {k: v for k, v in dataclasses.asdict(LimitSettings()).items()}
@@ -127,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-side", type=int, default=MAX_SIDE, help=f"max_side of the request (default MAX_SIDE = {MAX_SIDE})")
     ap.add_argument("--no-write", action="store_true", help="print the section instead of writing RELIABILITY.md")
     args = ap.parse_args(argv)
-    import tests.conftest  # noqa: F401 - the auth environment before Ray is imported
+    from testkit.env import configure
+
+    configure()  # the auth environment before Ray is imported
 
     rows, notes = measure(args.side, args.max_side)
     header = ["process", "before", "peak, 1st", "steady, 1st", "peak, 2nd", "steady, 2nd"]

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -42,9 +41,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from bench.results import load_average, machine, markdown_table, update_results  # noqa: E402
+from infra.local_ray import free_port  # noqa: E402
 from matting_lib.data.decode import decode_image  # noqa: E402
 
 TARGET_LATENCY_OVERHEAD = 1.15
@@ -116,12 +115,6 @@ def alpha_png(alpha: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_level(who: str, batching: str, concurrency: int, images: list[bytes], call, placement: str = "") -> Level:
     """``call(png) -> (ok, stage ms)`` for every image from ``concurrency`` threads; per-call latency and wall time."""
     latencies: list[float] = []
@@ -154,7 +147,7 @@ def run_level(who: str, batching: str, concurrency: int, images: list[bytes], ca
 
 def direct_levels(args: argparse.Namespace, images: dict[int, list[bytes]]) -> list[Level]:
     """The direct predictor in this process: sequential latency, and batched throughput."""
-    from matting_lib.predictor import backend_name, load_predictor
+    from matting_lib.inference.load import backend_name, load_predictor
 
     pred = load_predictor(args.checkpoint, backend=args.backend, device="cpu", max_side=args.size,
                           batch_size=4, num_threads=args.threads)
@@ -315,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from matting_lib.predictor import backend_name, load_predictor
+    from matting_lib.inference.load import backend_name, load_predictor
 
     backend = backend_name(load_predictor(args.checkpoint, backend=args.backend, device="cpu", max_side=64))
     images, levels = {}, {}

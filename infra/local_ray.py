@@ -10,11 +10,10 @@ machine. Needs the ``ray`` CLI beside the running Python.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from pathlib import Path
 
-from serve_app.run import LOOPBACK_ENV, use_loopback  # noqa: F401 - re-exported for the tests and benchmarks
+from serve_app.run import LOOPBACK_ENV, free_port, use_loopback  # noqa: F401 - re-exported for the tests and benchmarks
 
 
 def listening_sockets(pids: "set[int] | list[int]") -> list[tuple[str, int, int]]:
@@ -53,12 +52,6 @@ def listening_sockets(pids: "set[int] | list[int]") -> list[tuple[str, int, int]
                 ip = ip.ipv4_mapped
             out.append((str(ip), int(hex_port, 16), inodes[int(f[9])]))
     return sorted(out)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _processes() -> dict[int, tuple[int, str]]:

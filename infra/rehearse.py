@@ -39,13 +39,12 @@ from typing import Any, Callable
 import numpy as np
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from infra.gen_rayservice import merge
+from infra.local_ray import free_port, start_ray_head, stop_ray_head
+from testkit.data import synthetic_pair, write_dataset
+from testkit.s3 import RestartableS3
 
-from infra.gen_rayservice import merge  # noqa: E402
-from infra.local_ray import free_port, start_ray_head, stop_ray_head  # noqa: E402
-from tests.conftest import synthetic_pair, write_dataset  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 BUCKET = "matting-data"
 LAYOUT = ("datasets", "manifests", "runs", "sweeps", "models")
@@ -73,17 +72,10 @@ def run(cmd: list[str], timeout: float) -> str:
 
 
 def start_s3() -> tuple[Any, str]:
-    import logging
-
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = RestartableS3()
     server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    os.environ["AWS_ENDPOINT_URL"] = endpoint  # before `ray start`: the cluster inherits it
-    return server, endpoint
+    os.environ["AWS_ENDPOINT_URL"] = server.endpoint  # before `ray start`: the cluster inherits it
+    return server, server.endpoint
 
 
 def prepare_bucket(endpoint: str) -> tuple[str, str]:
@@ -220,7 +212,7 @@ def hot_swap(cluster: dict, config: dict, path: Path, url: str, png: bytes, new:
 
 
 def main() -> int:
-    from matting_lib.data.decode import encode_png
+    from matting_lib.data.encode import encode_png
 
     os.chdir(REPO)  # `ray start` here: job entrypoints find configs/ as in the image's WORKDIR
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))

@@ -59,7 +59,7 @@ class Checkpoint:
 
     def build_model(self) -> nn.Module:
         """The model described by ``model_config`` with these weights loaded strictly."""
-        from matting_lib.models import build_model
+        from matting_lib.nets import build_model
 
         model = build_model(self.model_config, load_pretrained=False)
         report = load_weights(model, self.state_dict, strict=True, source=self.uri)

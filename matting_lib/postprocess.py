@@ -17,6 +17,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from matting_lib.data.encode import FORMATS, encode_image
+from matting_lib.foreground import DECONTAMINATE, estimate_foreground
+
 __all__ = [
     "threshold_alpha",
     "erosion_kernel",
@@ -35,7 +38,6 @@ __all__ = [
 
 MAX_EROSION = 51
 MAX_FEATHER = 50
-FORMATS = ("png", "jpeg", "webp")
 OUTPUTS = ("rgba", "alpha", "composite")
 DEFAULT_BACKGROUND = "#ffffff"
 EMPTY_LEVEL = 0.5
@@ -141,32 +143,17 @@ def feather_alpha(alpha: np.ndarray, radius: int) -> np.ndarray:
 def decontaminate_foreground(image: np.ndarray, alpha: np.ndarray, max_size: int | None = 1024) -> np.ndarray:
     """Estimate the foreground colours so semi-transparent pixels lose the old background tint.
 
-    Uses pymatting's multilevel ``estimate_foreground_ml`` (Germer et al. 2020). If the longer
-    side exceeds ``max_size`` (None: never), the estimate runs on an area-downscaled copy and
-    the *correction* ``fg - image`` is upsampled bilinearly and added to the full-resolution
-    image, keeping its detail. Pixels with alpha == 1 always keep the image colour.
+    :func:`matting_lib.foreground.estimate_foreground` with serving's policy
+    (:data:`~matting_lib.foreground.DECONTAMINATE`): if the longer side exceeds ``max_size``
+    (None: never), the estimate runs on an area-downscaled copy and the *correction*
+    ``fg - image`` is upsampled bilinearly and added to the full-resolution image, keeping its
+    detail. Pixels with alpha == 1 always keep the image colour.
     image: uint8 (H, W, 3) RGB; alpha: (H, W) [0, 1]. Returns uint8 (H, W, 3) RGB.
     """
-    from pymatting import estimate_foreground_ml  # numba import is slow; only when used
-
     if max_size is not None:
         _check_int("max_size", max_size, 1, 1 << 16)
     im = _check_image(image, alpha)
-    a = _as_alpha(alpha).astype(np.float64)
-    img = im.astype(np.float64) / 255.0
-    h, w = a.shape
-    scale = 1.0 if max_size is None else min(1.0, max_size / max(h, w))
-    if scale >= 1.0:
-        fg = estimate_foreground_ml(img, a)
-    else:
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))  # cv2 wants (w, h)
-        img_s = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
-        a_s = cv2.resize(a, size, interpolation=cv2.INTER_AREA)
-        corr = estimate_foreground_ml(img_s, a_s) - img_s
-        fg = img + cv2.resize(corr, (w, h), interpolation=cv2.INTER_LINEAR)
-    fg = np.asarray(fg, np.float64)
-    fg[a >= 1.0] = img[a >= 1.0]  # alpha 1: the image colour is the foreground colour
-    return np.clip(np.rint(fg * 255.0), 0, 255).astype(np.uint8)
+    return estimate_foreground(im, _as_alpha(alpha).astype(np.float64), max_size, DECONTAMINATE)
 
 
 def to_rgba(image_or_fg: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -208,36 +195,6 @@ def replace_background(fg: np.ndarray, alpha: np.ndarray, color: str | tuple[int
 
 
 # ----------------------------------------------------------------------------- encoding
-def encode_image(array: np.ndarray, fmt: str, quality: int = 90) -> bytes:
-    """Encode uint8 (H, W) grey, (H, W, 3) RGB or (H, W, 4) RGBA to PNG, JPEG or WebP bytes.
-
-    ``quality`` in [1, 100] applies to JPEG and WebP (PNG is lossless). JPEG cannot hold
-    alpha: an RGBA array raises ValueError; composite onto a background colour first.
-    """
-    fmt = fmt.lower()
-    fmt = "jpeg" if fmt == "jpg" else fmt
-    if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
-    quality = _check_int("quality", quality, 1, 100)
-    arr = np.asarray(array)
-    channels = 1 if arr.ndim == 2 else (arr.shape[2] if arr.ndim == 3 else 0)
-    if arr.dtype != np.uint8 or channels not in (1, 3, 4):
-        raise ValueError(f"array must be uint8 (H, W), (H, W, 3) or (H, W, 4), got {arr.dtype} {arr.shape}")
-    if fmt == "jpeg" and channels == 4:
-        raise ValueError("JPEG cannot store alpha: composite RGBA onto a background colour first")
-    if channels == 3:
-        arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
-    elif channels == 4:
-        arr = cv2.cvtColor(arr, cv2.COLOR_RGBA2BGRA)
-    params = {
-        "png": [cv2.IMWRITE_PNG_COMPRESSION, 3],
-        "jpeg": [cv2.IMWRITE_JPEG_QUALITY, quality],
-        "webp": [cv2.IMWRITE_WEBP_QUALITY, quality],
-    }[fmt]
-    ok, buf = cv2.imencode("." + ("jpg" if fmt == "jpeg" else fmt), arr, params)
-    if not ok:
-        raise RuntimeError(f"OpenCV failed to encode {fmt}")
-    return buf.tobytes()
 
 
 # ----------------------------------------------------------------------------- the chain

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from matting_lib.data.lowlight import luminance
+from matting_lib.config import require
+from matting_lib.data.luma import luminance
 
 MEASURE_SIDE = 128
 """Long side of the copy the brightness is measured on."""
@@ -42,7 +43,11 @@ def measure_brightness(image: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class BrightnessRouter:
-    """Routes an image to ``dark_model`` when its brightness is below ``threshold``, else ``bright_model``."""
+    """Routes an image to ``dark_model`` when its brightness is below ``threshold``, else ``bright_model``.
+
+    Also the ``routing:`` section of the Serve app's config (:class:`serve_app.config.ServeConfig`):
+    its checks raise :class:`matting_lib.config.ConfigError` (a ValueError) naming the config key.
+    """
 
     threshold: float = DEFAULT_THRESHOLD
     """Brightness (mean luma in [0, 1]) under which an image counts as low-light."""
@@ -52,10 +57,9 @@ class BrightnessRouter:
     """Model for low-light images."""
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
-        if not self.bright_model or not self.dark_model:
-            raise ValueError("bright_model and dark_model must be non-empty model names")
+        require(0.0 <= self.threshold <= 1.0, "routing.threshold", f"must be in [0, 1], got {self.threshold}")
+        require(bool(self.bright_model) and bool(self.dark_model), "routing",
+                "bright_model and dark_model must be non-empty model names")
 
     def pick(self, brightness: float) -> str:
         """The model name for an already measured brightness."""

@@ -27,7 +27,7 @@ from torch import nn
 from matting_lib import metrics as M
 from matting_lib.config import LossConfig, OptimConfig, StageConfig
 from matting_lib.losses import matting_loss
-from matting_lib.models.finetune import param_groups, set_trainable
+from matting_lib.nets.finetune import param_groups, set_trainable
 
 Batch = Mapping[str, torch.Tensor]
 

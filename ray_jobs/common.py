@@ -90,7 +90,19 @@ def storage_args(storage_path: str, endpoint_url: str = "") -> dict[str, Any]:
     return {"storage_path": storage_path}
 
 
-def run_uri(storage_path: str, name: str) -> str:
-    """URI of a run's folder under ``storage_path`` (local folders made absolute)."""
-    base = storage_path if "://" in storage_path else os.path.abspath(storage_path)
-    return f"{base.rstrip('/')}/{name}"
+class SetupError(ValueError):
+    """Nothing can be predicted: the message names the option and what is wrong with it."""
+
+
+def check_output(uri: str) -> None:
+    """Create a local output folder, or check that an ``s3://`` bucket exists."""
+    if io.protocol(uri) == "file":
+        try:
+            io.makedirs(uri)
+        except OSError as e:
+            raise SetupError(f"--output: cannot create folder {uri} ({e.strerror or e})") from None
+        return
+    if io.protocol(uri) == "s3":
+        bucket = "s3://" + uri.split("://", 1)[1].split("/", 1)[0]
+        if not io.exists(bucket):
+            raise SetupError(f"--output: bucket {bucket} does not exist")

@@ -19,7 +19,7 @@ dataset's train split), then the parity check through both predictors (same resi
 ``--parity-side`` working side): max and mean absolute alpha difference on the sample images
 (the dataset's validation images when ``--calibration`` is given, otherwise generated images
 of odd sizes such as 97x131), plus, for INT8, the SAD change on the validation split.
-Thresholds default per precision (:func:`matting_lib.onnx_export.default_thresholds`) and
+Thresholds default per precision (:func:`matting_lib.inference.export.default_thresholds`) and
 can be set with ``--max-abs``, ``--mean-abs`` and ``--max-sad-increase``.
 
 Outputs: the ``.onnx`` and, next to it, ``<name>.parity.json`` with the figures, thresholds and
@@ -98,7 +98,7 @@ def load_split(root: str, split: str, limit: int) -> list[Sample]:
 
 
 def thresholds(args: argparse.Namespace, precision: str):
-    from matting_lib.onnx_export import default_thresholds
+    from matting_lib.inference.export import default_thresholds
 
     t = default_thresholds(precision)
     given = {"max_abs": args.max_abs, "mean_abs": args.mean_abs, "max_sad_increase": args.max_sad_increase}
@@ -121,8 +121,8 @@ def publish(args: argparse.Namespace) -> dict:
     import numpy as np
 
     from matting_lib.checkpoint import checkpoint_bytes, parse_checkpoint
-    from matting_lib.onnx_export import generated_images
-    from matting_lib.predictor import Predictor
+    from matting_lib.inference.export import generated_images
+    from matting_lib.inference.predictor import Predictor
 
     ck = load_checkpoint(args.checkpoint)
     model = ck.build_model().eval()
@@ -151,9 +151,9 @@ def run(args: argparse.Namespace) -> dict:
     import onnxruntime
     import torch
 
-    from matting_lib.onnx_backend import OnnxPredictor, make_session, session_metadata
-    from matting_lib.onnx_export import alpha_parity, check, export_onnx, generated_images, quantize_int8, sad_change, to_fp16
-    from matting_lib.predictor import Predictor
+    from matting_lib.inference.onnx_runtime import OnnxPredictor, make_session, session_metadata
+    from matting_lib.inference.export import alpha_parity, check, export_onnx, generated_images, quantize_int8, sad_change, to_fp16
+    from matting_lib.inference.predictor import Predictor
 
     precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
     limits = thresholds(args, precision)
@@ -212,7 +212,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> dict | None:
     """Run the job; exits 3 on a failed parity check and 2 on unusable inputs (one clear line)."""
-    from matting_lib.onnx_export import ParityError
+    from matting_lib.inference.export import ParityError
 
     args = parse_args(argv)
     if args.working_side is not None and args.format != "checkpoint":

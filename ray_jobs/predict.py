@@ -23,7 +23,7 @@ Runs in one local process without Ray, deliberately: the model is loaded once, t
 spreads each forward pass over all cores (or one GPU, ``--device``), and a thread pool
 overlaps storage reads and writes with compute, which is what saturates one machine. Ray
 tasks would load the model once per worker and split the same cores. Sharding a bucket over
-a cluster is a Ray Data job around the same :class:`matting_lib.predictor.Predictor`; this
+a cluster is a Ray Data job around the same :class:`matting_lib.inference.predictor.Predictor`; this
 command is the tool for a folder on one machine.
 """
 
@@ -44,18 +44,14 @@ from matting_lib import io
 from matting_lib.checkpoint import CheckpointError
 from matting_lib.data.decode import ImageDecodeError
 from matting_lib.postprocess import decontaminate_foreground, encode_image, to_rgba
-from matting_lib.predictor import DEFAULT_MAX_SIDE, Predictor, as_rgb
-from ray_jobs.common import fail
+from matting_lib.inference.predictor import DEFAULT_MAX_SIDE, Predictor, as_rgb
+from ray_jobs.common import SetupError, check_output, fail
 
 INPUT_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 """Extensions read from an input folder (case-insensitive)."""
 LOG_NAME = "predict_log.jsonl"
 IO_THREADS = 8
 """Threads for reads and writes (hides object-storage latency)."""
-
-
-class SetupError(ValueError):
-    """Nothing can be predicted: the message names the option and what is wrong with it."""
 
 
 @dataclass
@@ -102,20 +98,6 @@ def list_inputs(uri: str) -> list[str]:
     if io.exists(uri):
         return [uri]
     raise SetupError(f"--input: not found: {uri}")
-
-
-def check_output(uri: str) -> None:
-    """Create a local output folder, or check that an ``s3://`` bucket exists."""
-    if io.protocol(uri) == "file":
-        try:
-            io.makedirs(uri)
-        except OSError as e:
-            raise SetupError(f"--output: cannot create folder {uri} ({e.strerror or e})") from None
-        return
-    if io.protocol(uri) == "s3":
-        bucket = "s3://" + uri.split("://", 1)[1].split("/", 1)[0]
-        if not io.exists(bucket):
-            raise SetupError(f"--output: bucket {bucket} does not exist")
 
 
 def output_names(inputs: Sequence[str], output: str) -> list[tuple[str, str, str]]:

@@ -45,8 +45,9 @@ import numpy as np
 
 from matting_lib import io
 from matting_lib.data.dataset import DatasetError, load_sample, read_split
+from matting_lib.data.darken import LowlightParams, darken
 from matting_lib.data.decode import decode_image
-from matting_lib.data.lowlight import LowlightParams, darken
+from matting_lib.data.folds import assign_folds, write_folds
 from matting_lib.data.procedural import GENERATORS, pick_generator
 from matting_lib.data.synthesis import (
     crop_to_alpha,
@@ -161,13 +162,6 @@ def list_backgrounds(root: str, exclude: Sequence[str] = ()) -> list[str]:
         what = f" left after --bg-exclude {' '.join(exclude)}" if files else ""
         raise PrepError(f"--backgrounds: no background images ({'/'.join(BG_EXTS)}){what} in {root}")
     return [io.join(root, f) for f in kept]
-
-
-def assign_folds(names: Sequence[str], k: int, seed: int) -> list[list[str]]:
-    """``k`` folds of the photos: a seeded permutation of the sorted names dealt round-robin,
-    so fold sizes differ by at most one. Each fold's names are sorted."""
-    order = np.random.default_rng([seed, 3]).permutation(sorted(names)).tolist()
-    return [sorted(order[i::k]) for i in range(k)]
 
 
 def hold_out(names: Sequence[str], opts: PrepOptions) -> list[str]:
@@ -347,7 +341,7 @@ def prepare(opts: PrepOptions, log=print) -> dict[str, Any]:
         raise
     io.write_text(io.join(opts.out, "provenance.jsonl"), "".join(json.dumps(m, sort_keys=True) + "\n" for m in provenance))
     dt = time.time() - t1
-    fold_files = write_folds(opts, folds, provenance, log) if folds else []
+    fold_files = write_folds(opts.out, opts.seed, opts.foregrounds, folds, provenance, log) if folds else []
     summary = {
         "out": opts.out, "splits": splits, "kinds": dict(sorted(counts.items())),
         "lowlight": sum(m["lowlight"] is not None for m in provenance),
@@ -361,42 +355,6 @@ def prepare(opts: PrepOptions, log=print) -> dict[str, Any]:
         + f"; kinds {summary['kinds']}; low-light {summary['lowlight']}; "
         f"{summary['samples_per_s']} samples/s with {opts.workers} worker(s), total {time.time() - t0:.1f} s")
     return summary
-
-
-FOLDS_FILE = "folds.json"
-"""Written with ``--folds``: the folds (photo names), each fold's validation composites
-(``val_samples``), their manifests and the options, for ``python -m ray_jobs.evaluate --folds``
-(which scores the photos, or these composites, each with its fold's model)."""
-
-
-def fold_rows(rows: Sequence[dict], provenance: Sequence[dict], fold: Sequence[str]) -> list[dict]:
-    """Manifest rows of one fold: train rows made without any of ``fold``'s photos (procedural
-    ones included), and the val rows made of them (composites of those photos)."""
-    fg = {m["name"]: m["fg"] for m in provenance}
-    held = set(fold)
-    return [r for r in rows if (r["split"] == "train") != (fg.get(r["name"]) in held)]
-
-
-def write_folds(opts: PrepOptions, folds: list[list[str]], provenance: Sequence[dict], log) -> list[str]:
-    """``manifest.jsonl`` of the whole output, ``folds/fold<k>.jsonl`` per fold (train on the
-    other folds' photos, validate on this fold's composites) and ``folds.json``."""
-    from matting_lib.data.manifest import build_manifest
-
-    rows = build_manifest(opts.out, splits=("train", "val"), progress=False)
-    uris = []
-    for k, fold in enumerate(folds):
-        uri = io.join(opts.out, "folds", f"fold{k}.jsonl")
-        part = fold_rows(rows, provenance, fold)
-        io.write_text(uri, "".join(json.dumps(r, sort_keys=True) + "\n" for r in part))
-        n_train = sum(r["split"] == "train" for r in part)
-        log(f"fold {k}: {n_train} train / {len(part) - n_train} val rows -> {uri}")
-        uris.append(uri)
-    fg = {m["name"]: m["fg"] for m in provenance if m["split"] == "val"}
-    val_samples = [sorted(n for n, f in fg.items() if f in set(fold)) for fold in folds]
-    doc = {"k": len(folds), "seed": opts.seed, "folds": folds, "val_samples": val_samples, "manifests": uris,
-           "foregrounds": opts.foregrounds}
-    io.write_text(io.join(opts.out, FOLDS_FILE), json.dumps(doc, indent=1) + "\n")
-    return uris
 
 
 def _run(tasks, state, workers: int):

@@ -31,11 +31,12 @@ from matting_lib import io
 from matting_lib.checkpoint import CheckpointError, data_fingerprint, load_checkpoint, load_weights
 from matting_lib.config import TrainConfig
 from matting_lib.data.samples import SampleLoader, fetch_pair
-from matting_lib.models import build_model
-from matting_lib.predictor import resolve_device
+from matting_lib.nets import build_model
+from matting_lib.inference.predictor import resolve_device
 from matting_lib.training import auto_log_every, fit, load_teacher
-from ray_jobs.common import fail, load_job_config, run_uri
-from ray_jobs.train import absolute_paths, load_rows
+from matting_lib.data.manifest import absolute_paths, load_rows
+from matting_lib.io import run_uri
+from ray_jobs.common import fail, load_job_config
 
 
 class RowsDataset(torch.utils.data.Dataset):

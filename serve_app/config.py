@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from matting_lib.config import ConfigError, apply_overrides, from_dict, load_yaml, require
-from matting_lib.routing import DEFAULT_THRESHOLD
-from matting_lib.predictor import BACKENDS
+from matting_lib.routing import BrightnessRouter
+from matting_lib.inference.load import BACKENDS
 from serve_app.params import MAX_SIDE, MIN_SIDE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -52,21 +52,6 @@ class ModelSpec:
         require(bool(self.checkpoint), f"models.{self.name}.checkpoint", "must not be empty")
         require(self.backend in ("", *BACKENDS), f"models.{self.name}.backend",
                 f"must be one of {', '.join(BACKENDS)} (or empty), got {self.backend!r}")
-
-
-@dataclass(frozen=True)
-class RoutingSettings:
-    """Brightness routing (the rule itself is :class:`matting_lib.routing.BrightnessRouter`)."""
-
-    threshold: float = DEFAULT_THRESHOLD
-    """Images with brightness (mean luma in [0, 1]) below this go to ``dark_model``."""
-    bright_model: str = "base"
-    """Model for normal-light images."""
-    dark_model: str = "lowlight"
-    """Model for low-light images."""
-
-    def __post_init__(self) -> None:
-        require(0.0 <= self.threshold <= 1.0, "routing.threshold", f"must be in [0, 1], got {self.threshold}")
 
 
 @dataclass(frozen=True)
@@ -113,7 +98,7 @@ class ModelDeploymentSettings:
     backend: str = "auto"
     """Inference backend: 'torch' (eager), 'onnx' (ONNX Runtime, the checkpoint exported in
     memory at load) or 'auto': ONNX Runtime on CPU, where ``bench/inference.py`` measured it
-    faster, torch on CUDA (see :func:`matting_lib.predictor.load_predictor`)."""
+    faster, torch on CUDA (see :func:`matting_lib.inference.load.load_predictor`)."""
     num_threads: int = 1
     """Intra-op threads of each replica's forward pass (0 = the library default, one per core).
     Replicas hold fractions of a CPU, so one thread each avoids oversubscribing the cores."""
@@ -259,7 +244,8 @@ class ServeConfig:
 
     models: tuple[ModelSpec, ...] = field(default_factory=_default_models)
     """Served models; one Serve deployment each."""
-    routing: RoutingSettings = field(default_factory=RoutingSettings)
+    routing: BrightnessRouter = field(default_factory=BrightnessRouter)
+    """Brightness routing: the rule and its settings are one class, :class:`matting_lib.routing.BrightnessRouter`."""
     model_deployment: ModelDeploymentSettings = field(default_factory=ModelDeploymentSettings)
     ingress: IngressSettings = field(default_factory=IngressSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)

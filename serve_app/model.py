@@ -1,6 +1,6 @@
 """The model deployment: one Serve deployment per configured model, dynamic batching, hot swap.
 
-``MattingModel`` wraps a :class:`matting_lib.predictor.Predictor`. Requests are uint8 RGB
+``MattingModel`` wraps a :class:`matting_lib.inference.predictor.Predictor`. Requests are uint8 RGB
 arrays (decoded and checked by the ingress); answers are uint8 alphas (0-255) at the input's
 size: every output format is 8-bit, and a quarter of the bytes of float32 makes the trip back
 to the ingress cheaper (bench/serve.py).
@@ -24,7 +24,9 @@ import numpy as np
 from ray import serve
 
 from matting_lib.config import to_dict
-from matting_lib.predictor import Predictor, backend_name, load_predictor
+from matting_lib.inference.load import backend_name, load_predictor
+from matting_lib.inference.onnx_runtime import ShrinkingSession
+from matting_lib.inference.predictor import Predictor
 from serve_app.config import ModelDeploymentSettings
 
 logger = logging.getLogger("ray.serve")
@@ -32,8 +34,6 @@ logger = logging.getLogger("ray.serve")
 TRIM_AFTER_PIXELS = 4_000_000
 """After an image with at least this many pixels (about 2000x2000), or one worked at more than the
 configured ``max_side``, the process hands the memory it freed back to the OS (:func:`release_memory`)."""
-ORT_SHRINK = ("memory.enable_memory_arena_shrinkage", "cpu:0")
-"""ONNX Runtime run option that frees the unused part of its CPU memory arena after the run."""
 
 UNHEALTHY_AFTER_FAILURES = 3
 """Consecutive failed batches after which check_health asks Serve to replace the replica."""
@@ -77,27 +77,6 @@ def release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
-
-
-class ShrinkingSession:
-    """An ONNX Runtime session whose runs on inputs larger than ``min_pixels`` (per image) free the
-    arena memory they grew afterwards (:data:`ORT_SHRINK`). ORT otherwise keeps its arena at the
-    largest size it ever needed: one 2048-px request would pin about 1.3 GB per replica for good,
-    a 4096-px one about 4.3 GB. Runs at or below the configured working size keep the warm arena."""
-
-    def __init__(self, session: Any, min_pixels: int):
-        import onnxruntime as ort
-
-        self.session, self.min_pixels = session, min_pixels
-        self.shrink = ort.RunOptions()
-        self.shrink.add_run_config_entry(*ORT_SHRINK)
-
-    def run(self, output_names: Any, feeds: Mapping[str, np.ndarray], run_options: Any = None) -> Any:
-        big = any(v.ndim == 4 and v.shape[-1] * v.shape[-2] > self.min_pixels for v in feeds.values())
-        return self.session.run(output_names, feeds, run_options or (self.shrink if big else None))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.session, name)
 
 
 def to_uint8(alpha: np.ndarray) -> np.ndarray:

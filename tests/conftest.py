@@ -1,15 +1,15 @@
 """Shared fixtures: a real S3 protocol server (moto) on loopback, and small synthetic data.
 
-S3 credentials and endpoint are set in the environment *before* anything imports boto,
-so every client (s3fs, pyarrow, Ray workers started later) talks to the loopback server
-and never probes EC2 metadata or the internet.
+S3 credentials and endpoint are set in the environment *before* anything imports boto
+(:func:`testkit.env.configure`), so every client (s3fs, pyarrow, Ray workers started later)
+talks to the loopback server and never probes EC2 metadata or the internet. The helpers
+(:func:`synthetic_pair`, :func:`write_dataset`, ``ROOT``) live in :mod:`testkit`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import secrets
 import sys
 import uuid
 from pathlib import Path
@@ -17,27 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from testkit import ROOT
+from testkit.data import synthetic_pair, write_dataset  # noqa: F401 - the tests import them from here too
+from testkit.env import configure
 
-os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
-# Short S3 timeouts so a broken endpoint fails fast in tests.
-os.environ.setdefault("MATTING_S3_CONNECT_TIMEOUT", "2")
-os.environ.setdefault("MATTING_S3_READ_TIMEOUT", "10")
-os.environ.setdefault("MATTING_S3_MAX_ATTEMPTS", "2")
-os.environ.setdefault("MATTING_S3_RETRY_SECONDS", "2")  # the retry window (default 10 s); fault tests set their own
-# Ray reads its auth settings at import: the test cluster runs with token auth, as a real one.
-os.environ["RAY_AUTH_MODE"] = "token"
-os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+configure()  # before anything imports boto or Ray: loopback S3 credentials, token auth, loopback cluster
 
-from infra.local_ray import free_port, start_ray_head, stop_ray_head, use_loopback  # noqa: E402 - after the environment above
-
-use_loopback()  # the test cluster and this driver on 127.0.0.1 only (infra.local_ray.LOOPBACK_ENV)
+from infra.local_ray import free_port, start_ray_head, stop_ray_head  # noqa: E402 - after the environment above
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -93,19 +79,6 @@ def rng():
     return np.random.default_rng(0)
 
 
-def synthetic_pair(rng: np.random.Generator, h: int = 64, w: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """A random textured image (uint8 HxWx3) and a soft-edged blob alpha (uint8 HxW)."""
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    cy, cx = rng.uniform(0.3, 0.7) * h, rng.uniform(0.3, 0.7) * w
-    r = rng.uniform(0.2, 0.35) * min(h, w)
-    d = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
-    alpha = np.clip((r - d) / 3.0 + 0.5, 0, 1)
-    fg = np.array(rng.integers(120, 255, size=3), dtype=np.float32)
-    bg = rng.uniform(0, 90, size=(h, w, 3)).astype(np.float32)
-    image = alpha[..., None] * fg + (1 - alpha[..., None]) * bg
-    return image.round().astype(np.uint8), (alpha * 255).round().astype(np.uint8)
-
-
 # --------------------------------------------------------------------------- Ray
 
 
@@ -131,21 +104,3 @@ def ray_cluster(s3_server, tmp_path_factory):
     finally:
         ray.shutdown()
         stop_ray_head(cluster["temp_dir"])
-
-
-def write_dataset(root: str, n_train: int, n_val: int, size: int = 64, seed: int = 0) -> str:
-    """A tiny synthetic dataset in the seed format at ``root`` (local path or s3://); no ``val.txt`` when ``n_val`` is 0."""
-    from matting_lib import io
-    from matting_lib.data.decode import encode_png
-
-    rng = np.random.default_rng(seed)
-    splits = {"train": [f"tr{i:03d}" for i in range(n_train)], "val": [f"va{i:03d}" for i in range(n_val)]}
-    for names in splits.values():
-        for name in names:
-            image, alpha = synthetic_pair(rng, size, size)
-            io.write_bytes(io.join(root, "images", f"{name}.png"), encode_png(image))
-            io.write_bytes(io.join(root, "masks", f"{name}.png"), encode_png(alpha))
-    for split, names in splits.items():
-        if names:  # n_val=0: the seeds' layout, images/ masks/ and train.txt only
-            io.write_text(io.join(root, f"{split}.txt"), "\n".join(names) + "\n")
-    return root

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import synthetic_pair
+from testkit.data import synthetic_pair
 from matting_lib.data.augment import (
     LOWLIGHT_GAMMA,
     LOWLIGHT_GAMMA_LIMIT,

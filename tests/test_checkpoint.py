@@ -17,7 +17,7 @@ from matting_lib.checkpoint import (
     save_checkpoint,
 )
 from matting_lib.config import ModelConfig, TrainConfig
-from matting_lib.models import build_model
+from matting_lib.nets import build_model
 
 SMALL = ModelConfig(encoder="mobilenetv2", encoder_width=0.35, decoder_channels=(16, 16, 8, 8, 8))
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import synthetic_pair
+from testkit.data import synthetic_pair
 from matting_lib import io
 from matting_lib.data.dataset import (
     DatasetError,
@@ -25,7 +25,8 @@ from matting_lib.data.dataset import (
     read_split,
     validate_dataset,
 )
-from matting_lib.data.decode import ImageDecodeError, decode_image, decode_mask, encode_png
+from matting_lib.data.decode import ImageDecodeError, decode_image, decode_mask
+from matting_lib.data.encode import encode_png
 from matting_lib.data.manifest import VAL_HOLDOUT_FRACTION, build_manifest, ensure_manifest, hold_out, read_manifest
 
 

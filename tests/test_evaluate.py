@@ -24,16 +24,17 @@ from matting_lib.baselines import GrabCutParams, border_rect, grabcut_alpha
 from matting_lib.checkpoint import save_checkpoint
 from matting_lib.config import ModelConfig
 from matting_lib.data.dataset import load_sample
-from matting_lib.data.decode import decode_mask, encode_png
-from matting_lib.data.lowlight import darken
+from matting_lib.data.decode import decode_mask
+from matting_lib.data.encode import encode_png
+from matting_lib.data.darken import darken
 from matting_lib.data.synthesis import trimap_from_alpha
-from matting_lib.models import build_model
+from matting_lib.nets import build_model
 from matting_lib.postprocess import feather_alpha
-from matting_lib.predictor import Predictor
+from matting_lib.inference.predictor import Predictor
 from matting_lib.report import CAPTION_H, GAP
 from matting_lib.routing import BrightnessRouter, measure_brightness
 from ray_jobs import evaluate
-from tests.conftest import synthetic_pair, write_dataset
+from testkit.data import synthetic_pair, write_dataset
 
 TINY = ModelConfig(encoder_width=0.35, decoder_channels=(32, 24, 16, 16, 8))
 METRIC_FNS = {"sad": metrics.sad, "mse": metrics.mse, "mad": metrics.mad,

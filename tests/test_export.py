@@ -15,12 +15,13 @@ import torch
 from matting_lib import io
 from matting_lib.checkpoint import save_checkpoint
 from matting_lib.config import ModelConfig
-from matting_lib.models import build_model
-from matting_lib.onnx_backend import OnnxPredictor, make_session, session_metadata
-from matting_lib.onnx_export import export_onnx
-from matting_lib.predictor import CPU_AUTO_BACKEND, Predictor, load_predictor
+from matting_lib.nets import build_model
+from matting_lib.inference.onnx_runtime import OnnxPredictor, make_session, session_metadata
+from matting_lib.inference.export import export_onnx
+from matting_lib.inference.load import CPU_AUTO_BACKEND, load_predictor
+from matting_lib.inference.predictor import Predictor
 from ray_jobs import export as export_job
-from tests.conftest import write_dataset
+from testkit.data import write_dataset
 
 TINY = ModelConfig(encoder_width=0.35, decoder_channels=(32, 24, 16, 16, 8))
 
@@ -234,7 +235,7 @@ def test_int8_keeps_the_stages_the_encoder_declares_in_float():
     base 7% SAD): export_onnx writes the prefixes, quantize_int8 leaves those convs unquantized."""
     import onnx
 
-    from matting_lib.onnx_export import quantize_int8
+    from matting_lib.inference.export import quantize_int8
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(encoder="efficientnet_lite0", decoder_channels=(32, 24, 16, 8), output_stride=2)).eval()

@@ -1,6 +1,6 @@
 """Hostile input: the corpus against one real app, property-based fuzzing of the parsers, access checks.
 
-- The whole of :mod:`tests.hostile_corpus` goes to ONE running app (deployed with an API key,
+- The whole of :mod:`testkit.hostile` goes to ONE running app (deployed with an API key,
   like ``serve deploy``); every reply must be the documented status and JSON error (or a 200
   that passes its check), and afterwards the replicas must be the very same ones (ids and
   process ids from Serve's REST API) and a normal request must still work.
@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from bench.hostile import replica_identities, run_cases
+from testkit.hostile import replica_identities, run_cases
 from matting_lib.data.decode import ImageDecodeError, decode_image
 from serve_app.config import HistorySettings, LimitSettings, app_entry
 from serve_app.errors import ApiError
@@ -37,8 +37,8 @@ from serve_app.history import History
 from serve_app.params import MAX_SIDE, MatteParams, check_against_limits, merge_params
 from serve_app.uploads import UploadedFile, expand_batch, output_name, parse_upload
 from infra.local_ray import free_port
-from tests.hostile_corpus import BATCH, MATTE, corpus, make_zip, photo, pil_bytes
-from tests.serve_helpers import deploy_and_wait, get, make_checkpoint, post, serve_yaml_for_test
+from testkit.hostile import BATCH, MATTE, corpus, make_zip, photo, pil_bytes
+from testkit.serve import deploy_and_wait, get, make_checkpoint, post, serve_yaml_for_test
 
 API_KEY = "hostile-" + secrets.token_hex(12)
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -119,7 +119,7 @@ def _walk(routes: list, prefix: str = "") -> list[tuple[str, str]]:
 
 def _v1_routes() -> list[tuple[str, str]]:
     """(method, path) of every /v1 route in the app's route table (in the OpenAPI page or not)."""
-    from serve_app.ingress import app as fastapi_app
+    from serve_app.api import router as fastapi_app
 
     return sorted((m, p) for m, p in _walk(fastapi_app.routes) if p.startswith("/v1"))
 

@@ -16,7 +16,7 @@ import shlex
 import pytest
 
 from infra import validate as v
-from tests.conftest import ROOT
+from testkit import ROOT
 
 KUBERAY = ROOT / "infra" / "kuberay"
 DOCKER = ROOT / "infra" / "docker"

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from matting_lib.config import ConfigError, ModelConfig
-from matting_lib.models import ENCODERS, build_model, count_parameters, get_encoder, param_groups, set_trainable
-from matting_lib.models.finetune import encoder_stages
-from matting_lib.models.lowlight import (
+from matting_lib.nets import ENCODERS, build_model, count_parameters, get_encoder, param_groups, set_trainable
+from matting_lib.nets.finetune import encoder_stages
+from matting_lib.nets.enhancer import (
     LowLightEnhancer,
     color_constancy_loss,
     exposure_loss,
@@ -20,7 +20,7 @@ from matting_lib.models.lowlight import (
     spatial_consistency_loss,
     zero_dce_loss,
 )
-from matting_lib.models.unet import crop, pad_to_multiple
+from matting_lib.nets.unet import crop, pad_to_multiple
 
 TINY = ModelConfig(encoder="mobilenetv2", encoder_width=0.35, decoder_channels=(32, 24, 16, 16, 8))
 
@@ -361,7 +361,7 @@ def test_output_stride_2_upsamples_the_logits_to_the_input_size(size: tuple[int,
     """Alpha = sigmoid(bilinear-upsampled head logits of the stride-2 decoder), at the input's size."""
     import torch.nn.functional as F
 
-    from matting_lib.models.unet import crop, pad_to_multiple
+    from matting_lib.nets.unet import crop, pad_to_multiple
 
     torch.manual_seed(0)
     model = build_model(TINY_S2).eval()

@@ -14,11 +14,11 @@ from PIL import Image
 
 from matting_lib.checkpoint import save_checkpoint
 from matting_lib.config import ModelConfig
-from matting_lib.data.decode import encode_png
-from matting_lib.models import build_model
-from matting_lib.predictor import Predictor
+from matting_lib.data.encode import encode_png
+from matting_lib.nets import build_model
+from matting_lib.inference.predictor import Predictor
 from ray_jobs import predict
-from tests.conftest import synthetic_pair
+from testkit.data import synthetic_pair
 
 SIZES = {"a": (64, 64), "b": (48, 80), "c": (70, 40)}  # name -> (h, w)
 TINY = ModelConfig(encoder_width=0.35, decoder_channels=(32, 24, 16, 16, 8))

@@ -9,12 +9,13 @@ import torch
 
 from matting_lib.checkpoint import save_checkpoint
 from matting_lib.config import ModelConfig
-from matting_lib.data.decode import ImageDecodeError, encode_png
-from matting_lib.data.lowlight import LowlightParams, simulate_lowlight
-from matting_lib.models import build_model
-from matting_lib.predictor import Predictor, working_size
+from matting_lib.data.decode import ImageDecodeError
+from matting_lib.data.encode import encode_png
+from matting_lib.data.darken import LowlightParams, simulate_lowlight
+from matting_lib.nets import build_model
+from matting_lib.inference.predictor import Predictor, working_size
 from matting_lib.routing import BrightnessRouter, measure_brightness
-from tests.conftest import synthetic_pair
+from testkit.data import synthetic_pair
 
 TINY = ModelConfig(encoder_width=0.35, decoder_channels=(32, 24, 16, 16, 8))
 
@@ -140,7 +141,7 @@ def test_the_models_working_side_caps_what_the_network_sees(tmp_path, backend):
     by hand on the downscaled image and upsampled bilinearly (the reference)."""
     from dataclasses import replace
 
-    from matting_lib.predictor import load_predictor
+    from matting_lib.inference.load import load_predictor
 
     torch.manual_seed(0)
     net = build_model(replace(TINY, working_side=64)).eval()

@@ -18,9 +18,9 @@ import torch
 
 from matting_lib.checkpoint import load_checkpoint, save_checkpoint
 from matting_lib.config import ModelConfig
-from matting_lib.models import build_model
-from matting_lib.models.encoders import get_encoder
-from matting_lib.models.encoders.efficientnet_lite import (
+from matting_lib.nets import build_model
+from matting_lib.nets.encoders import get_encoder
+from matting_lib.nets.encoders.efficientnet_lite import (
     INPUT_MEAN,
     INPUT_STD,
     ImageNetClassifier,

@@ -21,7 +21,7 @@ from matting_lib.report import (
     render_grid,
     save_grid,
 )
-from tests.conftest import synthetic_pair
+from testkit.data import synthetic_pair
 
 TILE = 64
 

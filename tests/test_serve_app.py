@@ -24,12 +24,12 @@ import numpy as np
 import pytest
 
 from matting_lib.postprocess import PostprocessParams, apply
-from matting_lib.predictor import Predictor
+from matting_lib.inference.predictor import Predictor
 from matting_lib.routing import DEFAULT_THRESHOLD
 from serve_app.ingress import parse_server_timing
 from serve_app.params import MAX_SIDE
 from infra.local_ray import free_port
-from tests.serve_helpers import (
+from testkit.serve import (
     app_running, decode, deploy, deploy_and_wait, encode, get, make_checkpoint, photo, post, running_replicas,
     serve_yaml_for_test, wait_until,
 )

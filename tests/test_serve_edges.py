@@ -22,7 +22,7 @@ import pytest
 
 from infra.local_ray import _cluster_pids, free_port, listening_sockets
 from serve_app.params import MAX_SIDE
-from tests.serve_helpers import decode, deploy_and_wait, encode, get, make_checkpoint, photo, post, serve_yaml_for_test
+from testkit.serve import decode, deploy_and_wait, encode, get, make_checkpoint, photo, post, serve_yaml_for_test
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -219,7 +219,7 @@ def test_error_table_matches_the_hostile_corpus():
     """Every (status, error) the hostile corpus expects is a row of the README's table, and every row
     of the table is produced by the corpus or by a test of this module (408, 401, 503/504 elsewhere)."""
     from serve_app.config import LimitSettings
-    from tests.hostile_corpus import corpus
+    from testkit.hostile import corpus
 
     readme = (ROOT / "serve_app" / "README.md").read_text()
     section = readme.split("## Limits and errors", 1)[1].splitlines()

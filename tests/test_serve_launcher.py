@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from infra.local_ray import _cluster_pids, free_port, listening_sockets, stop_ray_head
-from tests.serve_helpers import encode, get, make_checkpoint, photo, post, wait_until
+from testkit.serve import encode, get, make_checkpoint, photo, post, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,7 @@ from bench.load import (
     serve_replicas, status_counts,
 )
 from infra.local_ray import free_port
-from tests.serve_helpers import deploy_and_wait, make_checkpoint, running_replicas, serve_yaml_for_test
+from testkit.serve import deploy_and_wait, make_checkpoint, running_replicas, serve_yaml_for_test
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -17,7 +17,7 @@ from serve_app.config import (
 from serve_app.errors import ApiError
 from serve_app.history import History
 from serve_app.uploads import UploadedFile, expand_batch, output_name, read_zip
-from tests.serve_helpers import encode, photo
+from testkit.serve import encode, photo
 
 # --------------------------------------------------------------------------- config
 
@@ -191,7 +191,7 @@ def test_batch_expansion_and_output_names():
 @pytest.mark.timeout(60)
 def test_launcher_names_a_missing_checkpoint(tmp_path, capsys):
     from serve_app.run import main
-    from tests.serve_helpers import make_checkpoint
+    from testkit.serve import make_checkpoint
 
     def launch(*args: str) -> str:
         with pytest.raises(SystemExit) as e:
@@ -221,7 +221,7 @@ def test_hot_swap_loads_the_new_checkpoint_and_survives_a_bad_one(tmp_path):
 
     from serve_app.config import ModelDeploymentSettings
     from serve_app.model import MattingModel
-    from tests.serve_helpers import make_checkpoint
+    from testkit.serve import make_checkpoint
 
     a, b = make_checkpoint(tmp_path / "a.pt", 1), make_checkpoint(tmp_path / "b.pt", 2)
     model = MattingModel.func_or_class("base", a, ModelDeploymentSettings(max_side=256, device="cpu"))
@@ -262,9 +262,10 @@ def test_a_model_replica_gives_back_the_memory_of_a_large_request(tmp_path):
     import numpy as np
 
     from serve_app.config import ModelDeploymentSettings
-    from serve_app.model import MattingModel, ShrinkingSession, release_memory
+    from matting_lib.inference.onnx_runtime import ShrinkingSession
+    from serve_app.model import MattingModel, release_memory
     from serve_app.params import MAX_SIDE
-    from tests.serve_helpers import make_checkpoint
+    from testkit.serve import make_checkpoint
 
     model = MattingModel.func_or_class("base", make_checkpoint(tmp_path / "m.pt", 1),
                                        ModelDeploymentSettings(max_side=256, num_threads=1), "onnx")

@@ -16,7 +16,7 @@ import pytest
 
 from matting_lib.checkpoint import load_checkpoint
 from matting_lib.config import load_config
-from matting_lib.predictor import load_predictor
+from matting_lib.inference.load import load_predictor
 from serve_app.config import DEFAULT_CONFIG_PATH, load_serve_yaml, serve_config_from_args
 
 ROOT = Path(__file__).resolve().parents[1]

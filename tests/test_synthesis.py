@@ -9,12 +9,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import synthetic_pair
+from testkit.data import synthetic_pair
 
 from matting_lib import io
 from matting_lib.data.dataset import load_sample, read_split
-from matting_lib.data.decode import encode_png
-from matting_lib.data.lowlight import LowlightParams, darken, lowlight_composite, luminance, simulate_lowlight
+from matting_lib.data.encode import encode_png
+from matting_lib.data.darken import LowlightParams, darken, lowlight_composite, simulate_lowlight
+from matting_lib.data.luma import luminance
 from matting_lib.data.procedural import GENERATORS, hair_strands, random_foreground, textured_object
 from matting_lib.data.synthesis import (
     composite,

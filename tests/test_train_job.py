@@ -13,7 +13,8 @@ import pytest
 
 from matting_lib import io
 from matting_lib.checkpoint import load_checkpoint
-from tests.conftest import ROOT, write_dataset
+from testkit import ROOT
+from testkit.data import write_dataset
 
 TINY = str(ROOT / "configs" / "tiny.yaml")
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ from matting_lib.checkpoint import load_checkpoint
 from matting_lib.data.manifest import ensure_manifest, read_manifest
 from matting_lib.data.samples import SampleLoader
 from ray_jobs.train_local import RowsDataset, _seed_worker
-from tests.conftest import write_dataset
+from testkit.data import write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.yaml")

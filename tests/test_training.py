@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from matting_lib.config import LossConfig, ModelConfig, OptimConfig, StageConfig, TrainConfig, from_dict
-from matting_lib.models import build_model
+from matting_lib.nets import build_model
 from matting_lib.training import (
     TrainingRun,
     build_optimizer,
@@ -18,7 +18,7 @@ from matting_lib.training import (
     stage_at,
     train_one_epoch,
 )
-from tests.conftest import synthetic_pair
+from testkit.data import synthetic_pair
 
 TINY = ModelConfig(encoder="mobilenetv2", encoder_width=0.35, decoder_channels=(32, 24, 16, 16, 8))
 

@@ -23,12 +23,13 @@ import numpy as np
 import pytest
 import torch
 
-from bench.faults import RestartableS3
+from testkit.s3 import RestartableS3
 from matting_lib import io
 from matting_lib.checkpoint import CheckpointError, checkpoint_bytes, load_checkpoint, parse_checkpoint, save_checkpoint
 from matting_lib.config import ModelConfig
-from matting_lib.models import build_model
-from tests.conftest import ROOT, write_dataset
+from matting_lib.nets import build_model
+from testkit import ROOT
+from testkit.data import write_dataset
 
 TINY = str(ROOT / "configs" / "tiny.yaml")
 SMALL = ModelConfig(encoder="mobilenetv2", encoder_width=0.35, decoder_channels=(16, 16, 8, 8, 8))

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from matting_lib.config import ConfigError, ScalingSettings, TrainConfig, load_config
-from tests.conftest import ROOT, write_dataset
+from testkit import ROOT
+from testkit.data import write_dataset
 
 SWEEP_TINY = str(ROOT / "configs" / "sweep_tiny.yaml")
 TINY = str(ROOT / "configs" / "tiny.yaml")

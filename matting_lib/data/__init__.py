@@ -15,7 +15,8 @@ from matting_lib.data.dataset import (
     read_split,
     validate_dataset,
 )
-from matting_lib.data.decode import MAX_PIXELS, ImageDecodeError, decode_image, decode_mask, encode_png
+from matting_lib.data.decode import MAX_PIXELS, ImageDecodeError, decode_image, decode_mask
+from matting_lib.data.encode import encode_png
 from matting_lib.data.manifest import build_manifest, ensure_manifest, read_manifest
 
 __all__ = [

@@ -1,10 +1,9 @@
 """Decode untrusted image bytes into fixed-format numpy arrays, with clear errors.
 
-Two entry points and one encoder:
+Two entry points (encoding is :mod:`matting_lib.data.encode`):
 
 - :func:`decode_image` -> ``uint8 (H, W, 3)`` RGB, whatever the stored mode was.
 - :func:`decode_mask`  -> ``uint8 (H, W)`` alpha in ``[0, 255]`` (0 = background).
-- :func:`encode_png`   -> PNG bytes of a ``uint8`` HxW / HxWx3 / HxWx4 or ``uint16`` HxW array.
 
 Safety: only the formats in :data:`ALLOWED_FORMATS` are opened (Pillow's other plugins,
 e.g. EPS, which runs Ghostscript, are never tried on untrusted bytes). The header's dimensions
@@ -213,17 +212,3 @@ def decode_mask(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXELS
             f"{name}: ambiguous mask: both the grey and the alpha channel vary; store the mask as 8-bit grey"
         )
     return np.ascontiguousarray(gray)
-
-
-def encode_png(array: np.ndarray, compress_level: int = 3) -> bytes:
-    """PNG bytes of ``uint8`` (H, W), (H, W, 3) RGB, (H, W, 4) RGBA, or ``uint16`` (H, W)."""
-    arr = np.ascontiguousarray(array)
-    if (arr.dtype == np.uint16 and arr.ndim == 2) or (
-        arr.dtype == np.uint8 and (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4)))
-    ):
-        im = Image.fromarray(arr)  # uint16 -> I;16, uint8 -> L / RGB / RGBA
-    else:
-        raise ValueError(f"encode_png: expected uint8 HxW/HxWx3/HxWx4 or uint16 HxW, got {arr.dtype} {arr.shape}")
-    buf = io.BytesIO()
-    im.save(buf, format="PNG", compress_level=compress_level)
-    return buf.getvalue()

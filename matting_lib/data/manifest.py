@@ -5,7 +5,7 @@ Each line of ``manifest.jsonl``::
     {"name": "GT01", "image_uri": "s3://b/ds/images/GT01.png", "mask_uri": "s3://b/ds/masks/GT01.png",
      "trimap_uri": null, "height": 497, "width": 800, "brightness": 0.4123, "split": "train"}
 
-``brightness`` is the mean Rec.601 luma of the image, ``(0.299 R + 0.587 G + 0.114 B) / 255``,
+``brightness`` is the mean Rec.601 luma of the image (:func:`matting_lib.data.luma.luminance`),
 in [0, 1] (it drives brightness-aware loss weights and low-light sampling). URIs keep the
 root's scheme; plain local roots are made absolute so workers with another working
 directory still find the files. An existing manifest is trusted as is: rebuild it with
@@ -21,6 +21,7 @@ the same samples.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -32,7 +33,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from matting_lib import io
+from matting_lib.config import TrainConfig
 from matting_lib.data.dataset import DatasetError, find_image, mask_uri, read_sample, read_split, trimap_uri
+from matting_lib.data.luma import luminance
 
 MANIFEST_NAME = "manifest.jsonl"
 FIELDS: dict[str, tuple[type, ...]] = {
@@ -54,12 +57,6 @@ CACHE_ENV = "MATTING_CACHE_DIR"
 """Environment variable naming the cache folder (default ``~/.cache/matting``)."""
 
 
-def brightness(image: np.ndarray) -> float:
-    """Mean Rec.601 luma of a uint8 (H, W, 3) RGB image, in [0, 1]."""
-    rgb = image.reshape(-1, 3).astype(np.float64)
-    return float((rgb @ np.array([0.299, 0.587, 0.114])).mean() / 255.0)
-
-
 def _absolute(root: str) -> str:
     return os.path.abspath(os.path.expanduser(root)) if "://" not in root else root.rstrip("/")
 
@@ -75,7 +72,7 @@ def _row(root: str, split: str, name: str) -> dict[str, Any]:
         "trimap_uri": t_uri,
         "height": int(h),
         "width": int(w),
-        "brightness": brightness(sample.image),
+        "brightness": luminance(sample.image),
         "split": split,
     }
 
@@ -249,3 +246,46 @@ def hold_out(
     train = [r for r in rows if r["name"] not in chosen]
     val = [{**r, "split": val_split} for r in rows if r["name"] in chosen]
     return train, val
+
+
+# --------------------------------------------------------------------------- a run's data
+
+
+def load_rows(cfg: TrainConfig, manifest_dir: str = "") -> tuple[list[dict], list[dict], str]:
+    """Manifest rows of the train and val splits; raises ValueError/OSError with a clear message.
+
+    The manifest is ``data.manifest`` when set, the dataset's own ``manifest.jsonl`` when it has
+    one, else built in ``manifest_dir`` (default: the run's folder): never written into the
+    dataset (:func:`ensure_manifest`). Without validation rows (no
+    ``val.txt``), a seeded :data:`VAL_HOLDOUT_FRACTION` of the train
+    rows is held out for validation, and the log says so.
+    """
+    if not cfg.data.uri:
+        raise ValueError("data.uri is empty: set it in the config or as data.uri=PATH_OR_S3_URI")
+    if cfg.data.s3_endpoint_url:
+        io.configure_s3(endpoint_url=cfg.data.s3_endpoint_url)
+    if not cfg.data.manifest and not io.exists(io.join(cfg.data.uri, f"{cfg.data.train_split}.txt")) and not io.exists(io.join(cfg.data.uri, "manifest.jsonl")):
+        raise FileNotFoundError(f"dataset not found: {cfg.data.uri} has no {cfg.data.train_split}.txt or manifest.jsonl")
+    manifest = ensure_manifest(cfg.data.uri, cfg.data.manifest, out_dir=manifest_dir or io.run_uri(cfg.run.storage_path, cfg.run.name))
+    train = read_manifest(manifest, split=cfg.data.train_split)
+    val = [r for r in read_manifest(manifest) if r["split"] == cfg.data.val_split]
+    if not val:
+        train, val = hold_out(train, cfg.data.val_split)
+        print(f"data: no {cfg.data.val_split!r} split ({cfg.data.val_split}.txt) in {cfg.data.manifest or cfg.data.uri}: "
+              f"holding out {len(val)} of {len(train) + len(val)} {cfg.data.train_split!r} samples for validation "
+              f"({VAL_HOLDOUT_FRACTION:.0%}, seed {VAL_HOLDOUT_SEED}; the same ones every run)", flush=True)
+    return train, val, manifest
+
+
+def absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """Local relative paths (init checkpoint, teacher, dataset, manifest) made absolute on the driver.
+
+    Ray workers do not run in the driver's directory (unless the job ships a working_dir), so
+    ``init_checkpoint: models/base.pt`` must be resolved where the user typed it.
+    """
+    def fix(uri: str) -> str:
+        return os.path.abspath(uri) if uri and "://" not in uri else uri
+
+    data = dataclasses.replace(cfg.data, uri=fix(cfg.data.uri), manifest=fix(cfg.data.manifest))
+    distill = dataclasses.replace(cfg.distill, teacher=fix(cfg.distill.teacher))
+    return dataclasses.replace(cfg, init_checkpoint=fix(cfg.init_checkpoint), data=data, distill=distill)

@@ -96,7 +96,7 @@ class SampleLoader:
             im_f, al_f = to_chw(im, al)
             return {"image": im_f, "alpha": al_f, "valid": valid[None].astype(np.float32)}
         if self.lowlight_sim_prob > 0 and self._rng.random() < self.lowlight_sim_prob:
-            from matting_lib.data.lowlight import simulate_lowlight
+            from matting_lib.data.darken import simulate_lowlight
 
             image = simulate_lowlight(image, self._rng)
         from matting_lib.data.augment import apply

@@ -17,6 +17,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from matting_lib.foreground import SYNTHESIS, estimate_foreground as _foreground
+
 
 def _alpha01(alpha: np.ndarray) -> np.ndarray:
     """uint8 [0, 255] or float [0, 1] alpha -> float64 [0, 1]."""
@@ -40,7 +42,8 @@ def _resize(x: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 
 
 def estimate_foreground(image: np.ndarray, alpha: np.ndarray, max_side: int | None = None) -> np.ndarray:
-    """Foreground colours of a photo given its alpha (pymatting ``estimate_foreground_ml``).
+    """Foreground colours of a photo given its alpha: :func:`matting_lib.foreground.estimate_foreground`
+    with synthesis's policy (:data:`~matting_lib.foreground.SYNTHESIS`).
 
     Args:
         image: uint8 (H, W, 3) RGB photo.
@@ -51,25 +54,11 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray, max_side: int | No
     Returns:
         uint8 (H, W, 3) fg. Where alpha = 0 the colours are a smooth extrapolation.
     """
-    from pymatting import estimate_foreground_ml  # numba-compiled; imported on first use
-
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"image: expected uint8 (H, W, 3), got {image.dtype} {image.shape}")
     if alpha.shape != image.shape[:2]:
         raise ValueError(f"alpha: shape {alpha.shape} != image shape {image.shape[:2]}")
-    a = _alpha01(alpha)
-    h, w = a.shape
-    small = max_side is not None and max(h, w) > max_side
-    if small:
-        s = max_side / max(h, w)
-        hw = (max(1, round(h * s)), max(1, round(w * s)))
-        fg = estimate_foreground_ml(_resize(image, hw).astype(np.float64) / 255.0, _resize(a, hw))
-        fg = _resize(np.ascontiguousarray(fg, dtype=np.float32), (h, w)).astype(np.float64)
-        solid = a >= 254.0 / 255.0
-        fg[solid] = image[solid] / 255.0
-    else:
-        fg = estimate_foreground_ml(image.astype(np.float64) / 255.0, a)
-    return np.clip(np.round(fg * 255.0), 0, 255).astype(np.uint8)
+    return _foreground(image, _alpha01(alpha), max_side, SYNTHESIS)
 
 
 # --------------------------------------------------------------------------- compositing

@@ -21,30 +21,15 @@ last, by :meth:`DatasetWriter.close`, so a reader never sees a name whose files 
 
 from __future__ import annotations
 
-import io as _io
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
-from PIL import Image
 
 from matting_lib import io
-from matting_lib.data.decode import encode_png
+from matting_lib.data.encode import DATASET_FORMATS, encode_dataset_image, encode_png
 
-IMAGE_FORMATS = ("jpg", "png")
-
-
-def encode_image(image: np.ndarray, image_format: str = "jpg", jpeg_quality: int = 95) -> bytes:
-    """uint8 (H, W, 3) RGB -> JPEG (4:4:4) or PNG bytes."""
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image: expected uint8 (H, W, 3), got {image.dtype} {image.shape}")
-    if image_format == "png":
-        return encode_png(image)
-    if image_format != "jpg":
-        raise ValueError(f"image_format: expected one of {IMAGE_FORMATS}, got {image_format!r}")
-    buf = _io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="JPEG", quality=jpeg_quality, subsampling=0)
-    return buf.getvalue()
+IMAGE_FORMATS = DATASET_FORMATS
 
 
 def check_sample(name: str, image: np.ndarray, alpha: np.ndarray, trimap: np.ndarray | None = None) -> None:
@@ -74,7 +59,7 @@ def encode_sample(
     """
     check_sample(name, image, alpha, trimap)
     files = {
-        f"images/{name}.{image_format}": encode_image(image, image_format, jpeg_quality),
+        f"images/{name}.{image_format}": encode_dataset_image(image, image_format, jpeg_quality),
         f"masks/{name}.png": encode_png(alpha),
     }
     if trimap is not None:

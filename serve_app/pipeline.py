@@ -1,0 +1,123 @@
+"""One image through cache, decode, routing, model and post-processing: a plain class, no Serve, no HTTP.
+
+    pipeline = MattingPipeline(models, router, cache, max_pixels=..., versions={"base": uri, ...})
+    outcome = await pipeline.matte(data, "photo.png", params)
+
+Per image: cache lookup (content hash of the bytes, the parameters and the served checkpoints)
+-> decode (bounded pixels) -> measure brightness and pick a model (:class:`BrightnessRouter`, or
+the model the request forces) -> the model's ``call`` -> the seeds' post-processing
+(:func:`matting_lib.postprocess.apply`) -> cache. CPU work runs in worker threads so the event
+loop keeps serving. ``models`` is anything with ``async call(model, rgb, max_side)`` and
+``async infos()`` (:class:`serve_app.model_client.ModelClient` in the service; a stub in tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol
+
+import numpy as np
+
+from matting_lib import postprocess
+from matting_lib.data.decode import ImageDecodeError, decode_image
+from matting_lib.routing import BrightnessRouter, measure_brightness
+from serve_app.cache import CachedResult, ResultCache
+from serve_app.errors import ApiError, decode_error_to_api
+from serve_app.params import MEDIA_TYPES, MatteParams, content_key
+
+VERSION_TTL_S = 2.0
+"""How long the served checkpoints (part of every cache key) are trusted before asking the models again."""
+
+
+class Models(Protocol):
+    """What the pipeline needs of the models."""
+
+    async def call(self, model: str, rgb: np.ndarray, max_side: int | None) -> dict[str, Any]:
+        """``{"alpha": uint8 (H, W), "checkpoint": URI, "forward_ms"?: float}``; raises :class:`ApiError`."""
+
+    async def infos(self) -> dict[str, dict[str, Any] | str]:
+        """Each model's ``info()`` (with its ``checkpoint``), or the error text when it does not answer."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One image's result and how it was obtained."""
+
+    result: CachedResult
+    cache_hit: bool
+    ms: float
+    timings: dict[str, float] = field(default_factory=dict)
+    """Milliseconds per stage (key, decode, model, forward, encode), as far as it got."""
+
+
+def decode_and_measure(data: bytes, name: str, max_pixels: int) -> tuple[np.ndarray, float]:
+    """uint8 RGB and its brightness; an undecodable or oversized image is the client's 4xx."""
+    try:
+        rgb = decode_image(data, name=name, max_pixels=max_pixels)
+    except ImageDecodeError as e:
+        raise decode_error_to_api(e) from None
+    return rgb, measure_brightness(rgb)
+
+
+class MattingPipeline:
+    """Cache -> decode -> route -> model -> post-process, for one ingress replica."""
+
+    def __init__(self, models: Models, router: BrightnessRouter, cache: ResultCache, max_pixels: int,
+                 versions: Mapping[str, str]):
+        self.models = models
+        self.router = router
+        self.cache = cache
+        self.max_pixels = max_pixels
+        self.versions: dict[str, str] = dict(versions)
+        """model name -> the checkpoint it serves (as last seen), part of every cache key."""
+        self.versions_checked = 0.0
+
+    async def refresh_versions(self) -> None:
+        """Ask the models which checkpoints they serve, at most every :data:`VERSION_TTL_S` seconds."""
+        if time.monotonic() - self.versions_checked < VERSION_TTL_S:
+            return
+        self.versions_checked = time.monotonic()
+        for name, info in (await self.models.infos()).items():
+            if isinstance(info, dict):
+                self.versions[name] = info["checkpoint"]
+
+    async def matte(self, data: bytes, name: str, params: MatteParams) -> Outcome:
+        """One image through cache, decode, routing, model and post-processing."""
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+
+        def lap(stage: str, since: float) -> float:
+            now = time.perf_counter()
+            timings[stage] = (now - since) * 1000
+            return now
+
+        await self.refresh_versions()
+        key = await asyncio.to_thread(content_key, data, params, dict(self.versions))
+        t = lap("key", t0)
+        hit = self.cache.get(key)
+        if hit is not None:
+            return Outcome(hit, True, (time.perf_counter() - t0) * 1000, timings)
+        rgb, brightness = await asyncio.to_thread(decode_and_measure, data, name, self.max_pixels)
+        t = lap("decode", t)
+        model = self.router.pick(brightness) if params.model == "auto" else params.model
+        answer = await self.models.call(model, rgb, params.max_side)
+        t = lap("model", t)
+        if "forward_ms" in answer:
+            timings["forward"] = answer["forward_ms"]
+        try:
+            body = await asyncio.to_thread(postprocess.apply, rgb, answer["alpha"], params.postprocess())
+        except ValueError as e:
+            raise ApiError(422, str(e)) from None
+        lap("encode", t)
+        result = CachedResult(
+            body=body, media_type=MEDIA_TYPES[params.format], model=model, brightness=brightness,
+            checkpoint=answer["checkpoint"], width=rgb.shape[1], height=rgb.shape[0],
+            empty=await asyncio.to_thread(postprocess.is_empty_matte, answer["alpha"]),
+        )
+        if answer["checkpoint"] != self.versions.get(model):  # swapped since the key was made
+            self.versions[model] = answer["checkpoint"]
+            key = await asyncio.to_thread(content_key, data, params, dict(self.versions))
+        self.cache.put(key, result)
+        return Outcome(result, False, (time.perf_counter() - t0) * 1000, timings)

@@ -1,0 +1,94 @@
+"""The ingress's pipeline and API-key check without Serve or Ray: a stub model client, plain asyncio."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from matting_lib.routing import BrightnessRouter
+from serve_app.auth import ApiKeyAuth
+from serve_app.cache import ResultCache
+from serve_app.config import ServeConfig
+from serve_app.errors import ApiError
+from serve_app.params import MatteParams
+from serve_app.pipeline import MattingPipeline
+from testkit.serve import encode, photo
+
+
+class StubModels:
+    """Answers every call with a flat alpha; records calls; serves ``checkpoints``."""
+
+    def __init__(self, checkpoints: dict[str, str]):
+        self.checkpoints = dict(checkpoints)
+        self.calls: list[tuple[str, tuple[int, int], int | None]] = []
+
+    async def call(self, model: str, rgb: np.ndarray, max_side: int | None) -> dict:
+        self.calls.append((model, rgb.shape[:2], max_side))
+        return {"alpha": np.full(rgb.shape[:2], 200, np.uint8), "checkpoint": self.checkpoints[model], "forward_ms": 1.0}
+
+    async def infos(self) -> dict:
+        return {name: {"checkpoint": uri} for name, uri in self.checkpoints.items()}
+
+
+def _pipeline(models: StubModels) -> MattingPipeline:
+    return MattingPipeline(models, BrightnessRouter(), ResultCache(10_000_000), max_pixels=1_000_000, versions=models.checkpoints)
+
+
+def test_routes_by_brightness_caches_and_postprocesses():
+    models = StubModels({"base": "b1.pt", "lowlight": "l1.pt"})
+    pipe = _pipeline(models)
+    bright, dark = encode(photo(48, 64, "bright")), encode(photo(48, 64, "dark"))
+
+    first = asyncio.run(pipe.matte(bright, "a.png", MatteParams()))
+    assert not first.cache_hit and first.result.model == "base" and first.result.checkpoint == "b1.pt"
+    assert (first.result.width, first.result.height) == (64, 48) and first.result.media_type == "image/png"
+    assert first.result.body[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(first.timings) >= {"key", "decode", "model", "forward", "encode"}
+
+    again = asyncio.run(pipe.matte(bright, "a.png", MatteParams()))
+    assert again.cache_hit and again.result.body == first.result.body
+    assert len(models.calls) == 1  # the cache answered
+
+    low = asyncio.run(pipe.matte(dark, "b.png", MatteParams()))
+    assert low.result.model == "lowlight" and low.result.brightness < BrightnessRouter().threshold
+    forced = asyncio.run(pipe.matte(dark, "b.png", MatteParams(model="base")))
+    assert forced.result.model == "base" and not forced.cache_hit
+
+
+def test_a_swapped_checkpoint_is_a_new_cache_entry():
+    models = StubModels({"base": "b1.pt", "lowlight": "l1.pt"})
+    pipe = _pipeline(models)
+    data = encode(photo(32, 32, "bright"))
+    asyncio.run(pipe.matte(data, "a.png", MatteParams()))
+    models.checkpoints["base"] = "b2.pt"
+    pipe.versions_checked = 0.0  # the version TTL has passed
+    out = asyncio.run(pipe.matte(data, "a.png", MatteParams()))
+    assert not out.cache_hit and out.result.checkpoint == "b2.pt" and pipe.versions["base"] == "b2.pt"
+
+
+def test_undecodable_bytes_are_a_client_error():
+    pipe = _pipeline(StubModels({"base": "b1.pt", "lowlight": "l1.pt"}))
+    with pytest.raises(ApiError) as e:
+        asyncio.run(pipe.matte(b"not an image", "x.png", MatteParams()))
+    assert 400 <= e.value.status < 500
+
+
+def _request(path: str, headers: dict[str, str]):
+    from starlette.requests import Request
+
+    return Request({"type": "http", "method": "GET", "path": path, "query_string": b"", "root_path": "",
+                    "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]})
+
+
+def test_api_key_dependency_is_built_from_the_config():
+    auth = ApiKeyAuth.from_config(ServeConfig(api_key="sesame", api_key_env=""))
+    auth.check(_request("/v1/models", {"Authorization": "Bearer sesame"}))
+    auth.check(_request("/healthz", {}))  # pages and probes stay open
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "sesame"}, {"Authorization": "Basic sesame"}):
+        with pytest.raises(ApiError) as e:
+            auth.check(_request("/v1/matte", headers))
+        assert e.value.status == 401
+    open_auth = ApiKeyAuth.from_config(ServeConfig(api_key="", api_key_env=""))
+    open_auth.check(_request("/v1/matte", {}))  # no key configured: open
