@@ -124,6 +124,15 @@ def deploy(dashboard: str, config: dict[str, Any]) -> None:
     ServeSubmissionClient(dashboard).deploy_applications(config)
 
 
+def remove_app(config: dict[str, Any]) -> None:
+    """Delete the config's applications and wait until they are gone; Serve itself (controller,
+    proxy, its port) stays up for the next module of the session."""
+    from ray import serve
+
+    for app in config["applications"]:
+        serve.delete(app["name"], _blocking=True)
+
+
 def deploy_and_wait(dashboard: str, config: dict[str, Any], app_timeout: float = 180, ready_timeout: float = 60) -> str:
     """Deploy ``config``, wait until the app runs and ``/readyz`` answers 200; returns the base URL."""
     deploy(dashboard, config)

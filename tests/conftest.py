@@ -104,3 +104,12 @@ def ray_cluster(s3_server, tmp_path_factory):
     finally:
         ray.shutdown()
         stop_ray_head(cluster["temp_dir"])
+
+
+@pytest.fixture(scope="session")
+def serve_port(ray_cluster):
+    """The HTTP port of the session's Serve instance. Serve's proxy keeps the port it started
+    with, so every module deploys on this one and deletes its app when done (testkit.serve.
+    remove_app) instead of shutting Serve down: the controller and proxy start once per session."""
+    return free_port()
+

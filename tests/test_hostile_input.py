@@ -36,9 +36,8 @@ from serve_app.errors import ApiError
 from serve_app.history import History
 from serve_app.params import MAX_SIDE, MatteParams, check_against_limits, merge_params
 from serve_app.uploads import UploadedFile, expand_batch, output_name, parse_upload
-from infra.local_ray import free_port
 from testkit.hostile import BATCH, MATTE, corpus, make_zip, photo, pil_bytes
-from testkit.serve import deploy_and_wait, get, make_checkpoint, post, serve_yaml_for_test
+from testkit.serve import deploy_and_wait, get, make_checkpoint, post, remove_app, serve_yaml_for_test
 
 API_KEY = "hostile-" + secrets.token_hex(12)
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -52,20 +51,18 @@ FUZZ_BOUND_S = 3.0
 
 
 @pytest.fixture(scope="module")
-def app(ray_cluster, tmp_path_factory):
+def app(ray_cluster, serve_port, tmp_path_factory):
     """The app with two tiny models and an API key; ``url``, ``dashboard``, ``limits``, ``replicas`` at start."""
-    from ray import serve
-
     tmp = tmp_path_factory.mktemp("hostile")
     checkpoints = {name: make_checkpoint(tmp / f"{name}.pt", seed) for seed, name in enumerate(("base", "lowlight"), 1)}
-    config = serve_yaml_for_test(tmp, checkpoints, free_port(), args={"api_key": API_KEY})
+    config = serve_yaml_for_test(tmp, checkpoints, serve_port, args={"api_key": API_KEY})
     url = deploy_and_wait(ray_cluster["dashboard"], config)
     limits = LimitSettings(**app_entry(config)["args"]["limits"])
     try:
         yield SimpleNamespace(url=url, dashboard=ray_cluster["dashboard"], limits=limits,
                               replicas=replica_identities(ray_cluster["dashboard"]))
     finally:
-        serve.shutdown()
+        remove_app(config)
 
 
 def test_corpus_is_broad():

@@ -28,10 +28,9 @@ from matting_lib.inference.predictor import Predictor
 from matting_lib.routing import DEFAULT_THRESHOLD
 from serve_app.ingress import parse_server_timing
 from serve_app.params import MAX_SIDE
-from infra.local_ray import free_port
 from testkit.serve import (
     app_running, decode, deploy, deploy_and_wait, encode, get, make_checkpoint, photo, post, running_replicas,
-    serve_yaml_for_test, wait_until,
+    remove_app, serve_yaml_for_test, wait_until,
 )
 
 pytestmark = pytest.mark.timeout(240)
@@ -40,13 +39,11 @@ API_KEY = "test-key-0123456789"
 
 
 @pytest.fixture(scope="module")
-def svc(ray_cluster, tmp_path_factory):
+def svc(ray_cluster, serve_port, tmp_path_factory):
     """The deployed app: ``url``, the Serve ``config`` it runs, its checkpoints, and ``tmp``."""
-    from ray import serve
-
     tmp = tmp_path_factory.mktemp("serve_app")
     checkpoints = {name: make_checkpoint(tmp / f"{name}.pt", seed) for seed, name in enumerate(("base", "lowlight", "spare"), 1)}
-    config = serve_yaml_for_test(tmp, checkpoints, free_port(), fast_scaling="spare")  # only spare autoscales quickly
+    config = serve_yaml_for_test(tmp, checkpoints, serve_port, fast_scaling="spare")  # only spare autoscales quickly
     config["applications"][0]["args"]["models"][2]["backend"] = "torch"  # the others: auto = ONNX Runtime on CPU
     # Batching is off in the shipped CPU config; on here, so the batched path stays tested.
     config["applications"][0]["args"]["model_deployment"].update(max_batch_size=4, batch_wait_timeout_s=0.1)
@@ -54,7 +51,7 @@ def svc(ray_cluster, tmp_path_factory):
     try:
         yield SimpleNamespace(url=url, config=config, checkpoints=checkpoints, tmp=tmp, dashboard=ray_cluster["dashboard"])
     finally:
-        serve.shutdown()
+        remove_app(config)
 
 
 def luma(rgb: np.ndarray) -> float:

@@ -20,9 +20,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from infra.local_ray import _cluster_pids, free_port, listening_sockets
+from infra.local_ray import _cluster_pids, listening_sockets
 from serve_app.params import MAX_SIDE
-from testkit.serve import decode, deploy_and_wait, encode, get, make_checkpoint, photo, post, serve_yaml_for_test
+from testkit.serve import decode, deploy_and_wait, encode, get, make_checkpoint, photo, post, remove_app, serve_yaml_for_test
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -36,20 +36,18 @@ CHROMIUM_ARGS = [
 
 
 @pytest.fixture(scope="module")
-def svc(ray_cluster, tmp_path_factory):
-    from ray import serve
-
+def svc(ray_cluster, serve_port, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve_edges")
     checkpoints = {
         "base": make_checkpoint(tmp / "base.pt", 1, head_bias=8.0),
         "lowlight": make_checkpoint(tmp / "lowlight.pt", 2, head_bias=-8.0),
     }
-    config = serve_yaml_for_test(tmp, checkpoints, free_port(), args={"limits": {"body_timeout_s": BODY_TIMEOUT_S}})
+    config = serve_yaml_for_test(tmp, checkpoints, serve_port, args={"limits": {"body_timeout_s": BODY_TIMEOUT_S}})
     url = deploy_and_wait(ray_cluster["dashboard"], config)
     try:
         yield SimpleNamespace(url=url, port=config["http_options"]["port"], temp_dir=ray_cluster["temp_dir"])
     finally:
-        serve.shutdown()
+        remove_app(config)
 
 
 BRIGHT = encode(photo(60, 80, "bright", seed=1))

@@ -18,8 +18,7 @@ from bench.load import (
     MEMORY_BOUND_MB, compare_memory, ingress_stats, kill_replica, make_workload, memory_snapshot, run_load,
     serve_replicas, status_counts,
 )
-from infra.local_ray import free_port
-from testkit.serve import deploy_and_wait, make_checkpoint, running_replicas, serve_yaml_for_test
+from testkit.serve import deploy_and_wait, make_checkpoint, remove_app, running_replicas, serve_yaml_for_test
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -30,13 +29,11 @@ KILL_AFTER = 60
 
 
 @pytest.fixture(scope="module")
-def svc(ray_cluster, tmp_path_factory):
+def svc(ray_cluster, serve_port, tmp_path_factory):
     """The deployed app (``url``, ``dashboard``), warmed up with a few requests of every kind."""
-    from ray import serve
-
     tmp = tmp_path_factory.mktemp("serve_reliability")
     checkpoints = {name: make_checkpoint(tmp / f"{name}.pt", seed) for seed, name in enumerate(("base", "lowlight"), 1)}
-    config = serve_yaml_for_test(tmp, checkpoints, free_port())
+    config = serve_yaml_for_test(tmp, checkpoints, serve_port)
     url = deploy_and_wait(ray_cluster["dashboard"], config)
     warm, _, _ = run_load(url, make_workload(32, seed=100), CONCURRENCY, label="warm-up")
     assert status_counts(warm)["2xx"] == len(warm), [r.error for r in warm if r.status != 200][:3]
@@ -44,7 +41,7 @@ def svc(ray_cluster, tmp_path_factory):
         max_ongoing = config["applications"][0]["args"]["model_deployment"]["max_ongoing_requests"]
         yield SimpleNamespace(url=url, dashboard=ray_cluster["dashboard"], max_ongoing=max_ongoing)
     finally:
-        serve.shutdown()
+        remove_app(config)
 
 
 def test_replica_kill_under_load_fails_no_request(svc):
