@@ -223,8 +223,8 @@ def test_dockerfile_checker_rejects(tmp_path):
 def test_dockerignore_semantics():
     patterns = ["*", "!pyproject.toml", "!matting_lib/", "**/__pycache__"]
     assert not v.docker_ignored("pyproject.toml", patterns)
-    assert not v.docker_ignored("matting_lib/models/unet.py", patterns)
-    assert v.docker_ignored("matting_lib/models/__pycache__/unet.pyc", patterns)
+    assert not v.docker_ignored("matting_lib/nets/unet.py", patterns)
+    assert v.docker_ignored("matting_lib/nets/__pycache__/unet.pyc", patterns)
     assert v.docker_ignored(".venv/bin/python", patterns)
     assert v.docker_ignored("runs/x/best.pt", patterns)
 
