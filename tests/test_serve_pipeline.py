@@ -92,3 +92,62 @@ def test_api_key_dependency_is_built_from_the_config():
         assert e.value.status == 401
     open_auth = ApiKeyAuth.from_config(ServeConfig(api_key="", api_key_env=""))
     open_auth.check(_request("/v1/matte", {}))  # no key configured: open
+
+
+def test_a_client_that_hangs_up_mid_upload_is_one_info_line_with_499(tmp_path, caplog):
+    """The ingress's FastAPI app (routes, handlers, service with stub models) under a real uvicorn
+    on loopback, without Serve's proxy in front: every hang-up reaches the app as starlette's
+    ClientDisconnect, deterministically. Each must be one INFO line with 499 on ``ray.serve``,
+    never an ERROR or a traceback. (Through Serve, where the proxy may cancel first:
+    tests/test_serve_edges.py.)"""
+    import dataclasses
+    import logging
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from serve_app.api import build_api
+    from serve_app.config import HistorySettings
+    from serve_app.service import IngressService
+    from serve_app.run import free_port
+
+    config = dataclasses.replace(
+        ServeConfig(api_key="", api_key_env=""),
+        history=HistorySettings(db_path=str(tmp_path / "h.sqlite"), store_uri=str(tmp_path / "results")),
+    )
+    app = build_api(IngressService(config, StubModels({"base": "b1.pt", "lowlight": "l1.pt"})))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.started
+        serve_logger = logging.getLogger("ray.serve")  # Ray's logging setup stops it propagating to the root
+        serve_logger.addHandler(caplog.handler)
+        caplog.set_level(logging.INFO, logger="ray.serve")
+
+        def lines(path: str) -> list[logging.LogRecord]:
+            return [r for r in caplog.records if r.name == "ray.serve" and f"POST {path} 499" in r.getMessage()]
+
+        for path, ctype in (("/v1/matte", "image/png"), ("/v1/batch", "multipart/form-data; boundary=B0undary")):
+            head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
+                    f"Content-Length: 100000\r\n\r\n").encode()
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(head + b"--B0undary\r\n" + b"x" * 1000)
+                time.sleep(0.3)  # the app is waiting for the rest of the body
+            deadline = time.monotonic() + 10
+            while not lines(path) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            (record,) = lines(path)
+            assert record.levelno == logging.INFO and "the client disconnected" in record.getMessage()
+        bad = [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+        assert not bad, [r.getMessage() for r in bad]
+    finally:
+        logging.getLogger("ray.serve").removeHandler(caplog.handler)
+        server.should_exit = True
+        thread.join(timeout=10)
