@@ -7,7 +7,10 @@ The guide's steps, scaled down, with a moto S3 server on loopback standing in fo
 1. ``ray start --head`` on 127.0.0.1 with free ports, a private ``--temp-dir`` and token auth;
 2. the bucket layout (``datasets/ manifests/ runs/ sweeps/ models/``), a tiny synthetic dataset
    uploaded under ``datasets/``, its manifest built under ``manifests/``;
-3. ``ray job submit`` of ``configs/tiny.yaml`` (one epoch), data and checkpoints in the bucket;
+3. ``ray job submit --working-dir .`` (the launcher cluster's way: the job runs in a copy of the
+   checkout) of ``configs/tiny.yaml``, one epoch, data and checkpoints in the bucket, distilling
+   from the shipped ``models/base.pt`` named by a path relative to the checkout; and a client
+   without the cluster's token refused;
 4. promotion of the run's ``best.pt`` to ``models/tiny-v1.pt``;
 5. ``serve deploy`` of ``serve_app/config.yaml`` with both models on that checkpoint, merged
    the way ``infra/gen_rayservice.py`` merges the cluster overlay;
@@ -97,17 +100,36 @@ def prepare_bucket(endpoint: str) -> tuple[str, str]:
 
 
 def submit_training(cluster: dict, dataset: str, manifest: str) -> str:
-    """`ray job submit` of the tiny config; the URI of the run's best checkpoint."""
+    """`ray job submit --working-dir .` of the tiny config, distilling from the shipped base
+    model; the URI of the run's best checkpoint."""
     out = run([
-        cluster["ray_bin"], "job", "submit", "--address", cluster["dashboard"], "--submission-id", RUN, "--",
+        cluster["ray_bin"], "job", "submit", "--address", cluster["dashboard"], "--submission-id", RUN,
+        "--working-dir", ".", "--",
         "python", "-m", "ray_jobs.train", "--config", "configs/tiny.yaml",
         f"data.uri={dataset}", f"data.manifest={manifest}", f"run.storage_path=s3://{BUCKET}/runs", f"run.name={RUN}",
         "stages.0.epochs=1", "scaling.num_workers=1", "scaling.cpus_per_worker=0.5",
+        "distill.teacher=models/base.pt", "distill.weight=0.5",
     ], timeout=240)
     best = f"s3://{BUCKET}/runs/{RUN}/best.pt"
     if best not in out:
         raise RehearsalError(f"the job's log does not name {best}:\n{out[-2000:]}")
+    if "distilling from" not in out:
+        raise RehearsalError(f"the job did not distil from models/base.pt:\n{out[-2000:]}")
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    status = JobSubmissionClient(cluster["dashboard"]).get_job_status(RUN)
+    if status != JobStatus.SUCCEEDED:
+        raise RehearsalError(f"job {RUN} is {status}, expected SUCCEEDED")
     return best
+
+
+def refuse_without_token(cluster: dict) -> None:
+    """Token auth is on: `ray job list` without the token must be refused."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE")}
+    r = subprocess.run([cluster["ray_bin"], "job", "list", "--address", cluster["dashboard"]],
+                       cwd=REPO, capture_output=True, text=True, timeout=60, env=env)
+    if r.returncode == 0:
+        raise RehearsalError(f"a client without the token was let in:\n{(r.stdout + r.stderr)[-1000:]}")
 
 
 def promote(endpoint: str, source: str, version: int) -> str:
@@ -226,6 +248,7 @@ def main() -> int:
         cluster = step("ray start --head", lambda: start_ray_head(str(workdir / "ray")))
         dataset, manifest = step("bucket layout, dataset upload, manifest", lambda: prepare_bucket(endpoint))
         best = step("ray job submit configs/tiny.yaml", lambda: submit_training(cluster, dataset, manifest))
+        step("a client without the token is refused", lambda: refuse_without_token(cluster))
         v1 = step("promote best.pt -> models/tiny-v1.pt", lambda: promote(endpoint, best, 1))
         port = free_port()
         url = f"http://127.0.0.1:{port}"

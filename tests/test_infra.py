@@ -368,8 +368,9 @@ def test_serve_validator_accepts_a_hot_swap_through_the_ingress():
 @pytest.mark.slow
 @pytest.mark.timeout(480)
 def test_rehearsal_of_the_operators_guide():
-    """infra/rehearse.py: ray start, bucket + dataset + manifest in moto S3, ray job submit of
-    the tiny config, promotion, serve deploy, one request, a hot swap under load, stop.
+    """infra/rehearse.py: ray start, bucket + dataset + manifest in moto S3, ray job submit
+    --working-dir . of the tiny config distilling from models/base.pt (SUCCEEDED), a client
+    without the token refused, promotion, serve deploy, one request, a hot swap under load, stop.
     Its own cluster and S3 server (a subprocess): the session's cluster is not touched."""
     import os
     import subprocess
@@ -381,6 +382,7 @@ def test_rehearsal_of_the_operators_guide():
     assert r.returncode == 0, log[-4000:]
     for marker in (
         "ray job submit configs/tiny.yaml: ok",
+        "a client without the token is refused: ok",
         "one request answered by models/tiny-v1.pt: ok",
         "hot swap to models/tiny-v2.pt under load: ok",
         "stop this cluster (only it): ok",
