@@ -34,12 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     init_ray(args.address, env=extra_env)
     trainer = make_trainer(cfg, build_datasets(cfg, train_rows, val_rows), env=extra_env)
     t0 = time.perf_counter()
+    again = f"; relaunch the same command (run.name={cfg.run.name}) to resume from its last checkpoint"
     try:
         result = trainer.fit()
     except Exception as e:  # noqa: BLE001 - Ray wraps worker errors; show the cause plainly
-        fail(f"training failed: {type(e).__name__}: {e}")
+        fail(f"training failed: {type(e).__name__}: {e}{again}")
     if result.error is not None:
-        fail(f"training failed: {result.error}")
+        fail(f"training failed: {result.error}{again}")
     best_uri, metrics = export_best(result, cfg)
     if result.return_value:
         io.write_text(io.join(run_uri(cfg.run.storage_path, cfg.run.name), "history.json"), json.dumps(result.return_value, indent=1))

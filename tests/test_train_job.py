@@ -1,75 +1,24 @@
-"""ray_jobs.train on a real local Ray cluster, with data streamed from a moto S3 bucket.
+"""ray_jobs.train's driver: bad inputs fail fast and clearly before any cluster is touched, and
+local paths are resolved where the workers can use them.
 
-``ray job submit --working-dir .`` of the training job (distilling from the shipped base model,
-token auth enforced) is a step of the operators'-guide rehearsal: tests/test_infra.py."""
+The job on a real cluster: a DDP run on a bucket in the seeds' layout, killed, restarted, killed
+again and resumed by name (tests/test_training_faults.py); ``ray job submit --working-dir .``
+distilling from the shipped base model with token auth enforced (the operators'-guide rehearsal,
+tests/test_infra.py); the same Ray Train pieces inside Tune trials (tests/test_tune_job.py).
+"""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import time
-import uuid
 
 import pytest
 
-from matting_lib import io
-from matting_lib.checkpoint import load_checkpoint
 from testkit import ROOT
-from testkit.data import write_dataset
 
 TINY = str(ROOT / "configs" / "tiny.yaml")
-pytestmark = pytest.mark.slow
-
-
-def _history(storage: str, name: str) -> list[dict]:
-    return json.loads(io.read_text(f"{storage}/{name}/history.json"))
-
-
-@pytest.mark.timeout(400)
-def test_seed_format_run_on_s3_dies_then_resumes_by_name(ray_cluster, s3_server, tmp_path, capsys):
-    """A bucket holding images/, masks/ and train.txt only (the seeds' layout): a seeded 10% of
-    train.txt validates (the log says so) and the manifest is written to the run folder, never
-    into the dataset. The run dies with no retries left; relaunched by name it resumes where it
-    stopped, from the checkpoint and manifest in the bucket. (Group restarts after a lost worker:
-    tests/test_training_faults.py.)"""
-    import boto3
-
-    bucket = f"noval-{uuid.uuid4().hex[:8]}"
-    client = boto3.client("s3", endpoint_url=s3_server)
-    client.create_bucket(Bucket=bucket)
-    root = write_dataset(f"s3://{bucket}/datasets/seed", n_train=10, n_val=0, size=64)
-
-    def dataset_keys() -> dict[str, str]:
-        objs = client.list_objects_v2(Bucket=bucket, Prefix="datasets/").get("Contents", [])
-        return {o["Key"]: o["ETag"] for o in objs}
-
-    before = dataset_keys()
-    storage = f"s3://{bucket}/runs"
-    args = ["--config", TINY, f"data.uri={root}", f"run.storage_path={storage}", "run.name=resume", "run.max_failures=0",
-            "stages.0.epochs=2", "scaling.num_workers=1", "scaling.cpus_per_worker=1"]
-    os.environ["MATTING_FAIL_ONCE"] = f"1:0:{tmp_path / 'died'}"
-    try:
-        from ray_jobs.train import main
-
-        with pytest.raises(SystemExit) as e:
-            main(args)
-        assert e.value.code == 1
-        captured = capsys.readouterr()
-        assert "injected worker failure" in captured.err
-        assert "holding out 1 of 10 'train' samples for validation (10%, seed 0" in captured.out, captured.out
-        assert f"data: {storage}/resume/manifest.jsonl: 9 train / 1 val samples" in captured.out
-        assert main(args) == 0
-    finally:
-        os.environ.pop("MATTING_FAIL_ONCE")
-    out = capsys.readouterr().out
-    assert f"data: {storage}/resume/manifest.jsonl: 9 train / 1 val samples" in out
-    assert "resuming at epoch 2/2" in out
-    assert "epoch 1/2" not in out
-    assert [h["epoch"] for h in _history(storage, "resume")] == [0, 1]
-    assert "val_sad" in load_checkpoint(f"{storage}/resume/best.pt").metrics
-    assert dataset_keys() == before
 
 
 def _run_cli(args: list[str], timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:

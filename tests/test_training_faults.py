@@ -285,55 +285,87 @@ class _S3Run:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(420)  # ~60 s on an idle 2-core machine; generous for a loaded one
-def test_ddp_worker_killed_mid_run_resumes_from_s3_without_duplicate_or_lost_epochs(ray_cluster, s3_bucket, capsys):
-    """2 DDP workers, data and checkpoints in S3 (moto). SIGKILL one worker from outside as soon
-    as an epoch's checkpoint is registered, while the next epoch trains (or reports a checkpoint
-    not yet registered, which is then redone): the group restarts from the last registered
-    checkpoint, read back from S3, and both records of the run (the history in the final
-    checkpoint, and Ray's per-checkpoint metrics) hold epochs 0, 1, 2 exactly once, in order.
-    The exported best.pt is a self-describing, weights-only checkpoint."""
+@pytest.mark.timeout(480)  # ~80 s on an idle 2-core machine; generous for a loaded one
+def test_ddp_workers_killed_restart_then_resume_by_name_from_s3(ray_cluster, s3_server, s3_bucket, capsys):
+    """2 DDP workers on a bucket in the seeds' layout (images/, masks/, train.txt only), data and
+    checkpoints in S3 (moto), ``run.max_failures=1``. SIGKILL a worker from outside as soon as an
+    epoch's checkpoint is registered: the group restarts from it, read back from S3. SIGKILL one
+    again after the next registered checkpoint: no retries are left, so the job exits 1.
+    Relaunched by name, it resumes from the checkpoint and manifest in the bucket. Both records of
+    the run (the history in the final checkpoint, and Ray's per-checkpoint metrics) hold every
+    epoch exactly once, in order; a seeded 10% of train.txt validated (the log says so) and the
+    manifest went to the run folder, never into the dataset. The exported best.pt is a
+    self-describing, weights-only checkpoint."""
+    import boto3
     from ray.train import Result
 
     from ray_jobs.train import main
 
-    root = write_dataset(f"{s3_bucket}/datasets/tiny", n_train=24, n_val=4, size=64)
-    storage, name = f"{s3_bucket}/runs", "killed"
-    run = _S3Run(f"{storage}/{name}")
-    killed: dict = {}
+    root = write_dataset(f"{s3_bucket}/datasets/seed", n_train=20, n_val=0, size=64)
+    client = boto3.client("s3", endpoint_url=s3_server)
+    bucket = s3_bucket.removeprefix("s3://")
 
-    def killer() -> None:
+    def dataset_keys() -> dict[str, str]:
+        objs = client.list_objects_v2(Bucket=bucket, Prefix="datasets/").get("Contents", [])
+        return {o["Key"]: o["ETag"] for o in objs}
+
+    before = dataset_keys()
+    assert not any(k.endswith("val.txt") for k in before)
+    storage, name, epochs = f"{s3_bucket}/runs", "killed", 4
+    run = _S3Run(f"{storage}/{name}")
+    kills: list[dict] = []
+    errors: list[str] = []
+
+    def kill_after(n_registered: int) -> bool:
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not run.registered():
+        while time.monotonic() < deadline and len(run.registered()) < n_registered:
             time.sleep(0.05)
         pids = _train_worker_pids(ray_cluster["address"])
         if len(pids) != 2:
-            killed["error"] = f"expected 2 train workers, found {pids}"
-            return
+            errors.append(f"expected 2 train workers, found {pids}")
+            return False
         registered = run.registered()
         cmdline = Path(f"/proc/{pids[-1]}/cmdline").read_bytes().decode(errors="replace")
         if "RayTrainWorker" not in cmdline:
-            killed["error"] = f"pid {pids[-1]} is not a train worker: {cmdline!r}"
-            return
+            errors.append(f"pid {pids[-1]} is not a train worker: {cmdline!r}")
+            return False
         os.kill(pids[-1], signal.SIGKILL)
-        killed.update(pid=pids[-1], registered=registered, folders=run.checkpoints())
+        kills.append({"pid": pids[-1], "registered": registered, "folders": run.checkpoints()})
+        return True
+
+    def killer() -> None:
+        if kill_after(1):
+            kill_after(len(kills[0]["registered"]) + 1)
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    args = [f"data.uri={root}", f"run.storage_path={storage}", f"run.name={name}", "run.max_failures=2", "run.keep_checkpoints=10"]
-    assert main(["--config", TINY, *args]) == 0
-    thread.join(timeout=5)
-    out = capsys.readouterr().out
+    args = ["--config", TINY, f"data.uri={root}", f"run.storage_path={storage}", f"run.name={name}",
+            "run.max_failures=1", "run.keep_checkpoints=10", f"stages.0.epochs={epochs}"]
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 1
+    thread.join(timeout=30)
+    first = capsys.readouterr()
+    assert not errors and len(kills) == 2, (errors, kills, first.err[-3000:])
+    assert kills[0]["pid"] != kills[1]["pid"]
+    done = [len(k["registered"]) for k in kills]
+    assert 1 <= done[0] < done[1] < epochs and len(kills[1]["folders"]) < epochs, kills  # the run was not over
+    assert f"resuming at epoch {done[0] + 1}/{epochs}" in first.out, first.out[-3000:]  # the group restart
+    assert "holding out 2 of 20 'train' samples for validation (10%, seed 0" in first.out, first.out[-3000:]
+    assert f"data: {storage}/{name}/manifest.jsonl: 18 train / 2 val samples" in first.out
+    assert f"relaunch the same command (run.name={name}) to resume" in first.err, first.err[-3000:]
 
-    assert "pid" in killed, killed
-    done = len(killed["registered"])
-    assert 1 <= done < 3 and len(killed["folders"]) < 3, killed  # the run was not over
-    assert f"resuming at epoch {done + 1}/3" in out, out[-3000:]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"data: {storage}/{name}/manifest.jsonl: 18 train / 2 val samples" in out
+    assert f"resuming at epoch {done[1] + 1}/{epochs}" in out, out[-3000:]
+    assert "epoch 1/" not in out
     history = json.loads(io.read_text(f"{storage}/{name}/history.json"))
-    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert [h["epoch"] for h in history] == list(range(epochs))
     assert history[-1]["val_loss"] < history[0]["val_loss"]
     reported = Result.from_path(f"{storage}/{name}").metrics_dataframe
-    assert sorted(reported["epoch"].tolist()) == [0, 1, 2], reported
+    assert sorted(reported["epoch"].tolist()) == list(range(epochs)), reported
+    assert dataset_keys() == before
 
     ck = load_checkpoint(f"{storage}/{name}/best.pt")
     assert f"{storage}/{name}/best.pt" in out
