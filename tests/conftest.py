@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -83,7 +85,7 @@ def rng():
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(s3_server, tmp_path_factory):
+def ray_cluster(s3_server):
     """A real local Ray cluster started with ``ray start --head`` (dashboard and job server on).
 
     Token authentication is on, as on a real cluster: the token is in RAY_AUTH_TOKEN and
@@ -97,13 +99,17 @@ def ray_cluster(s3_server, tmp_path_factory):
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     # Job entrypoints say "python": the cluster resolves it on its PATH, as an activated venv would.
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    cluster = start_ray_head(str(tmp_path_factory.mktemp("ray")))
+    # A short temp dir of its own: Ray's Unix sockets live under it, and AF_UNIX paths stop at
+    # 107 bytes (pytest's basetemp under xdist, /tmp/pytest-of-USER/pytest-N/popen-gwK/..., is too long).
+    temp_dir = tempfile.mkdtemp(prefix="ray-")
+    cluster = start_ray_head(temp_dir)
     try:
         ray.init(address=cluster["address"], log_to_driver=True)
         yield cluster
     finally:
         ray.shutdown()
         stop_ray_head(cluster["temp_dir"])
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -112,4 +118,5 @@ def serve_port(ray_cluster):
     with, so every module deploys on this one and deletes its app when done (testkit.serve.
     remove_app) instead of shutting Serve down: the controller and proxy start once per session."""
     return free_port()
+
 
