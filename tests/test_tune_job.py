@@ -1,7 +1,7 @@
-"""ray_jobs.tune on a real local Ray cluster: a 4-trial ASHA sweep of the tiny config with its
-outputs checked against Tune's own per-trial result files and the best YAML accepted by the
-training job; resuming an interrupted sweep; config and resource errors. Plus the search-space
-rules, which need no cluster."""
+"""ray_jobs.tune on a real local Ray cluster: an ASHA sweep of the tiny config, interrupted and
+resumed, with its outputs checked against Tune's own per-trial result files and the best YAML
+accepted by the training job; config and resource errors. Plus the search-space rules, which
+need no cluster."""
 
 from __future__ import annotations
 
@@ -57,8 +57,16 @@ def _csv(path: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(500)
-def test_asha_sweep_writes_table_plot_best_yaml_and_checkpoint(dataset, tmp_path, capsys):
+@pytest.mark.timeout(600)
+def test_asha_sweep_interrupted_resumes_and_writes_table_plot_best_yaml_and_checkpoint(ray_cluster, dataset, tmp_path, capsys):
+    """Two trials, one at a time: a usable learning rate, then one too small to learn, which ASHA
+    stops after its first epoch against the first trial's result. Ctrl-C once the first trial
+    has checkpointed its first epoch: exit 1 and "relaunch". The same command again resumes that
+    trial from its checkpoint (no epoch reported twice, none restarted at 1), runs the second,
+    and writes the table, plot, best YAML and checkpoint, all checked against Tune's own
+    per-trial result files; the best YAML is accepted by the training job. A changed config
+    under the same name is refused. (The configs' own 4-trial grid, two at a time, is the same
+    code; each trial costs ~25 s of CPU here.)"""
     import cv2
     import ray
 
@@ -69,17 +77,37 @@ def test_asha_sweep_writes_table_plot_best_yaml_and_checkpoint(dataset, tmp_path
     from ray_jobs.trainer import prepare_data
 
     storage = tmp_path / "sweeps"
-    before = _snapshot(dataset)
-    # Two trials, one at a time: the usable learning rate first, then one too small to learn,
-    # which ASHA stops after its first epoch against the first trial's result. (The configs'
-    # own 4-trial grid, two at a time, is the same code; each trial here costs ~25 s of CPU.)
-    space = "space={loss.l1: [1.5], lr: [3.0e-3, 1.0e-7], stages.0.epochs: [2]}"
-    assert tune.main(_args(dataset, storage, "name=asha", space, "search.max_concurrent_trials=1")) == 0
-    out = capsys.readouterr().out
     sweep_dir = storage / "asha"
-    # No val.txt: the sweep validates on a seeded 10% of train.txt, says so, and builds the
-    # manifest in its own folder, never in the dataset.
-    assert "holding out 1 of 10 'train' samples for validation (10%, seed 0" in out, out
+    before = _snapshot(dataset)
+    space = "space={loss.l1: [1.5], lr: [3.0e-3, 1.0e-7], stages.0.epochs: [3]}"
+    args = _args(dataset, storage, "name=asha", space, "search.max_concurrent_trials=1")
+
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster["address"]}
+    log = tmp_path / "stderr.txt"  # a file, not a pipe: a full pipe would stall the sweep
+    with open(log, "w") as err_file:
+        proc = subprocess.Popen([sys.executable, "-m", "ray_jobs.tune", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err_file)
+        try:
+            deadline = time.monotonic() + 300
+            while not list(sweep_dir.glob("train/*/checkpoint_*")) and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.2)
+            assert proc.poll() is None, "the sweep ended before it could be interrupted"
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=120)
+        finally:
+            proc.kill()
+    err = log.read_text()
+    assert proc.returncode == 1, err[-3000:]
+    assert "relaunch the same command to continue" in err
+    first = _csv(sweep_dir / "results.csv")[0]
+    assert first["status"] != "TERMINATED" and int(first["epochs_run"]) < 3 and float(first["lr"]) == 3e-3, first
+    early = {t: [r["epochs_done"] for r in rows] for t, rows in _tune_results(sweep_dir).items()}  # Tune may not have epoch 1 yet
+
+    assert tune.main(args) == 0
+    out = capsys.readouterr().out
+    assert "sweep asha: resuming" in out
+    # No val.txt: the sweep validates on a seeded 10% of train.txt and builds the manifest in
+    # its own folder, never in the dataset.
+    assert "holding out 1 of 10 'train' samples for validation (10%, seed 0" in err + out
     assert f"data: {sweep_dir / 'manifest.jsonl'}: 9 train / 1 val samples" in out
     assert _snapshot(dataset) == before
 
@@ -88,18 +116,21 @@ def test_asha_sweep_writes_table_plot_best_yaml_and_checkpoint(dataset, tmp_path
     assert len(table) == len(reported) == 2
     for row in table:
         rows = reported[row["trial"]]
-        assert [r["epochs_done"] for r in rows] == list(range(1, len(rows) + 1))
-        assert int(row["epochs_run"]) == len(rows) and row["epochs_planned"] == "2"
+        epochs = [r["epochs_done"] for r in rows]
+        assert epochs == sorted(set(epochs)) and epochs[: len(early.get(row["trial"], []))] == early.get(row["trial"], []), epochs
+        assert int(row["epochs_run"]) == epochs[-1] and row["epochs_planned"] == "3"
         best = min(rows, key=lambda r: r["val_sad"])
         assert float(row["best_val_sad"]) == pytest.approx(best["val_sad"], rel=1e-9)
         assert float(row["best_val_mse"]) == pytest.approx(best["val_mse"], rel=1e-9)
         assert float(row["best_val_grad"]) == pytest.approx(best["val_grad"], rel=1e-9)
-        assert row["stopped_early"] == str(len(rows) < 2)
         assert row["status"] == "TERMINATED"
+    assert table[0]["trial"] == first["trial"]
+    resumed = [r["epochs_done"] for r in reported[first["trial"]]]
+    assert resumed[-1] == 3 and resumed[len(early.get(first["trial"], []))] >= 2, resumed  # continued, not restarted at epoch 1
+    # The usable learning rate ran to the end; the one that cannot learn was stopped after epoch 1.
+    assert [(float(r["lr"]), r["stopped_early"], r["epochs_run"]) for r in table] == [(3e-3, "False", "3"), (1e-7, "True", "1")]
     sads = [float(r["best_val_sad"]) for r in table]
     assert sads == sorted(sads)
-    # The usable learning rate ran first and to the end; the one that cannot learn was stopped after epoch 1.
-    assert [(float(r["lr"]), r["stopped_early"], r["epochs_run"]) for r in table] == [(3e-3, "False", "2"), (1e-7, "True", "1")]
     md = (sweep_dir / "results.md").read_text().splitlines()
     assert md[0].startswith("| trial | loss.l1 | lr | stages.0.epochs | best_val_sad") and len(md) == 2 + 2
 
@@ -111,7 +142,7 @@ def test_asha_sweep_writes_table_plot_best_yaml_and_checkpoint(dataset, tmp_path
     best_yaml = sweep_dir / "best.yaml"
     cfg = load_config(best_yaml)
     assert isinstance(cfg, TrainConfig) and cfg.run.name == "asha-best"
-    assert cfg.stages[0].lr == float(table[0]["lr"]) and cfg.total_epochs == 2
+    assert cfg.stages[0].lr == float(table[0]["lr"]) and cfg.total_epochs == 3
     assert cfg.loss.l1 == float(table[0]["loss.l1"]) == 1.5  # the trial's value, not the base config's 1.0
     assert cfg.data.uri == dataset and cfg.scaling.num_workers == 2  # the base config's scaling, not the trials'
 
@@ -130,53 +161,11 @@ def test_asha_sweep_writes_table_plot_best_yaml_and_checkpoint(dataset, tmp_path
 
     # The training job takes the best YAML as is: its config loader and every driver-side check
     # before Ray (dataset, splits, manifest in the run folder). Fitting that config is what the
-    # trials above just did, and tests/test_train_job.py covers the job end to end.
+    # trials above just did, and tests/test_training_faults.py covers the job end to end.
     job_cfg = absolute_paths(load_job_config(str(best_yaml), [f"run.storage_path={tmp_path / 'final'}"]))
     train_rows, val_rows, env = prepare_data(job_cfg)
     assert (len(train_rows), len(val_rows)) == (9, 1) and env["MATTING_DATA_FINGERPRINT"].startswith("sha256:")
     assert (tmp_path / "final" / "asha-best" / "manifest.jsonl").exists()
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(500)
-def test_interrupted_sweep_resumes_by_name(ray_cluster, dataset, tmp_path, capsys):
-    """Ctrl-C once the trial has checkpointed its first epoch, then relaunch: the same trial
-    continues from that checkpoint (its next reported epoch is 2 or later, none is reported twice),
-    and a changed config under the same name is refused."""
-    from ray_jobs import tune
-
-    storage = tmp_path / "sweeps"
-    args = _args(dataset, storage, "name=resume", "space={lr: [3.0e-3], model.lowlight: [true], stages.0.epochs: [2]}")
-    sweep_dir = storage / "resume"
-    env = {**os.environ, "RAY_ADDRESS": ray_cluster["address"]}
-    log = tmp_path / "stderr.txt"  # a file, not a pipe: a full pipe would stall the sweep
-    with open(log, "w") as err_file:
-        proc = subprocess.Popen([sys.executable, "-m", "ray_jobs.tune", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err_file)
-        try:
-            deadline = time.monotonic() + 300
-            while not list(sweep_dir.glob("train/*/checkpoint_*")) and time.monotonic() < deadline and proc.poll() is None:
-                time.sleep(0.2)
-            assert proc.poll() is None, "the sweep ended before it could be interrupted"
-            proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=120)
-        finally:
-            proc.kill()
-    err = log.read_text()
-    assert proc.returncode == 1, err[-3000:]
-    assert "relaunch the same command to continue" in err
-    (row,) = _csv(sweep_dir / "results.csv")
-    assert row["status"] != "TERMINATED" and int(row["epochs_run"]) < 2
-    before = [r["epochs_done"] for rows in _tune_results(sweep_dir).values() for r in rows]  # Tune may not have epoch 1 yet
-
-    assert tune.main(args) == 0
-    assert "sweep resume: resuming" in capsys.readouterr().out
-    ((trial, rows),) = _tune_results(sweep_dir).items()
-    assert trial == row["trial"]
-    epochs = [r["epochs_done"] for r in rows]
-    assert epochs[: len(before)] == before and epochs[len(before)] >= 2, epochs  # not restarted at epoch 1
-    assert epochs == sorted(set(epochs)) and epochs[-1] == 2, epochs
-    (row,) = _csv(sweep_dir / "results.csv")
-    assert row["epochs_run"] == "2" and row["stopped_early"] == "False" and row["model.lowlight"] == "True"
 
     with pytest.raises(SystemExit) as e:
         tune.main([*args, "asha.reduction_factor=3"])
