@@ -2,8 +2,9 @@
 
 One application per module, deployed like ``serve deploy serve_app/config.yaml`` (through
 the dashboard's REST API, with test checkpoints, a free port and short autoscaling windows)
-and reused by every test. Tests run in file order: the hot swap and autoscaling tests change
-the running app, and the last test restarts it with an API key.
+and reused by every test. Tests run in file order: the replica-kill, hot swap and autoscaling
+tests change the running app, and the last test restarts it with the models inside the ingress
+and an API key.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from matting_lib.routing import DEFAULT_THRESHOLD
 from serve_app.ingress import parse_server_timing
 from serve_app.params import MAX_SIDE
 from testkit.serve import (
-    app_running, decode, deploy, deploy_and_wait, encode, get, make_checkpoint, photo, post, running_replicas,
+    decode, deploy, deploy_and_wait, encode, get, make_checkpoint, photo, post, running_replicas,
     remove_app, serve_yaml_for_test, wait_until,
 )
 
@@ -354,26 +355,76 @@ def test_concurrent_requests_share_batches_and_keep_their_own_alpha(svc):
     assert after["batches"] - before["batches"] < 8
 
 
+# --------------------------------------------------------------------------- a model replica killed under load
+
+
+def test_replica_kill_under_load_fails_no_request(svc):
+    """The fast subset of ``bench/load.py``: a short mixed load (sizes 64-512 px, dark and normal
+    light, repeated images) at concurrency 12 while ``ray.kill`` takes the ``model_base`` replica
+    down. Serve starts a new replica, no request fails (the ingress retries a model call whose
+    replica died, once per call), and no process grows beyond :data:`bench.load.MEMORY_BOUND_MB`.
+    The long runs, with percentiles and a hot swap, are ``python -m bench.load`` (results in
+    ``bench/RELIABILITY.md``)."""
+    from bench.load import (
+        MEMORY_BOUND_MB, compare_memory, ingress_stats, kill_replica, make_workload, memory_snapshot, run_load,
+        serve_replicas, status_counts,
+    )
+
+    requests_, concurrency, kill_after = 200, 12, 60  # the kill comes after 60 completed requests
+    warm, _, _ = run_load(svc.url, make_workload(32, seed=100), concurrency, label="warm-up")
+    assert status_counts(warm)["2xx"] == len(warm), [r.error for r in warm if r.status != 200][:3]
+    max_ongoing = svc.config["applications"][0]["args"]["model_deployment"]["max_ongoing_requests"]
+    victim = next(r for r in serve_replicas(svc.dashboard) if r.deployment == "model_base")
+    stats0, mem0 = ingress_stats(svc.url), memory_snapshot(svc.dashboard)
+
+    results, _, info = run_load(svc.url, make_workload(requests_, seed=1), concurrency,
+                                lambda: kill_replica(svc.dashboard, "model_base"), kill_after, label="kill")
+
+    stats1, mem1 = ingress_stats(svc.url), memory_snapshot(svc.dashboard)
+    assert "error" not in info, info["error"]
+    failed = [(r.status, r.error) for r in results if r.status != 200]
+    assert len(results) == requests_ and not failed, failed[:5]
+    # Serve replaced the killed replica, and the new one served requests after the kill.
+    assert info["killed"] == victim.name and info["new"] != victim.name
+    assert running_replicas("model_base") == 1
+    after_kill = [r for r in results if r.start_s > info["at_s"] and r.model == "base"]
+    assert after_kill, "no base request started after the kill"
+    # The ingress retries each call once, so at most one retry per call the killed replica held.
+    retries = stats1["model_retries"] - stats0["model_retries"]
+    assert 0 <= retries <= max_ongoing
+    # Both models served; repeated images came from the cache.
+    assert {r.model for r in results} == {"base", "lowlight"}
+    assert stats1["cache"]["hits"] - stats0["cache"]["hits"] >= 1
+    assert sum(r.cache == "hit" for r in results) == stats1["cache"]["hits"] - stats0["cache"]["hits"]
+    # Memory: every process (the new replica against the one it replaced) within the bound.
+    cache_growth = max(0.0, (stats1["cache"]["bytes"] - stats0["cache"]["bytes"]) / 1e6)
+    rows = compare_memory(mem0, mem1, cache_growth)
+    assert {m.deployment for m in rows} >= {"ingress", "model_base", "model_lowlight", "proxy"}
+    assert [m.note for m in rows if m.deployment == "model_base"] == ["replaced (new process)"]
+    over = [(m.deployment, round(m.growth_mb, 1)) for m in rows if not m.ok]
+    assert not over, f"RSS grew beyond {MEMORY_BOUND_MB} MB: {over}"
+
+
 # --------------------------------------------------------------------------- hot swap and autoscaling
 
 
-def _load(url: str, stop: threading.Event, out: list, seed: int, params: dict) -> None:
+def _load(url: str, stop: threading.Event, out: list, seed: int, params: dict, headers: dict | None = None) -> None:
     """Send unique bright images until ``stop``; append (status, checkpoint header) per request."""
     rng = np.random.default_rng(seed)
     while not stop.is_set():
         rgb = photo(64, 64, "bright", seed=int(rng.integers(1 << 30)))
         try:
-            r = matte(url, encode(rgb), {"history": "false", **params}, timeout=60)
+            r = matte(url, encode(rgb), {"history": "false", **params}, timeout=60, headers=headers or {})
             out.append((r.status_code, r.headers.get("X-Matting-Checkpoint")))
         except Exception as e:  # noqa: BLE001 - a failed request is what the test counts
             out.append((repr(e), None))
 
 
-def _deploy_under_load(url: str, dashboard: str, config: dict, new: str, seeds: range, enough: int) -> list:
+def _deploy_under_load(url: str, dashboard: str, config: dict, new: str, seeds: range, enough: int, headers: dict | None = None) -> list:
     """Deploy ``config`` while one thread per seed sends base requests; returns once ``enough``
     requests were answered before the deploy and ``enough`` by checkpoint ``new`` after it."""
     stop, results = threading.Event(), []
-    threads = [threading.Thread(target=_load, args=(url, stop, results, s, {"model": "base"})) for s in seeds]
+    threads = [threading.Thread(target=_load, args=(url, stop, results, s, {"model": "base"}, headers)) for s in seeds]
     for t in threads:
         t.start()
     try:
@@ -481,72 +532,62 @@ def test_web_ui_in_headless_chromium(svc, tmp_path):
             browser.close()
 
 
-# --------------------------------------------------------------------------- restart with an API key (last)
+# --------------------------------------------------------------------------- restart: models in the ingress, an API key (last)
 
 
-def test_history_survives_restart_and_api_key_is_enforced(svc):
+def test_restart_with_models_in_the_ingress_and_a_key_keeps_history_routes_and_hot_swaps(svc):
+    """The app deleted and deployed again with ``model_deployment.placement: ingress`` (one
+    deployment, the models inside the ingress replica) and an API key from the environment:
+    the history written before the restart is still listed and downloadable; every /v1 route of
+    the route table answers 401 without the key or with a wrong one; bright and dark photos get
+    the same routing and alphas as from model deployments; and a hot swap through the ingress's
+    user_config fails no request."""
     from ray import serve
 
     r = matte(svc.url, encode(photo(50, 50, "dark", seed=50)))
     kept_id, kept_bytes = r.headers["X-Matting-History-Id"], r.content
     serve.delete("matting")
     config = json.loads(json.dumps(svc.config))
-    config["applications"][0]["runtime_env"] = {"env_vars": {"MATTING_API_KEY": API_KEY}}
-    deploy(svc.dashboard, config)
-    wait_until(app_running, 180, "the restarted app")
-    auth = {"Authorization": f"Bearer {API_KEY}"}
-    wait_until(lambda: get(f"{svc.url}/readyz").status_code == 200, 60, "/readyz after restart")
-
-    ids = [e["id"] for e in get(f"{svc.url}/v1/history", params={"limit": 100}, headers=auth).json()["items"]]
-    assert kept_id in ids
-    assert get(f"{svc.url}/v1/history/{kept_id}/result", headers=auth).content == kept_bytes
-
-    spec = get(f"{svc.url}/openapi.json").json()
-    routes = [(m, p) for p, ops in spec["paths"].items() if p.startswith("/v1") for m in ops]
-    assert len(routes) >= 8
-    for method, path in routes:
-        url = svc.url + path.replace("{entry_id}", kept_id)
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY}):
-            resp = getattr(__import__("requests"), method)(url, headers=headers, timeout=30)
-            _assert_json_error(resp, 401)
-    assert get(f"{svc.url}/healthz").status_code == 200
-    ok = matte(svc.url, GOOD, headers=auth)
-    assert ok.status_code == 200 and ok.headers["X-Matting-Cache"] == "miss"
-
-
-# --------------------------------------------------------------------------- models inside the ingress
-
-
-def test_models_in_the_ingress_route_answer_and_hot_swap(svc):
-    """``model_deployment.placement: ingress``: one deployment, the same routing and alphas, and
-    hot swap through the ingress's user_config without a failed request."""
-    from ray import serve
-
-    serve.delete("matting")
-    config = json.loads(json.dumps(svc.config))
     app = config["applications"][0]
-    app.pop("runtime_env", None)
     app.pop("deployments", None)
     app["args"]["models"] = app["args"]["models"][:2]  # base and lowlight
     ckpts = {m["name"]: m["checkpoint"] for m in app["args"]["models"]}  # (an earlier test hot swapped base)
     app["args"]["model_deployment"].update(placement="ingress", max_batch_size=1)
+    app["runtime_env"] = {"env_vars": {"MATTING_API_KEY": API_KEY}}
     url = deploy_and_wait(svc.dashboard, config)
     assert sorted(serve.status().applications["matting"].deployments) == ["ingress"]
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+
+    ids = [e["id"] for e in get(f"{url}/v1/history", params={"limit": 100}, headers=auth).json()["items"]]
+    assert kept_id in ids
+    assert get(f"{url}/v1/history/{kept_id}/result", headers=auth).content == kept_bytes
+
+    spec = get(f"{url}/openapi.json").json()
+    routes = [(m, p) for p, ops in spec["paths"].items() if p.startswith("/v1") for m in ops]
+    assert len(routes) >= 8
+    for method, path in routes:
+        route_url = url + path.replace("{entry_id}", kept_id)
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY}):
+            resp = getattr(__import__("requests"), method)(route_url, headers=headers, timeout=30)
+            _assert_json_error(resp, 401)
+    assert get(f"{url}/healthz").status_code == 200
+    ok = matte(url, GOOD, headers=auth)
+    assert ok.status_code == 200 and ok.headers["X-Matting-Cache"] == "miss"
 
     for light, expected in (("bright", "base"), ("dark", "lowlight")):
         rgb = photo(97, 143, light, seed=60)
-        r = matte(url, encode(rgb), {"output": "alpha", "history": "false"})
+        r = matte(url, encode(rgb), {"output": "alpha", "history": "false"}, headers=auth)
         assert r.status_code == 200, r.text
         assert r.headers["X-Matting-Model"] == expected
         want = np.rint(local_alpha(ckpts[expected], rgb) * 255)
         assert np.abs(as_array(r.content).astype(int) - want).max() <= 1
         assert "forward" in parse_server_timing(r.headers["Server-Timing"])
-    models = {m["name"]: m for m in get(f"{url}/v1/models").json()["models"]}
+    models = {m["name"]: m for m in get(f"{url}/v1/models", headers=auth).json()["models"]}
     assert set(models) == {"base", "lowlight"} and models["base"]["checkpoint"] == ckpts["base"]
 
     new = make_checkpoint(svc.tmp / "base-v3.pt", 8, {"val_sad": 8.0})
     app["deployments"] = [{"name": "ingress", "user_config": {"checkpoints": {"base": new}}}]
-    results = _deploy_under_load(url, svc.dashboard, config, new, range(200, 202), enough=4)
+    results = _deploy_under_load(url, svc.dashboard, config, new, range(200, 202), enough=4, headers=auth)
     assert all(status == 200 for status, _ in results), [s for s, _ in results if s != 200][:5]
-    info = next(m for m in get(f"{url}/v1/models").json()["models"] if m["name"] == "base")
+    info = next(m for m in get(f"{url}/v1/models", headers=auth).json()["models"] if m["name"] == "base")
     assert info["checkpoint"] == new and info["swaps"] == 1 and info["swap_error"] == ""
