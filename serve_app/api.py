@@ -29,8 +29,8 @@ from matting_lib.routing import MEASURE_SIDE
 from serve_app.auth import api_key_dependency
 from serve_app.batch import build_zip
 from serve_app.errors import ApiError, install_handlers
-from serve_app.model import TRIM_AFTER_PIXELS, release_memory
 from serve_app.params import EXTENSIONS, MAX_SIDE, MatteParams
+from serve_app.replica import TRIM_AFTER_PIXELS, release_memory
 from serve_app.service import EMPTY_NOTICE, IngressService
 from serve_app.uploads import MULTIPART_OVERHEAD, expand_batch, parse_upload, read_body
 

@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 
 from matting_lib.config import ConfigError, apply_overrides, from_dict, load_yaml, require
 from matting_lib.routing import BrightnessRouter
-from matting_lib.inference.load import BACKENDS
+from matting_lib.inference.backends import BACKENDS
 from serve_app.params import MAX_SIDE, MIN_SIDE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

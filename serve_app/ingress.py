@@ -19,7 +19,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.api import build_api, parse_server_timing, server_timing  # noqa: F401 - re-exported for the benchmarks and tests
 from serve_app.config import ServeConfig
-from serve_app.model import parse_ingress_user_config
+from serve_app.replica import parse_ingress_user_config
 from serve_app.model_client import ModelClient
 from serve_app.service import IngressService
 

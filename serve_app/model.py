@@ -15,7 +15,6 @@ on the model it started with, so no request fails and none mixes two models.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import time
 from typing import Any, Mapping, Sequence
@@ -28,55 +27,14 @@ from matting_lib.inference.load import backend_name, load_predictor
 from matting_lib.inference.onnx_runtime import ShrinkingSession
 from matting_lib.inference.predictor import Predictor
 from serve_app.config import ModelDeploymentSettings
+from serve_app.replica import (  # noqa: F401 - parse_ingress_user_config re-exported for the tests
+    TRIM_AFTER_PIXELS, parse_ingress_user_config, parse_user_config, release_memory,
+)
 
 logger = logging.getLogger("ray.serve")
 
-TRIM_AFTER_PIXELS = 4_000_000
-"""After an image with at least this many pixels (about 2000x2000), or one worked at more than the
-configured ``max_side``, the process hands the memory it freed back to the OS (:func:`release_memory`)."""
-
 UNHEALTHY_AFTER_FAILURES = 3
 """Consecutive failed batches after which check_health asks Serve to replace the replica."""
-
-
-def parse_user_config(user_config: Mapping[str, Any] | None, default_checkpoint: str) -> str:
-    """The checkpoint URI a ``user_config`` asks for (``default_checkpoint`` when it names none)."""
-    cfg = dict(user_config or {})
-    unknown = sorted(set(cfg) - {"checkpoint"})
-    if unknown:
-        raise ValueError(f"user_config: unknown key {unknown[0]!r} (valid keys: checkpoint)")
-    uri = cfg.get("checkpoint") or default_checkpoint
-    if not isinstance(uri, str):
-        raise ValueError(f"user_config.checkpoint must be a string URI, got {uri!r}")
-    return uri
-
-
-def parse_ingress_user_config(user_config: Mapping[str, Any] | None, models: Sequence[str], placement: str) -> dict[str, str]:
-    """The checkpoints an ingress ``user_config`` swaps to (``{"checkpoints": {name: URI}}``),
-    which only ``model_deployment.placement: ingress`` accepts; ValueError names what is wrong."""
-    cfg = dict(user_config or {})
-    unknown = sorted(set(cfg) - {"checkpoints"})
-    if unknown:
-        raise ValueError(f"ingress user_config: unknown key {unknown[0]!r} (valid keys: checkpoints)")
-    checkpoints = cfg.get("checkpoints") or {}
-    if checkpoints and placement != "ingress":
-        raise ValueError("ingress user_config.checkpoints needs model_deployment.placement: ingress; "
-                         "with separate model deployments, set user_config.checkpoint on model_<name>")
-    if not isinstance(checkpoints, Mapping) or not set(checkpoints) <= set(models) or not all(
-        isinstance(v, str) and v for v in checkpoints.values()
-    ):
-        raise ValueError(f"ingress user_config.checkpoints: expected a mapping of model names "
-                         f"({', '.join(models)}) to URIs, got {checkpoints!r}")
-    return dict(checkpoints)
-
-
-def release_memory() -> None:
-    """Return freed heap memory to the OS (glibc ``malloc_trim``), so the RSS of a process that
-    served a large image falls back instead of staying at its peak. A no-op without glibc."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def to_uint8(alpha: np.ndarray) -> np.ndarray:

@@ -19,7 +19,6 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.config import ServeConfig
 from serve_app.errors import ApiError
-from serve_app.model import MattingModel
 
 logger = logging.getLogger("ray.serve")
 
@@ -46,6 +45,8 @@ class ModelClient:
         self.local: dict[str, Any] = {}
         """In-process models (``placement: ingress``): the model deployment's class, instantiated here."""
         if handles is None:
+            from serve_app.model import MattingModel  # here only: with model deployments the ingress never loads torch
+
             md = config.model_deployment
             self.local = {
                 spec.name: MattingModel.func_or_class(spec.name, spec.checkpoint, md, spec.backend) for spec in config.models

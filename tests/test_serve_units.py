@@ -280,3 +280,19 @@ def test_a_model_replica_gives_back_the_memory_of_a_large_request(tmp_path):
     release_memory()
     model.predictor.predict(small)  # and the normal size still runs on the warm arena
     assert _rss_mb() - before < 250, (before, _rss_mb())
+
+
+def test_an_ingress_with_model_deployments_loads_no_network_library():
+    """With ``placement: separate`` the ingress only decodes, routes and encodes: importing its
+    deployment must not pull in torch or ONNX Runtime (about 2 s of start-up and a few hundred MB
+    per ingress replica). The models inside the ingress (``placement: ingress``) import them when built."""
+    import subprocess
+    import sys
+
+    from testkit import ROOT
+
+    code = ("import sys, serve_app.ingress; "
+            "print(sorted(m for m in ('torch', 'onnxruntime', 'pymatting', 'numba') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "[]", r.stdout

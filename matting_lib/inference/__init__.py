@@ -7,6 +7,7 @@
 - :mod:`~matting_lib.inference.onnx_runtime`: :class:`OnnxPredictor` (ORT sessions, providers,
   the arena-shrinking session wrapper).
 - :mod:`~matting_lib.inference.load`: :func:`load_predictor`, the one entry point that chooses.
+- :mod:`~matting_lib.inference.backends`: the backends' names, importable without torch.
 
 Imports run one way: load -> onnx_runtime -> export -> predictor.
 """

@@ -13,11 +13,9 @@ from typing import Any
 
 import torch
 
+from matting_lib.inference.backends import BACKENDS  # noqa: F401 - re-exported: the values of backend=
 from matting_lib.inference.onnx_runtime import OnnxPredictor
 from matting_lib.inference.predictor import Predictor, resolve_device
-
-BACKENDS = ("auto", "torch", "onnx")
-"""Values of ``load_predictor(backend=...)``."""
 
 CPU_AUTO_BACKEND = "onnx"
 """What ``backend="auto"`` runs a checkpoint with on CPU: the faster one in ``bench/inference.py``
