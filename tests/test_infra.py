@@ -390,3 +390,21 @@ def test_rehearsal_of_the_operators_guide():
         assert marker in r.stdout, log[-4000:]
     requests = int(re.search(r"(\d+) requests during the swap, none failed", r.stdout).group(1))
     assert requests >= 2
+
+
+def test_working_dir_package_leaves_the_history_and_the_venv_behind(tmp_path):
+    """`ray job submit --working-dir .` zips the checkout with Ray's own packager: .rayignore keeps
+    .git (the whole history, most of the bytes) out and .gitignore keeps .venv out, while the code,
+    configs and shipped models a job needs go with it."""
+    import zipfile
+    from pathlib import Path
+
+    from ray._private.runtime_env.packaging import create_package
+
+    out = tmp_path / "pkg.zip"
+    create_package(str(ROOT), out, include_gitignore=True)
+    names = zipfile.ZipFile(out).namelist()
+    assert not [n for n in names if n.startswith((".git/", ".venv/"))], [n for n in names if n.startswith(".git")][:5]
+    for needed in ("ray_jobs/train.py", "configs/tiny.yaml", "models/base.pt", "serve_app/config.yaml"):
+        assert needed in names, needed
+    assert Path(out).stat().st_size < 60e6
