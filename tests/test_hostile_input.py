@@ -52,10 +52,14 @@ FUZZ_BOUND_S = 3.0
 
 @pytest.fixture(scope="module")
 def app(ray_cluster, serve_port, tmp_path_factory):
-    """The app with two tiny models and an API key; ``url``, ``dashboard``, ``limits``, ``replicas`` at start."""
+    """The app with two tiny models and an API key; ``url``, ``dashboard``, ``limits``, ``replicas`` at start.
+
+    The models run inside the ingress (``placement: ingress``, as ``make serve`` runs them): the
+    hostile bytes and the forward passes share the one process that must not die. (Separate model
+    deployments are the placement of tests/test_serve_app.py and tests/test_serve_edges.py.)"""
     tmp = tmp_path_factory.mktemp("hostile")
     checkpoints = {name: make_checkpoint(tmp / f"{name}.pt", seed) for seed, name in enumerate(("base", "lowlight"), 1)}
-    config = serve_yaml_for_test(tmp, checkpoints, serve_port, args={"api_key": API_KEY})
+    config = serve_yaml_for_test(tmp, checkpoints, serve_port, args={"api_key": API_KEY, "model_deployment": {"placement": "ingress"}})
     url = deploy_and_wait(ray_cluster["dashboard"], config)
     limits = LimitSettings(**app_entry(config)["args"]["limits"])
     try:
