@@ -5,6 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 
+def luma(rgb: np.ndarray) -> float:
+    """Mean Rec.601 luma of uint8 RGB, in [0, 1]: the tests' brightness reference, written
+    independently of :mod:`matting_lib.routing` (full size, float64)."""
+    x = rgb.astype(np.float64)
+    return float((0.299 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2]).mean() / 255.0)
+
+
 def synthetic_pair(rng: np.random.Generator, h: int = 64, w: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """A random textured image (uint8 HxWx3) and a soft-edged blob alpha (uint8 HxW)."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)

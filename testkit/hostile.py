@@ -29,6 +29,7 @@ import requests
 from PIL import Image
 
 from serve_app.config import LimitSettings
+from testkit.data import luma
 from serve_app.params import MAX_SIDE
 
 MATTE, BATCH = "/v1/matte", "/v1/batch"
@@ -80,12 +81,6 @@ def photo(h: int, w: int, seed: int = 0, gain: float = 1.0) -> np.ndarray:
     img = a * np.array([210, 160, 130], np.float32) + (1 - a) * np.array([70, 130, 180], np.float32)
     img = (img + rng.normal(0, 12, (h, w, 3))) * gain
     return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def luma(rgb: np.ndarray) -> float:
-    """Mean Rec.601 luma in [0, 1] (independent of matting_lib.routing)."""
-    x = rgb.astype(np.float64)
-    return float((0.299 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2]).mean() / 255.0)
 
 
 def pil_bytes(im: Image.Image, fmt: str, **kw) -> bytes:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from testkit.data import synthetic_pair
+from testkit.data import luma, synthetic_pair
 from matting_lib import io
 from matting_lib.data.dataset import (
     DatasetError,
@@ -34,11 +34,6 @@ def pil_bytes(im: Image.Image, fmt: str, **kw) -> bytes:
     buf = pyio.BytesIO()
     im.save(buf, fmt, **kw)
     return buf.getvalue()
-
-
-def luma(image: np.ndarray) -> float:
-    x = image.astype(np.float64)
-    return float((0.299 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2]).mean() / 255.0)
 
 
 def write_dataset(root: str, rng: np.random.Generator, splits: dict[str, list[str]], jpg: tuple[str, ...] = (),

@@ -29,6 +29,7 @@ from matting_lib.inference.predictor import Predictor
 from matting_lib.routing import DEFAULT_THRESHOLD
 from serve_app.ingress import parse_server_timing
 from serve_app.params import MAX_SIDE
+from testkit.data import luma
 from testkit.serve import (
     decode, deploy, deploy_and_wait, encode, get, make_checkpoint, photo, post, running_replicas,
     remove_app, serve_yaml_for_test, wait_until,
@@ -53,12 +54,6 @@ def svc(ray_cluster, serve_port, tmp_path_factory):
         yield SimpleNamespace(url=url, config=config, checkpoints=checkpoints, tmp=tmp, dashboard=ray_cluster["dashboard"])
     finally:
         remove_app(config)
-
-
-def luma(rgb: np.ndarray) -> float:
-    """Independent brightness reference: Rec.601 luma of the full-size image, in [0, 1]."""
-    r, g, b = (rgb[..., i].astype(np.float64) for i in range(3))
-    return float((0.299 * r + 0.587 * g + 0.114 * b).mean() / 255.0)
 
 
 def matte(url: str, data: bytes, params: dict | None = None, raw: bool = False, **kw):
