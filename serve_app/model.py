@@ -27,9 +27,7 @@ from matting_lib.inference.load import backend_name, load_predictor
 from matting_lib.inference.onnx_runtime import ShrinkingSession
 from matting_lib.inference.predictor import Predictor
 from serve_app.config import ModelDeploymentSettings
-from serve_app.replica import (  # noqa: F401 - parse_ingress_user_config re-exported for the tests
-    TRIM_AFTER_PIXELS, parse_ingress_user_config, parse_user_config, release_memory,
-)
+from serve_app.replica import TRIM_AFTER_PIXELS, parse_user_config, release_memory
 
 logger = logging.getLogger("ray.serve")
 

@@ -15,6 +15,7 @@ TRIM_AFTER_PIXELS = 4_000_000
 """After an image with at least this many pixels (about 2000x2000), or one worked at more than the
 configured ``max_side``, the process hands the memory it freed back to the OS (:func:`release_memory`)."""
 
+
 def parse_user_config(user_config: Mapping[str, Any] | None, default_checkpoint: str) -> str:
     """The checkpoint URI a ``user_config`` asks for (``default_checkpoint`` when it names none)."""
     cfg = dict(user_config or {})

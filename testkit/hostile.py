@@ -29,8 +29,8 @@ import requests
 from PIL import Image
 
 from serve_app.config import LimitSettings
-from testkit.data import luma
 from serve_app.params import MAX_SIDE
+from testkit.data import luma
 
 MATTE, BATCH = "/v1/matte", "/v1/batch"
 

@@ -117,6 +117,14 @@ def wait_until(cond, timeout: float, what: str, interval: float = 0.25) -> Any:
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
 
 
+def upload_head(path: str, length: int, boundary: str = "") -> bytes:
+    """The request line and headers of a raw upload to ``path`` declaring ``length`` body bytes:
+    multipart with ``boundary``, else an image/png body. For clients that hang up or stall."""
+    ctype = f"multipart/form-data; boundary={boundary}" if boundary else "image/png"
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {length}\r\n\r\n").encode()
+
+
 def deploy(dashboard: str, config: dict[str, Any]) -> None:
     """``serve deploy`` through the dashboard's REST API (what the CLI does), with token auth."""
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient

@@ -118,5 +118,3 @@ def serve_port(ray_cluster):
     with, so every module deploys on this one and deletes its app when done (testkit.serve.
     remove_app) instead of shutting Serve down: the controller and proxy start once per session."""
     return free_port()
-
-

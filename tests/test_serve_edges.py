@@ -22,7 +22,9 @@ import pytest
 
 from infra.local_ray import _cluster_pids, listening_sockets
 from serve_app.params import MAX_SIDE
-from testkit.serve import decode, deploy_and_wait, encode, get, make_checkpoint, photo, post, remove_app, serve_yaml_for_test
+from testkit.serve import (
+    decode, deploy_and_wait, encode, get, make_checkpoint, photo, post, remove_app, serve_yaml_for_test, upload_head,
+)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -135,29 +137,20 @@ def test_max_side_has_one_limit_in_schema_check_models_and_docs(svc):
 # --------------------------------------------------------------------------- clients that hang up or stall (items 4, 5)
 
 
-def _upload_head(path: str, length: int, boundary: str = "") -> bytes:
-    ctype = f"multipart/form-data; boundary={boundary}" if boundary else "image/png"
-    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
-            f"Content-Length: {length}\r\n\r\n").encode()
-
-
 def test_client_that_hangs_up_mid_upload_is_an_info_line_not_an_error(svc):
     """Clients that disconnect while their body is being read, through Serve's proxy: either the
     proxy cancels the request first (Serve logs it as cancelled) or the ingress sees starlette's
     ClientDisconnect (one INFO line with 499; that path alone, deterministically:
     tests/test_serve_pipeline.py). Which one wins is a race; neither may log an ERROR or a
     traceback, and every hang-up must leave one of the two traces."""
-    def traces(path: str) -> int:
-        log = _ingress_log(svc.temp_dir)
-        ours = re.findall(rf"INFO .* POST {path} 499: the client disconnected", log)
-        cancelled = re.findall(rf"{path}.*(?:CANCELLED|499)|(?:CANCELLED|499).*{path}", log)
-        return len(ours) + len(cancelled)
+    def traces(path: str) -> int:  # the ingress's INFO line ("POST path 499: ...") or Serve's ("POST path CANCELLED ...")
+        return len(re.findall(rf"INFO .* POST {path} (?:499: the client disconnected|CANCELLED)", _ingress_log(svc.temp_dir)))
 
     for path, boundary in (("/v1/matte", ""), ("/v1/batch", "B0undary")):
         seen = traces(path)
         for _ in range(2):
             with socket.create_connection(("127.0.0.1", svc.port), timeout=30) as s:
-                s.sendall(_upload_head(path, 100_000, boundary) + b"--B0undary\r\n" + b"x" * 1000)
+                s.sendall(upload_head(path, 100_000, boundary) + b"--B0undary\r\n" + b"x" * 1000)
                 time.sleep(0.5)  # the ingress is reading the body now
         deadline = time.monotonic() + 10
         while traces(path) == seen and time.monotonic() < deadline:
@@ -170,7 +163,7 @@ def test_client_that_hangs_up_mid_upload_is_an_info_line_not_an_error(svc):
 
 def test_body_shorter_than_its_content_length_times_out_with_408(svc):
     t0 = time.monotonic()
-    reply = _raw(svc.port, _upload_head("/v1/matte", 1000) + b"0123456789", wait_s=BODY_TIMEOUT_S + 30)
+    reply = _raw(svc.port, upload_head("/v1/matte", 1000) + b"0123456789", wait_s=BODY_TIMEOUT_S + 30)
     elapsed = time.monotonic() - t0
     status, body = _status_and_json(reply)
     assert status == 408 and body == {"error": "request_timeout", "status": 408, "detail": body["detail"]}

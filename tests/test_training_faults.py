@@ -286,7 +286,7 @@ class _S3Run:
 
 @pytest.mark.slow
 @pytest.mark.timeout(480)  # ~80 s on an idle 2-core machine; generous for a loaded one
-def test_ddp_workers_killed_restart_then_resume_by_name_from_s3(ray_cluster, s3_server, s3_bucket, capsys):
+def test_ddp_workers_killed_restart_then_resume_by_name_from_s3(ray_cluster, s3_bucket, capsys):
     """2 DDP workers on a bucket in the seeds' layout (images/, masks/, train.txt only), data and
     checkpoints in S3 (moto), ``run.max_failures=1``. SIGKILL a worker from outside as soon as an
     epoch's checkpoint is registered: the group restarts from it, read back from S3. SIGKILL one
@@ -296,23 +296,20 @@ def test_ddp_workers_killed_restart_then_resume_by_name_from_s3(ray_cluster, s3_
     epoch exactly once, in order; a seeded 10% of train.txt validated (the log says so) and the
     manifest went to the run folder, never into the dataset. The exported best.pt is a
     self-describing, weights-only checkpoint."""
-    import boto3
     from ray.train import Result
 
     from ray_jobs.train import main
 
     root = write_dataset(f"{s3_bucket}/datasets/seed", n_train=20, n_val=0, size=64)
-    client = boto3.client("s3", endpoint_url=s3_server)
-    bucket = s3_bucket.removeprefix("s3://")
+    storage, name, epochs = f"{s3_bucket}/runs", "killed", 4
+    run = _S3Run(f"{storage}/{name}")
 
     def dataset_keys() -> dict[str, str]:
-        objs = client.list_objects_v2(Bucket=bucket, Prefix="datasets/").get("Contents", [])
+        objs = run.client.list_objects_v2(Bucket=run.bucket, Prefix="datasets/").get("Contents", [])
         return {o["Key"]: o["ETag"] for o in objs}
 
     before = dataset_keys()
     assert not any(k.endswith("val.txt") for k in before)
-    storage, name, epochs = f"{s3_bucket}/runs", "killed", 4
-    run = _S3Run(f"{storage}/{name}")
     kills: list[dict] = []
     errors: list[str] = []
 

@@ -107,7 +107,7 @@ def test_asha_sweep_interrupted_resumes_and_writes_table_plot_best_yaml_and_chec
     assert "sweep asha: resuming" in out
     # No val.txt: the sweep validates on a seeded 10% of train.txt and builds the manifest in
     # its own folder, never in the dataset.
-    assert "holding out 1 of 10 'train' samples for validation (10%, seed 0" in err + out
+    assert "holding out 1 of 10 'train' samples for validation (10%, seed 0" in out
     assert f"data: {sweep_dir / 'manifest.jsonl'}: 9 train / 1 val samples" in out
     assert _snapshot(dataset) == before
 
