@@ -155,7 +155,7 @@ def matting_app_errors(app: dict[str, Any], where: str) -> list[str]:
     from matting_lib.config import ConfigError
     from serve_app.app import deployment_name
     from serve_app.config import serve_config_from_args
-    from serve_app.model import parse_ingress_user_config, parse_user_config
+    from serve_app.replica import parse_ingress_user_config, parse_user_config
 
     try:
         cfg = serve_config_from_args(app.get("args") or {})
