@@ -26,6 +26,7 @@ import logging
 import os
 import posixpath
 import random
+import sys
 import time
 import uuid
 from typing import Any, Callable, TypeVar
@@ -90,10 +91,28 @@ def s3_storage_options() -> dict[str, Any]:
     return opts
 
 
+def _import_s3fs() -> None:
+    """Import s3fs (and aiohttp beneath it), repairing what a half-finished import left behind.
+
+    A Ray task cancelled while its worker was importing aiohttp (Ray Data cancels a dataset's
+    in-flight map tasks when one of its consumers dies) leaves aiohttp's submodules in
+    ``sys.modules`` but not aiohttp itself. Importing it again then fails for the life of that
+    pooled worker with "module aiohttp has no attribute http_exceptions", so every later task
+    reading S3 there fails. Drop the stale entries and import once more; a real ImportError stays.
+    """
+    try:
+        import s3fs  # noqa: F401
+    except (AttributeError, ImportError):
+        for name in [m for m in sys.modules if m.split(".")[0] in ("aiohttp", "s3fs", "aiobotocore")]:
+            del sys.modules[name]
+        import s3fs  # noqa: F401
+
+
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The fsspec filesystem for ``uri`` and the path within it."""
     proto = protocol(uri)
     if proto == "s3":
+        _import_s3fs()
         fs = fsspec.filesystem("s3", **s3_storage_options())
         return fs, uri.split("://", 1)[1]
     if proto == "file":

@@ -248,6 +248,28 @@ def test_manifest_errors(local_ds, tmp_path):
         read_manifest(uri, "val")
 
 
+def test_s3_reads_survive_an_interrupted_aiohttp_import(s3_bucket):
+    """A Ray task cancelled mid-import (Ray Data cancels in-flight map tasks when a consumer dies)
+    leaves aiohttp's submodules in sys.modules without aiohttp; seen in a pooled worker after a
+    training worker was SIGKILLed, every later S3 read there failed with "module aiohttp has no
+    attribute http_exceptions". The same state, in a fresh interpreter, must still read from the
+    moto bucket."""
+    import subprocess
+    import sys
+
+    from matting_lib import io as mio
+    from testkit import ROOT
+
+    mio.write_bytes(f"{s3_bucket}/probe.bin", b"probe")
+    code = (
+        "import sys, aiohttp.http_exceptions; del sys.modules['aiohttp']; "  # what the cancelled import left
+        "from matting_lib import io; "
+        f"sys.stdout.write(io.read_bytes('{s3_bucket}/probe.bin').decode())"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout == "probe", r.stderr[-2000:]
+
+
 def test_broken_s3_endpoint_fails_fast(monkeypatch):
     import s3fs
 
