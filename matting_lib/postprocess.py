@@ -215,7 +215,7 @@ class PostprocessParams:
     feather: int = 0
     """Feathering radius in pixels, [0, 50]; 0 = off."""
     decontaminate: bool = False
-    """Estimate foreground colours (pymatting) to remove background colour bleed."""
+    """Estimate foreground colours (multilevel estimate, :mod:`matting_lib.foreground`) to remove background colour bleed."""
     quality: int = 90
     """JPEG/WebP quality, [1, 100]; ignored for PNG."""
 

@@ -10,7 +10,7 @@ What it does, in order:
 2. Holds out validation photos (``--val-names`` or ``--val-count`` drawn with ``--seed``) and a
    fraction of the backgrounds (``--val-bg-frac``). Held-out photos never appear in ``train``;
    held-out backgrounds neither.
-3. Estimates each real foreground once (pymatting ``estimate_foreground_ml``), kept in memory.
+3. Estimates each real foreground once (multilevel ``estimate_foreground_ml``, :mod:`matting_lib.foreground`), kept in memory.
 4. Makes ``--n`` train samples: sample ``i`` uses generators seeded from ``(seed, 0, i)`` only,
    so any number of workers gives byte-identical output. A fraction ``--procedural-frac`` uses
    procedural foregrounds (textures cut from training backgrounds), the rest a random training

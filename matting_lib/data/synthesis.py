@@ -5,8 +5,8 @@ The matting equation (per pixel, per channel, in float)::
     image = alpha * fg + (1 - alpha) * bg            alpha in [0, 1], fg/bg in [0, 255]
 
 A photo with its alpha is turned into a reusable foreground by estimating ``fg`` (the colours
-*behind* the partial alpha, without the old background bleeding through) with pymatting's
-multi-level ``estimate_foreground_ml`` (Germer et al. 2020), then composited on new backgrounds.
+*behind* the partial alpha, without the old background bleeding through) with the multilevel
+estimate of Germer et al. 2020 (:mod:`matting_lib.foreground`), then composited on new backgrounds.
 
 Everything random takes a ``numpy.random.Generator`` and uses nothing else, so a sample is a
 pure function of its generator's seed.
