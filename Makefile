@@ -18,14 +18,16 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	@# torch first and alone: an unpinned resolve would pull the multi-GB CUDA build.
-	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[test,tune]"
+	@# --no-compile, then compileall below: pip byte-compiles one file at a time.
+	$(BIN)/python -m pip install -q --no-compile "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q --no-compile -e ".[test,tune]"
 	@# s3fs silently falls back to 0.4.2 (2019) when boto3 leaves aiobotocore's band.
 	$(BIN)/python -c "import s3fs, sys; v = tuple(int(x) for x in s3fs.__version__.split('.')[:2]); sys.exit(0 if v >= (2024, 1) else 'stale s3fs ' + s3fs.__version__)"
 	$(BIN)/python -m pip check
-	@# pymatting compiles its numba kernels on first import (a minute on 2 cores) and caches
-	@# them in site-packages: pay that once here, not in the first request or test that uses it.
-	$(BIN)/python -c "import pymatting"
+	@# Byte-code for every installed module, on every core (half of pip's time on 2 cores): each
+	@# Ray worker imports torch and Ray, and with PYTHONDONTWRITEBYTECODE set nothing caches later.
+	@# A few files are written for newer Pythons and fail to compile; pip skips them too.
+	$(BIN)/python -m compileall -qq -j 0 $(VENV)/lib || true
 	@touch $(STAMP)
 
 install: $(STAMP)
