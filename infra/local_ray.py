@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from serve_app.run import LOOPBACK_ENV, free_port, use_loopback  # noqa: F401 - re-exported for the tests and benchmarks
+from ray_jobs.common import KEEP_IDLE_WORKERS_ENV
 
 
 def listening_sockets(pids: "set[int] | list[int]") -> list[tuple[str, int, int]]:
@@ -134,8 +135,8 @@ def _is_zombie(pid: int) -> bool:
 def start_ray_head(temp_dir: str, num_cpus: int = 2) -> dict:
     """``ray start --head`` on loopback with every port chosen free, so that several clusters
     (parallel test runs on one machine) never collide, and every Ray server listening on 127.0.0.1
-    only (:data:`LOOPBACK_ENV`; a driver joining it calls :func:`use_loopback` first). Returns
-    address, dashboard URL, ray binary."""
+    only (:data:`LOOPBACK_ENV`; a driver joining it calls :func:`use_loopback` first), keeping
+    idle workers (:data:`ray_jobs.common.KEEP_IDLE_WORKERS_ENV`). Returns address, dashboard URL, ray binary."""
     import subprocess
 
     bin_dir = str(Path(sys.executable).parent)
@@ -150,7 +151,7 @@ def start_ray_head(temp_dir: str, num_cpus: int = 2) -> dict:
         f"--temp-dir={temp_dir}",
     ]
     try:
-        subprocess.run(cmd, check=True, timeout=120, capture_output=True, text=True, env={**os.environ, **LOOPBACK_ENV})
+        subprocess.run(cmd, check=True, timeout=120, capture_output=True, text=True, env={**KEEP_IDLE_WORKERS_ENV, **os.environ, **LOOPBACK_ENV})
     except subprocess.CalledProcessError as e:
         stop_ray_head(temp_dir)
         raise RuntimeError(f"ray start failed: {e.stdout[-2000:]} {e.stderr[-2000:]}") from None

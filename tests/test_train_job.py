@@ -77,3 +77,30 @@ def test_relative_local_paths_are_resolved_on_the_driver(tmp_path, monkeypatch):
     assert fixed.data.uri == str(tmp_path / "data" / "ds")
     assert fixed.data.manifest == "s3://b/m.jsonl"
     assert absolute_paths(fixed) == fixed
+
+
+@pytest.mark.timeout(120)
+def test_the_local_cluster_keeps_idle_workers_between_epochs(ray_cluster):
+    """Ray ends idle task workers beyond one per CPU after 1 s; on a small node each epoch's data
+    tasks then start fresh workers that import torch again (8.5 s against 1.5-2.5 s per tiny
+    epoch). The clusters this project starts keep them (ray_jobs.common.KEEP_IDLE_WORKERS_ENV):
+    workers that ran tasks are still alive, idle, seconds later."""
+    import ray
+
+    @ray.remote(num_cpus=0.25)
+    def pid(wait: float) -> int:
+        time.sleep(wait)
+        return os.getpid()
+
+    pids = set(ray.get([pid.remote(1.0) for _ in range(4)], timeout=60))  # four run at once: four workers
+    assert len(pids) == 4, pids
+    time.sleep(4)  # four times the default idle limit
+
+    def alive(p: int) -> bool:
+        try:
+            os.kill(p, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    assert all(alive(p) for p in pids), {p: alive(p) for p in pids}
