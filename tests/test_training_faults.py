@@ -271,8 +271,8 @@ class _S3Run:
     def checkpoints(self) -> list[str]:
         """Checkpoint folders written so far (one may still be mid-upload)."""
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=f"{self.prefix}/checkpoint_")
-        keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
-        return sorted({k[len(self.prefix) + 1:].split("/", 1)[0] for k in keys})
+        keys = [o["Key"][len(self.prefix) + 1:] for page in pages for o in page.get("Contents", [])]
+        return sorted({k.split("/", 1)[0] for k in keys if "/" in k})  # not checkpoint_manager_snapshot.json
 
     def registered(self) -> list[str]:
         """Checkpoints the Train controller has registered in its snapshot."""
@@ -301,7 +301,7 @@ def test_ddp_workers_killed_restart_then_resume_by_name_from_s3(ray_cluster, s3_
     from ray_jobs.train import main
 
     root = write_dataset(f"{s3_bucket}/datasets/seed", n_train=20, n_val=0, size=64)
-    storage, name, epochs = f"{s3_bucket}/runs", "killed", 4
+    storage, name, epochs = f"{s3_bucket}/runs", "killed", 5
     run = _S3Run(f"{storage}/{name}")
 
     def dataset_keys() -> dict[str, str]:
