@@ -235,7 +235,9 @@ def hot_swap(cluster: dict, config: dict, path: Path, url: str, png: bytes, new:
 
 def main() -> int:
     from matting_lib.data.encode import encode_png
+    from testkit.env import configure
 
+    configure()  # test S3 credentials for the moto bucket, token auth for the cluster and its clients
     os.chdir(REPO)  # `ray start` here: job entrypoints find configs/ as in the image's WORKDIR
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
