@@ -28,6 +28,12 @@ def configure() -> None:
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray Train's controller polls its workers every 2 s, and a worker's report waits for that
+    # poll: the tests' tiny epochs take about 1 s, so every epoch and every failure waited on it.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    # One actor per worker group that watches for node drains (spot preemption): a single-node
+    # test cluster has none, and each group start paid for another process.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
     from serve_app.run import use_loopback
 
