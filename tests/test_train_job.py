@@ -52,16 +52,13 @@ def test_bad_inputs_fail_fast_and_clearly(tmp_path, capsys):
         assert e.value.code == 2, args
         err = capsys.readouterr().err
         assert needle in err and "Traceback" not in err, (args, err)
-    for args, needle in [
-        (["--config", TINY, "data.uri=s3://nobucket/ds", "data.s3_endpoint_url=http://127.0.0.1:9"], "unreachable"),
-        (["--config", TINY, f"data.uri={tmp_path}/missing"], "dataset not found"),
-    ]:
-        t0 = time.monotonic()
-        r = _run_cli(args)
-        assert r.returncode == 2, (args, r.stdout, r.stderr)
-        assert needle in r.stderr, (args, r.stderr)
-        assert "Traceback" not in r.stderr, r.stderr
-        assert time.monotonic() - t0 < 45
+    # The command line: the exit code and stderr of a real process, on the case that sets an S3 endpoint.
+    args = ["--config", TINY, "data.uri=s3://nobucket/ds", "data.s3_endpoint_url=http://127.0.0.1:9"]
+    t0 = time.monotonic()
+    r = _run_cli(args)
+    assert r.returncode == 2, (args, r.stdout, r.stderr)
+    assert "unreachable" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert time.monotonic() - t0 < 45
 
 
 def test_relative_local_paths_are_resolved_on_the_driver(tmp_path, monkeypatch):
@@ -94,7 +91,7 @@ def test_the_local_cluster_keeps_idle_workers_between_epochs(ray_cluster):
 
     pids = set(ray.get([pid.remote(1.0) for _ in range(4)], timeout=60))  # four run at once: four workers
     assert len(pids) == 4, pids
-    time.sleep(4)  # four times the default idle limit
+    time.sleep(2.5)  # 2.5 times the default idle limit
 
     def alive(p: int) -> bool:
         try:
