@@ -41,10 +41,10 @@ def test_overfit_tiny_set():
     model = build_model(TINY)
     batches = _batches(size=32)
     loss_cfg = LossConfig(l1=1.0, grad=0.0, laplacian=0.0)
-    opt = build_optimizer(model, StageConfig(lr=5e-3), OptimConfig(weight_decay=0.0))
+    opt = build_optimizer(model, StageConfig(lr=1e-2), OptimConfig(weight_decay=0.0))
     prec = resolve_precision("auto", CPU)
     first = evaluate(model, batches, loss_cfg, device=CPU, with_slow_metrics=False)["loss"]
-    for _ in range(120):
+    for _ in range(60):  # loss / 23, MAD 0.022 here (120 steps at 5e-3: / 24, 0.021)
         stats = train_one_epoch(model, batches, opt, loss_cfg, device=CPU, precision=prec, scaler=prec.make_scaler(CPU))
     last = evaluate(model, batches, loss_cfg, device=CPU, with_slow_metrics=False)
     assert stats["samples"] == 4

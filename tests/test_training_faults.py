@@ -73,7 +73,7 @@ def _rows(root: str, split: str) -> list[dict]:
 
 @pytest.mark.timeout(90)
 def test_short_s3_outage_during_reading_is_retried(s3, s3_env, caplog):
-    """The data loader reading a batch while S3 is down for 3 s gets the same arrays as before,
+    """The data loader reading a batch while S3 is down for 2 s gets the same arrays as before,
     after logged retries, and no sooner than the endpoint is back."""
     from matting_lib.data.samples import SampleLoader
 
@@ -84,7 +84,7 @@ def test_short_s3_outage_during_reading_is_retried(s3, s3_env, caplog):
     caplog.set_level(logging.WARNING, logger="matting_lib.io")
 
     t0 = time.monotonic()
-    restarter = s3.outage(3.0)
+    restarter = s3.outage(2.0)
     got = loader.rows(rows)
     elapsed = time.monotonic() - t0
     restarter.join()
@@ -93,9 +93,9 @@ def test_short_s3_outage_during_reading_is_retried(s3, s3_env, caplog):
         np.testing.assert_array_equal(got[key], expected[key])
     retries = [r.getMessage() for r in caplog.records if r.getMessage().startswith("S3 retry")]
     assert retries and rows[0]["image_uri"] in retries[0], retries
-    assert 3.0 <= elapsed < 20, elapsed
+    assert 2.0 <= elapsed < 20, elapsed
     # Listings (the driver's manifest checks) ride out an outage the same way.
-    restarter = s3.outage(2.0)
+    restarter = s3.outage(1.5)
     assert io.listdir(f"{root}/images") == sorted(Path(r["image_uri"]).name for r in _rows(root, "train") + rows)
     restarter.join()
 
@@ -111,7 +111,7 @@ def test_long_s3_outage_fails_clearly_within_the_window(s3, s3_env, monkeypatch,
         io.read_bytes(f"{root}/images/nope.png")
     assert time.monotonic() - t0 < 5  # a retried miss would take the whole 20 s window
 
-    monkeypatch.setenv("MATTING_S3_RETRY_SECONDS", "3")
+    monkeypatch.setenv("MATTING_S3_RETRY_SECONDS", "2")
     s3.stop()
     uri = f"{root}/images/tr000.png"
     t0 = time.monotonic()
@@ -120,7 +120,7 @@ def test_long_s3_outage_fails_clearly_within_the_window(s3, s3_env, monkeypatch,
     elapsed = time.monotonic() - t0
     msg = str(e.value)
     assert uri in msg and s3.endpoint in msg and "gave up after" in msg, msg
-    assert 2.5 <= elapsed < 30, elapsed  # the 3 s window plus one last attempt, not a hang
+    assert 1.5 <= elapsed < 30, elapsed  # the 2 s window plus one last attempt, not a hang
 
     from matting_lib.config import load_config
     from ray_jobs.train import prepare_data
