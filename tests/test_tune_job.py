@@ -60,7 +60,7 @@ def _csv(path: Path) -> list[dict]:
 @pytest.mark.timeout(600)
 def test_asha_sweep_interrupted_resumes_and_writes_table_plot_best_yaml_and_checkpoint(ray_cluster, dataset, tmp_path, capsys):
     """Two trials, one at a time: a usable learning rate, then one too small to learn, which ASHA
-    stops after its first epoch against the first trial's result. Ctrl-C once the first trial
+    stops at its first epoch against the first trial's result. Ctrl-C once the first trial
     has checkpointed its first epoch: exit 1 and "relaunch". The same command again resumes that
     trial from its checkpoint (no epoch reported twice, none restarted at 1), runs the second,
     and writes the table, plot, best YAML and checkpoint, all checked against Tune's own
@@ -127,8 +127,10 @@ def test_asha_sweep_interrupted_resumes_and_writes_table_plot_best_yaml_and_chec
     assert table[0]["trial"] == first["trial"]
     resumed = [r["epochs_done"] for r in reported[first["trial"]]]
     assert resumed[-1] == 3 and resumed[len(early.get(first["trial"], []))] >= 2, resumed  # continued, not restarted at epoch 1
-    # The usable learning rate ran to the end; the one that cannot learn was stopped after epoch 1.
-    assert [(float(r["lr"]), r["stopped_early"], r["epochs_run"]) for r in table] == [(3e-3, "False", "3"), (1e-7, "True", "1")]
+    # The usable learning rate ran to the end; the one that cannot learn was stopped early.
+    # (ASHA decides at the first rung, epoch 1; the trial may report one more epoch before the stop reaches it.)
+    assert [(float(r["lr"]), r["stopped_early"]) for r in table] == [(3e-3, "False"), (1e-7, "True")]
+    assert table[0]["epochs_run"] == "3" and table[1]["epochs_run"] in ("1", "2"), table
     sads = [float(r["best_val_sad"]) for r in table]
     assert sads == sorted(sads)
     md = (sweep_dir / "results.md").read_text().splitlines()
