@@ -110,7 +110,7 @@ def stop_ray_head(temp_dir: str, timeout: float = 30) -> None:
     targets = set(_cluster_pids(temp_dir))
 
     def alive() -> set[int]:
-        return {pid for pid in targets if Path(f"/proc/{pid}").exists() and not _is_zombie(pid)}
+        return {pid for pid in targets if process_alive(pid)}
 
     # SIGTERM first, for the processes that clean up after themselves (dashboard, workers); Ray
     # 2.60's gcs_server, raylet and runtime-env agent were still alive 5 s after it, so they get
@@ -126,6 +126,11 @@ def stop_ray_head(temp_dir: str, timeout: float = 30) -> None:
             time.sleep(0.2)
         if not alive():
             return
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs: it exists and is not a zombie waiting to be reaped."""
+    return Path(f"/proc/{pid}").exists() and not _is_zombie(pid)
 
 
 def _is_zombie(pid: int) -> bool:

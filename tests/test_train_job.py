@@ -84,6 +84,8 @@ def test_the_local_cluster_keeps_idle_workers_between_epochs(ray_cluster):
     workers that ran tasks are still alive, idle, seconds later."""
     import ray
 
+    from infra.local_ray import process_alive
+
     @ray.remote(num_cpus=0.25)
     def pid(wait: float) -> int:
         time.sleep(wait)
@@ -93,11 +95,4 @@ def test_the_local_cluster_keeps_idle_workers_between_epochs(ray_cluster):
     assert len(pids) == 4, pids
     time.sleep(2.5)  # 2.5 times the default idle limit
 
-    def alive(p: int) -> bool:
-        try:
-            os.kill(p, 0)
-        except ProcessLookupError:
-            return False
-        return True
-
-    assert all(alive(p) for p in pids), {p: alive(p) for p in pids}
+    assert all(process_alive(p) for p in pids), {p: process_alive(p) for p in pids}
