@@ -31,6 +31,7 @@ from matting_lib.config import ModelConfig
 from matting_lib.nets import build_model
 from testkit import ROOT
 from testkit.data import write_dataset
+from testkit.serve import wait_until
 
 TINY = str(ROOT / "configs" / "tiny.yaml")
 SMALL = ModelConfig(encoder="mobilenetv2", encoder_width=0.35, decoder_channels=(16, 16, 8, 8, 8))
@@ -315,12 +316,13 @@ def test_ddp_workers_killed_restart_then_resume_by_name_from_s3(ray_cluster, s3_
     errors: list[str] = []
 
     def wait_for(ready, what: str) -> bool:
-        deadline = time.monotonic() + 300
-        while not ready():
-            if time.monotonic() > deadline:
-                errors.append(f"timed out waiting for {what}")
-                return False
-            time.sleep(0.2)  # each poll asks moto (in this process, at normal priority) or the state API
+        """testkit's poll, its failure recorded: this runs in the killer thread, where raising is lost."""
+        try:
+            # Each poll asks moto (in this process, at normal priority) or the state API: not too often.
+            wait_until(ready, 300, what, interval=0.2)
+        except AssertionError as e:
+            errors.append(str(e))
+            return False
         return True
 
     def kill_one(after: list[int]) -> bool:
