@@ -10,7 +10,13 @@ One file (``*.pt``, torch's zip container) holds everything needed to rebuild th
       "data_fingerprint": "sha256:...",
       "state_dict": {...},          # model weights
       "training_state": {...},      # optional: optimizer / scheduler / scaler / epoch, for resume
+      "refiner": {"config": {...}, "state_dict": {...}, "metrics": {...}},  # optional: the learned
+                                    # full-resolution refiner (matting_lib.refine) served with it
     }
+
+A refiner trained on its own is stored in the same container with the header
+``"format": "matting-refiner"`` and the ``refiner`` section's three keys at the top level
+(:func:`save_refiner`); :func:`load_refiner` reads either kind of file.
 
 Files are read with ``torch.load(weights_only=True)``, so loading never executes code from
 the file. Writes are atomic (temporary file + rename locally; single PUT on S3). Integrity:
@@ -38,6 +44,7 @@ from matting_lib import io
 from matting_lib.config import ConfigError, ModelConfig, from_dict, to_dict
 
 FORMAT = "matting-checkpoint"
+REFINER_FORMAT = "matting-refiner"
 VERSION = 1
 
 
@@ -56,6 +63,12 @@ class Checkpoint:
     data_fingerprint: str = ""
     training_state: dict[str, Any] | None = None
     uri: str = ""
+    refiner: dict[str, Any] | None = None
+    """The attached learned refiner: ``{"config", "state_dict", "metrics"}``, or None."""
+
+    def build_refiner(self) -> nn.Module | None:
+        """The attached :class:`matting_lib.refine.net.EdgeRefiner` in eval mode, or None."""
+        return None if self.refiner is None else build_refiner(self.refiner, self.uri)
 
     def build_model(self) -> nn.Module:
         """The model described by ``model_config`` with these weights loaded strictly."""
@@ -120,8 +133,10 @@ def checkpoint_bytes(
     metrics: Mapping[str, Any] | None = None,
     data_fingerprint: str = "",
     training_state: Mapping[str, Any] | None = None,
+    refiner: Mapping[str, Any] | None = None,
 ) -> bytes:
-    """Serialise a checkpoint to bytes (what :func:`save_checkpoint` writes)."""
+    """Serialise a checkpoint to bytes (what :func:`save_checkpoint` writes). ``refiner``: a
+    section from :func:`refiner_section` to serve with the model."""
     if isinstance(model, nn.parallel.DistributedDataParallel):
         model = model.module
     cfg = model_config or getattr(model, "config", None)
@@ -138,6 +153,8 @@ def checkpoint_bytes(
     }
     if training_state is not None:
         payload["training_state"] = dict(training_state)
+    if refiner is not None:
+        payload["refiner"] = dict(refiner)
     buf = _io.BytesIO()
     torch.save(payload, buf)
     return buf.getvalue()
@@ -182,6 +199,7 @@ def parse_checkpoint(data: bytes, source: str = "<bytes>") -> Checkpoint:
         data_fingerprint=payload.get("data_fingerprint", ""),
         training_state=payload.get("training_state"),
         uri=source,
+        refiner=payload.get("refiner"),
     )
 
 
@@ -203,6 +221,69 @@ def load_checkpoint(uri: str) -> Checkpoint:
     except FileNotFoundError:
         raise CheckpointError(f"{uri}: checkpoint file not found") from None
     return parse_checkpoint(data, source=uri)
+
+
+# ----------------------------------------------------------------------------- refiners
+def refiner_section(model: nn.Module, metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """An :class:`matting_lib.refine.net.EdgeRefiner` as plain data: config, weights, metrics."""
+    return {
+        "config": dataclasses.asdict(model.config),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "metrics": dict(metrics or {}),
+    }
+
+
+def save_refiner(uri: str, model: nn.Module, metrics: Mapping[str, Any] | None = None) -> str:
+    """Write a refiner on its own (header ``matting-refiner``), atomically; returns ``uri``."""
+    buf = _io.BytesIO()
+    torch.save({"format": REFINER_FORMAT, "version": VERSION, **refiner_section(model, metrics)}, buf)
+    io.write_bytes(uri, buf.getvalue())
+    return uri
+
+
+def build_refiner(section: Mapping[str, Any], source: str) -> nn.Module:
+    from matting_lib.refine.net import EdgeRefiner, RefinerConfig
+
+    try:
+        cfg = dict(section["config"])
+        if "context_dilations" in cfg:
+            cfg["context_dilations"] = tuple(cfg["context_dilations"])
+        model = EdgeRefiner(RefinerConfig(**cfg))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{source}: invalid refiner config: {e}") from None
+    load_weights(model, section["state_dict"], strict=True, source=f"{source} (refiner)")
+    return model.eval()
+
+
+def load_refiner_section(uri: str) -> dict[str, Any]:
+    """The refiner section of a refiner file, or of a matting checkpoint that carries one.
+
+    Raises:
+        CheckpointError: missing, corrupt, or a matting checkpoint without a refiner.
+    """
+    try:
+        data = io.read_bytes(uri)
+    except FileNotFoundError:
+        raise CheckpointError(f"{uri}: refiner file not found") from None
+    if not data.startswith(b"PK"):
+        raise CheckpointError(f"{uri}: not a refiner (not a torch zip container)")
+    _verify_container(data, uri)
+    try:
+        payload = torch.load(_io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - as in parse_checkpoint
+        raise CheckpointError(f"{uri}: unreadable refiner ({type(e).__name__})") from None
+    if isinstance(payload, dict) and payload.get("format") == REFINER_FORMAT:
+        return {k: payload[k] for k in ("config", "state_dict", "metrics") if k in payload}
+    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+        if not payload.get("refiner"):
+            raise CheckpointError(f"{uri}: this matting checkpoint carries no refiner")
+        return dict(payload["refiner"])
+    raise CheckpointError(f"{uri}: not a refiner (no '{REFINER_FORMAT}' header)")
+
+
+def load_refiner(uri: str) -> nn.Module:
+    """The :class:`matting_lib.refine.net.EdgeRefiner` stored at ``uri`` (see :func:`load_refiner_section`), in eval mode."""
+    return build_refiner(load_refiner_section(uri), uri)
 
 
 def load_model(uri: str) -> nn.Module:

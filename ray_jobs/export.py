@@ -5,6 +5,12 @@
     python -m ray_jobs.export --checkpoint models/base.pt --format onnx --int8 \\
         --calibration s3://b/dataset --out models/base.int8.onnx
     python -m ray_jobs.export --checkpoint runs/base/checkpoint_.../model.pt --format checkpoint --out models/base.pt
+    python -m ray_jobs.export --checkpoint models/base.pt --format checkpoint --refiner runs/refiner/refiner.pt --out models/base.pt
+
+``--refiner FILE`` attaches a learned full-resolution refiner (``python -m ray_jobs.train_refiner``)
+to the published checkpoint, or embeds it in the ONNX export (its own FP32 graph inside the
+file's metadata, run by the ONNX Runtime backend); without it, a refiner the checkpoint already
+carries is kept, and ``--refiner none`` drops it. The parity checks then cover the refined alpha.
 
 ``--format checkpoint`` publishes a training checkpoint for serving: the same self-describing
 file without the optimizer and scheduler state (``training_state``, about two thirds of a
@@ -38,7 +44,7 @@ from dataclasses import asdict, replace
 from typing import Any, Sequence
 
 from matting_lib import io
-from matting_lib.checkpoint import CheckpointError, load_checkpoint
+from matting_lib.checkpoint import CheckpointError, build_refiner, load_checkpoint
 from matting_lib.config import ConfigError
 from matting_lib.data.dataset import DatasetError, Sample, load_sample, read_split
 from matting_lib.io import StorageError
@@ -60,6 +66,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset")
     p.add_argument("--calibration-samples", type=int, default=64, help="most train images used for INT8 calibration")
     p.add_argument("--val-samples", type=int, default=32, help="most validation images used for the parity and SAD checks")
+    p.add_argument("--refiner", default="",
+                   help="learned refiner to attach or embed (a refiner file, or a checkpoint carrying one); "
+                        "'none' drops the checkpoint's own (default: keep it)")
     p.add_argument("--working-side", type=int, default=None,
                    help="--format checkpoint: set the published model's model.working_side (px; 0 = no limit)")
     p.add_argument("--parity-side", type=int, default=512, help="working long side (max_side) for calibration and parity, px")
@@ -126,23 +135,38 @@ def publish(args: argparse.Namespace) -> dict:
 
     ck = load_checkpoint(args.checkpoint)
     model = ck.build_model().eval()
+    refiner_data = chosen_refiner(args, ck)
     model_config = ck.model_config
     if args.working_side is not None:  # an inference setting, chosen by measurement after training
         model_config = replace(model_config, working_side=args.working_side)
         model.config = model_config
         print(f"export: model.working_side {ck.model_config.working_side} -> {args.working_side}", flush=True)
     data = checkpoint_bytes(model, model_config=model_config, train_config=redact_local_paths(ck.train_config), metrics=ck.metrics,
-                            data_fingerprint=ck.data_fingerprint)
-    again = parse_checkpoint(data, args.out).build_model().eval()
+                            data_fingerprint=ck.data_fingerprint, refiner=refiner_data)
+    reloaded = parse_checkpoint(data, args.out)
+    again, again_refiner = reloaded.build_model().eval(), reloaded.build_refiner()
+    refiner = build_refiner(refiner_data, args.refiner or args.checkpoint) if refiner_data else None
     images = generated_images()
-    a = Predictor(model, device="cpu", max_side=args.parity_side).predict_batch(images)
-    b = Predictor(again, device="cpu", max_side=args.parity_side).predict_batch(images)
+    a = Predictor(model, device="cpu", max_side=args.parity_side, refiner=refiner, subject_prior=False).predict_batch(images)
+    b = Predictor(again, device="cpu", max_side=args.parity_side, refiner=again_refiner, subject_prior=False).predict_batch(images)
     max_abs = max(float(np.abs(x - y).max()) for x, y in zip(a, b))
     if max_abs != 0.0:
         raise CheckpointError(f"{args.out}: reloaded model differs from {args.checkpoint} (max |alpha difference| {max_abs})")
     io.write_bytes(args.out, data)
-    print(f"export: wrote {args.out} ({len(data) / 1e6:.1f} MB, without training state); reload gives identical alphas", flush=True)
-    return {"checkpoint": args.checkpoint, "out": args.out, "bytes": len(data), "metrics": dict(ck.metrics)}
+    with_refiner = f", with the learned refiner of {args.refiner or args.checkpoint}" if refiner_data else ", no refiner"
+    print(f"export: wrote {args.out} ({len(data) / 1e6:.1f} MB, without training state{with_refiner}); "
+          "reload gives identical alphas", flush=True)
+    return {"checkpoint": args.checkpoint, "out": args.out, "bytes": len(data), "metrics": dict(ck.metrics),
+            "refiner": bool(refiner_data)}
+
+
+def chosen_refiner(args: argparse.Namespace, ck: Any) -> dict | None:
+    """The refiner section to publish: ``--refiner FILE``, none with ``--refiner none``, else the checkpoint's own."""
+    from matting_lib.checkpoint import load_refiner_section
+
+    if args.refiner.lower() == "none":
+        return None
+    return load_refiner_section(args.refiner) if args.refiner else ck.refiner
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -160,8 +184,11 @@ def run(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     ck = load_checkpoint(args.checkpoint)
     model = ck.build_model().eval()
-    print(f"export: loaded {args.checkpoint} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters)", flush=True)
-    data = export_onnx(model, opset=args.opset, checkpoint=args.checkpoint)
+    refiner_data = chosen_refiner(args, ck)
+    refiner = build_refiner(refiner_data, args.refiner or args.checkpoint) if refiner_data else None
+    print(f"export: loaded {args.checkpoint} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters"
+          f"{', with a learned refiner' if refiner is not None else ''})", flush=True)
+    data = export_onnx(model, opset=args.opset, checkpoint=args.checkpoint, refiner=refiner)
     print(f"export: traced to ONNX opset {args.opset} in {time.perf_counter() - t0:.1f} s", flush=True)
 
     train: list[Sample] = []
@@ -181,9 +208,9 @@ def run(args: argparse.Namespace) -> dict:
         print(f"export: INT8 calibrated on {len(train)} images in {time.perf_counter() - t1:.1f} s", flush=True)
 
     side = args.parity_side
-    reference = Predictor(model, device="cpu", max_side=side)
+    reference = Predictor(model, device="cpu", max_side=side, refiner=refiner, subject_prior=False)
     session = make_session(data, "cpu")
-    exported = OnnxPredictor(session, device="cpu", max_side=side, metadata=session_metadata(session))
+    exported = OnnxPredictor(session, device="cpu", max_side=side, metadata=session_metadata(session), subject_prior=False)
     images = [s.image for s in val] or generated_images()
     figures = alpha_parity(reference, exported, images)
     if precision == "int8":

@@ -45,6 +45,7 @@ from matting_lib.checkpoint import CheckpointError
 from matting_lib.data.decode import ImageDecodeError
 from matting_lib.postprocess import decontaminate_foreground, encode_image, to_rgba
 from matting_lib.inference.predictor import DEFAULT_MAX_SIDE, Predictor, as_rgb
+from matting_lib.refine import MODES as REFINE_MODES
 from ray_jobs.common import SetupError, check_output, fail
 
 INPUT_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -229,9 +230,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--input", required=True, help="folder (or one image file), local path or s3://")
     p.add_argument("--output", required=True, help="folder for <name>.png cut-outs, local path or s3://")
     p.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE,
-                   help=f"long side the network works at, in pixels; bigger inputs are downscaled and "
-                        f"their alpha upsampled bilinearly (0 = full size; default {DEFAULT_MAX_SIDE})")
+                   help=f"long side the network works at, in pixels (the model's own working side caps it); bigger "
+                        f"inputs are downscaled and their alpha refined to full size (0 = full size; default {DEFAULT_MAX_SIDE})")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    p.add_argument("--refine", default="auto", choices=["auto", *REFINE_MODES],
+                   help="full-resolution refinement of the network's alpha: auto (learned when the checkpoint carries "
+                        "a refiner, else off; default), learned, classical or off (bilinear upsampling)")
+    p.add_argument("--refiner", default="", help="a learned refiner to use instead of the checkpoint's own")
+    p.add_argument("--no-subject-prior", action="store_true",
+                   help="never let the ImageNet subject prior stand in for an empty matte")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (same-size images batch together)")
     p.add_argument("--decontaminate", action="store_true",
                    help="estimate foreground colours (no halo of the old background in soft edges; slower)")
@@ -248,7 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail(f"--batch-size must be >= 1, got {args.batch_size}", code=2)
     try:
         predictor = Predictor.from_checkpoint(
-            args.checkpoint, device=args.device, max_side=args.max_side or None, batch_size=args.batch_size
+            args.checkpoint, refiner_uri=args.refiner, device=args.device, max_side=args.max_side or None,
+            batch_size=args.batch_size, refine=args.refine, subject_prior=not args.no_subject_prior,
         )
         jobs = output_names(list_inputs(args.input), args.output)
         check_output(args.output)
@@ -260,7 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:  # Predictor options: device, max-side
         fail(f"invalid option: {e}", code=2)
     print(f"{len(jobs)} image(s) from {args.input} -> {args.output}{f' ({len(skipped)} already done)' if skipped else ''} "
-          f"(model {args.checkpoint}, device {predictor.device}, max side {args.max_side or 'full'})", flush=True)
+          f"(model {args.checkpoint}, device {predictor.device}, max side {args.max_side or 'full'}, "
+          f"refine {predictor.refine})", flush=True)
     log_uri = args.log or io.join(args.output, LOG_NAME)
     t0 = time.perf_counter()
     records = skipped + run(predictor, jobs, args.batch_size, args.decontaminate, args.quiet)

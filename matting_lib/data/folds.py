@@ -55,3 +55,21 @@ def write_folds(out: str, seed: int, foregrounds: str, folds: list[list[str]], p
            "foregrounds": foregrounds}
     io.write_text(io.join(out, FOLDS_FILE), json.dumps(doc, indent=1) + "\n")
     return uris
+
+
+def read_folds(uri: str) -> tuple[tuple[str, int], ...]:
+    """(name, fold) pairs from a :data:`FOLDS_FILE`: its photos and, when listed, its validation
+    composites (``val_samples``), each in its photo's fold.
+
+    Raises:
+        ValueError: unreadable, malformed, or listing no photo (the message names ``uri``).
+    """
+    try:
+        doc = json.loads(io.read_text(uri))
+        groups = [list(f) + list(v) for f, v in zip(doc["folds"], doc.get("val_samples") or [[]] * len(doc["folds"]))]
+        pairs = tuple((str(n), k) for k, names in enumerate(groups) for n in names)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"cannot read folds from {uri}: {e}") from None
+    if not pairs:
+        raise ValueError(f"{uri} lists no photos")
+    return pairs

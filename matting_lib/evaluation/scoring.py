@@ -102,6 +102,16 @@ class EvalSpec:
     folds: tuple[tuple[str, int], ...] = ()
     """(image name, fold) pairs from ``--folds``: a checkpoint URI with ``{fold}`` scores each
     image with the model of that image's fold, which never saw it."""
+    refine: tuple[str, ...] = ("auto",)
+    """Refinement modes scored (:data:`matting_lib.refine.MODES` or ``auto``). With one, each
+    model's column is its name; with several, ``<name>:<mode>`` per mode."""
+    refiner: str = ""
+    """A learned refiner (file or checkpoint, ``{fold}`` allowed) used instead of the ones the
+    checkpoints carry."""
+
+    def column(self, model: str, mode: str) -> str:
+        """The name a model's results go under for a refinement mode."""
+        return model if len(self.refine) == 1 else f"{model}:{mode}"
 
     def checkpoint_for(self, uri: str, image: str) -> str:
         """``uri`` with ``{fold}`` replaced by ``image``'s fold (URIs without it are returned as they are)."""
@@ -132,14 +142,14 @@ class ImageResult:
     seconds: float = 0.0
 
 
-_PREDICTORS: dict[tuple[str, str, int | None], Predictor] = {}
+_PREDICTORS: dict[tuple[str, str, str, int | None], Predictor] = {}
 """Loaded once per process (the driver, or each Ray worker)."""
 
 
-def predictor(uri: str, spec: EvalSpec) -> Predictor:
-    key = (uri, spec.device, spec.max_side)
+def predictor(uri: str, spec: EvalSpec, refiner: str = "") -> Predictor:
+    key = (uri, refiner, spec.device, spec.max_side)
     if key not in _PREDICTORS:
-        _PREDICTORS[key] = Predictor.from_checkpoint(uri, device=spec.device, max_side=spec.max_side)
+        _PREDICTORS[key] = Predictor.from_checkpoint(uri, refiner_uri=refiner, device=spec.device, max_side=spec.max_side)
     return _PREDICTORS[key]
 
 
@@ -156,9 +166,12 @@ def predictions(image: np.ndarray, spec: EvalSpec, image_name: str = "") -> dict
     the all-background answer."""
     out = {}
     for name, uri in spec.models:
-        t0 = time.perf_counter()
-        alpha = predictor(spec.checkpoint_for(uri, image_name), spec).predict(image)
-        out[name] = (alpha, (time.perf_counter() - t0) * 1000)
+        refiner = spec.checkpoint_for(spec.refiner, image_name) if spec.refiner else ""
+        model = predictor(spec.checkpoint_for(uri, image_name), spec, refiner)
+        for mode in spec.refine:
+            t0 = time.perf_counter()
+            alpha = model.predict(image, refine=mode)
+            out[spec.column(name, mode)] = (alpha, (time.perf_counter() - t0) * 1000)
     if spec.baseline is not None:
         t0 = time.perf_counter()
         alpha = grabcut_alpha(image, spec.baseline)
@@ -185,7 +198,7 @@ def score_condition(name: str, condition: str, image: np.ndarray, alpha_gt: np.n
         result.rows.append(by_model[model])
     if spec.routed:
         pick = spec.router.pick(brightness)
-        result.rows.append({**by_model[pick], "model": ROUTED, "routed_to": pick,
+        result.rows.append({**by_model[spec.column(pick, spec.refine[0])], "model": ROUTED, "routed_to": pick,
                             "router_correct": pick == spec.expected_route(condition)})
     if name in spec.grid_names:
         route = f" -> {spec.router.pick(brightness)}" if spec.routed else ""

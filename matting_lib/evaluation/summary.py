@@ -73,7 +73,7 @@ def build_summary(spec: EvalSpec, args: argparse.Namespace, names: Sequence[str]
                   model_info: dict[str, dict[str, Any]], elapsed: float) -> dict[str, Any]:
     rows = [r for res in results for r in res.rows]
     table = means(rows)
-    reference = spec.models[0][0]
+    reference = spec.column(spec.models[0][0], spec.refine[0])
     for models in table.values():
         ref_sad = models.get(reference, {}).get("sad")
         for entry in models.values():
@@ -97,7 +97,7 @@ def build_summary(spec: EvalSpec, args: argparse.Namespace, names: Sequence[str]
                      "params": asdict(spec.baseline), "trivial": f"{BACKGROUND}: alpha 0 everywhere"}
         if spec.baseline is not None else None,
         "cross_validation": {"folds_file": args.folds, "folds": fold_lists(spec.folds)} if spec.folds else None,
-        "predictor": {"max_side": spec.max_side, "device": spec.device,
+        "predictor": {"max_side": spec.max_side, "device": spec.device, "refine": list(spec.refine), "refiner": spec.refiner,
                       "device_used": sorted({m["device"] for m in model_info.values()})},
         "units": UNITS,
         "reference_model": reference,

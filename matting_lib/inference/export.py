@@ -20,6 +20,7 @@ All alpha figures are on alpha in [0, 1]; SAD is :func:`matting_lib.metrics.sad`
 from __future__ import annotations
 
 import io as _io
+import base64
 import json
 import os
 import tempfile
@@ -40,7 +41,13 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "alpha"
 META_PREFIX = "matting."
 """ONNX ``metadata_props`` keys written by the exporter: ``matting.model_config`` (JSON),
-``matting.stride``, ``matting.precision`` (fp32 / fp16 / int8), ``matting.checkpoint``."""
+``matting.stride``, ``matting.precision`` (fp32 / fp16 / int8), ``matting.checkpoint``, and
+``matting.refiner_onnx``: the learned refiner's own FP32 graph (base64), when the checkpoint
+carries one (:func:`export_refiner_onnx`)."""
+
+REFINER_META = "refiner_onnx"
+REFINER_INPUTS = ("image_lr", "coarse")
+REFINER_OUTPUT = "coefficients"
 
 OPSET = 17
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -80,11 +87,38 @@ def default_thresholds(precision: str) -> ParityThresholds:
 
 
 # --------------------------------------------------------------------------- export
-def export_onnx(model: nn.Module, opset: int = OPSET, checkpoint: str = "") -> bytes:
+def export_refiner_onnx(refiner: nn.Module, opset: int = OPSET) -> bytes:
+    """Serialized FP32 ONNX of a :class:`matting_lib.refine.net.EdgeRefiner`: inputs ``image_lr``
+    (N, 3, h, w) and ``coarse`` (N, 1, h, w), output ``coefficients`` (N, 4, h, w); N, h, w dynamic.
+    It stays FP32 in FP16 and INT8 exports: it is small, and its output multiplies full-size pixels."""
+    refiner = refiner.eval()
+
+    class _Coefficients(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.refiner = refiner
+
+        def forward(self, image_lr: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+            return self.refiner(image_lr, coarse)[0]
+
+    buf = _io.BytesIO()
+    axes = {0: "batch", 2: "height", 3: "width"}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.onnx.export(
+            _Coefficients(), (torch.rand(1, 3, 75, 101), torch.rand(1, 1, 75, 101)), buf, dynamo=False,
+            opset_version=opset, input_names=list(REFINER_INPUTS), output_names=[REFINER_OUTPUT],
+            dynamic_axes={n: axes for n in (*REFINER_INPUTS, REFINER_OUTPUT)},
+        )
+    return buf.getvalue()
+
+
+def export_onnx(model: nn.Module, opset: int = OPSET, checkpoint: str = "", refiner: nn.Module | None = None) -> bytes:
     """Serialized FP32 ONNX of a matting model; input ``image`` (N, 3, H, W), output ``alpha``.
 
     N, H and W are dynamic; the graph stores the model config, stride and ``checkpoint`` in its
-    metadata (:data:`META_PREFIX`).
+    metadata (:data:`META_PREFIX`), and ``refiner``'s own graph when one is given.
     """
     import onnx
 
@@ -111,6 +145,8 @@ def export_onnx(model: nn.Module, opset: int = OPSET, checkpoint: str = "") -> b
         meta["checkpoint"] = checkpoint
     if isinstance(cfg, ModelConfig):
         meta["model_config"] = json.dumps(to_dict(cfg))
+    if refiner is not None:
+        meta[REFINER_META] = base64.b64encode(export_refiner_onnx(refiner, opset)).decode("ascii")
     set_metadata(proto, meta)
     return proto.SerializeToString()
 

@@ -18,6 +18,7 @@ padding) are padded here, before the graph, by the model's own
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -27,8 +28,10 @@ import torch
 
 from matting_lib import io
 from matting_lib.config import ModelConfig, from_dict
-from matting_lib.inference.export import INPUT_NAME, META_PREFIX, OUTPUT_NAME, export_onnx
+from matting_lib.inference.export import (INPUT_NAME, META_PREFIX, OUTPUT_NAME, REFINER_INPUTS, REFINER_META,
+                                          REFINER_OUTPUT, export_onnx)
 from matting_lib.inference.predictor import Predictor
+from matting_lib.refine import resolve_mode
 from matting_lib.nets.unet import crop, pad_to_multiple
 
 ORT_SHRINK = ("memory.enable_memory_arena_shrinkage", "cpu:0")
@@ -97,8 +100,18 @@ class OnnxPredictor(Predictor):
 
     num_threads: int | None = None
     """ORT intra-op threads (None = one per core)."""
+    refiner_session: Any = None
+    """ORT session of the learned refiner (from the export's ``matting.refiner_onnx``), or None."""
+
+    @property
+    def has_refiner(self) -> bool:
+        return self.refiner_session is not None
 
     def __post_init__(self) -> None:
+        if self.refiner_session is None and self.metadata.get(REFINER_META):
+            self.refiner_session = make_session(base64.b64decode(self.metadata[REFINER_META]), self.device, self.num_threads)
+        self.metadata.pop(REFINER_META, None)  # a base64 graph is no metadata for logs and headers
+        self.refine = resolve_mode(self.refine, self.has_refiner)
         self._check_policy()
         if self.precision != "off":
             raise ValueError(
@@ -122,8 +135,8 @@ class OnnxPredictor(Predictor):
     def from_torch(
         cls, model: torch.nn.Module, device: str | torch.device = "auto", num_threads: int | None = None, **kwargs: Any
     ) -> "OnnxPredictor":
-        """Export ``model`` to FP32 ONNX in memory and run it on ORT."""
-        session = make_session(export_onnx(model), device, num_threads)
+        """Export ``model`` (and ``refiner=``, a learned refiner, if given) to FP32 ONNX in memory and run it on ORT."""
+        session = make_session(export_onnx(model, refiner=kwargs.pop("refiner", None)), device, num_threads)
         meta = {**session_metadata(session), **kwargs.pop("metadata", {})}
         return cls(session, device=device, num_threads=num_threads, metadata=meta, **kwargs)
 
@@ -132,9 +145,14 @@ class OnnxPredictor(Predictor):
         """A matting checkpoint, exported to FP32 ONNX in memory (see :meth:`from_torch`)."""
         from matting_lib.checkpoint import load_checkpoint
 
+        from matting_lib.checkpoint import load_refiner
+
+        refiner_uri = kwargs.pop("refiner_uri", "")
         ck = load_checkpoint(uri)
-        meta = {"checkpoint": uri, "metrics": dict(ck.metrics), "model_config": ck.model_config, "data_fingerprint": ck.data_fingerprint}
-        return cls.from_torch(ck.build_model(), metadata=meta, **kwargs)
+        refiner = load_refiner(refiner_uri) if refiner_uri else ck.build_refiner()
+        meta = {"checkpoint": uri, "metrics": dict(ck.metrics), "model_config": ck.model_config,
+                "data_fingerprint": ck.data_fingerprint, "refiner": refiner_uri or (uri if refiner is not None else "")}
+        return cls.from_torch(ck.build_model(), metadata=meta, refiner=refiner, **kwargs)
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         """uint8 (N, h, w, 3) -> float32 (N, h, w) alpha in [0, 1], through the ORT session."""
@@ -147,6 +165,12 @@ class OnnxPredictor(Predictor):
         if pads is not None:
             y = crop(torch.from_numpy(y), pads).numpy()
         return np.clip(y[:, 0], 0.0, 1.0).astype(np.float32, copy=False)
+
+    def _refiner_coefficients(self, image_lr: np.ndarray, coarse: np.ndarray) -> np.ndarray:
+        """The learned refiner through its ORT session: uint8 (h, w, 3), float32 (h, w) -> (4, h, w)."""
+        x = np.ascontiguousarray(image_lr.transpose(2, 0, 1)[None], dtype=np.float32) / np.float32(255.0)
+        c = np.ascontiguousarray(coarse[None, None], dtype=np.float32)
+        return self.refiner_session.run([REFINER_OUTPUT], dict(zip(REFINER_INPUTS, (x, c))))[0][0]
 
 
 class ShrinkingSession:

@@ -12,12 +12,11 @@ entry point that chooses.
 
 Policy for big inputs: the network sees the image resized (area averaging) so its long side
 is at most ``max_side`` and at most the model's own ``working_side`` (its config: the scale it
-was trained to see; the smaller wins); the predicted alpha is upsampled bilinearly to the
-original size.
-(Guided-filter edge refinement of the upsampled alpha was tried and measured worse than plain
-bilinear upsampling: on the 18 real mattes of the development set, alpha downscaled 4x and
-upsampled again scored SAD 3.29 bilinear against 3.73 at best guided, over eps 1e-2..1e-4 and
-radius 1..3, grey guide. So there is no refinement step.)
+was trained to see; the smaller wins). Its coarse alpha then goes through the refinement stage,
+:func:`matting_lib.refine.refine_alpha`, which decides every pixel at the input's own size:
+``learned`` (the checkpoint's attached refiner, the default when there is one), ``classical``,
+or ``off`` (bilinear upsampling, the default without a refiner). ``subject_prior`` lets an
+ImageNet activation map stand in for an empty coarse alpha (:mod:`matting_lib.refine.prior`).
 
 Batching: images whose working sizes are equal are stacked into one forward pass (chunks of
 ``batch_size``); images of other sizes run in their own passes. Nothing is padded to a common
@@ -35,6 +34,7 @@ import torch
 from torch import nn
 
 from matting_lib.data.decode import MAX_PIXELS, decode_image
+from matting_lib.refine import RefineInfo, RefineParams, refine_alpha, resolve_mode
 
 ImageInput = Union[np.ndarray, bytes, bytearray, memoryview]
 """A uint8 RGB array (H, W, 3), a grey (H, W) array, or an encoded image file."""
@@ -107,24 +107,43 @@ class Predictor:
     """'off' (fp32), 'fp16' or 'bf16' autocast; half precision only on CUDA."""
     metadata: dict[str, Any] = field(default_factory=dict)
     """Where the model came from: checkpoint URI, metrics, config."""
+    refiner: nn.Module | None = None
+    """The learned full-resolution refiner (:class:`matting_lib.refine.net.EdgeRefiner`), or None."""
+    refine: str = "auto"
+    """Default refinement mode: ``auto`` (learned with a refiner, else off) or one of
+    :data:`matting_lib.refine.MODES`."""
+    subject_prior: bool = True
+    """Let the ImageNet subject prior stand in for an empty coarse alpha."""
+    refine_params: RefineParams = field(default_factory=RefineParams)
 
     def __post_init__(self) -> None:
         self.device = resolve_device(self.device)
+        self.refine = resolve_mode(self.refine, self.has_refiner)
         self._check_policy()
         if self.precision not in ("off", "fp16", "bf16"):
             raise ValueError(f"precision must be 'off', 'fp16' or 'bf16', got {self.precision!r}")
         if self.precision != "off" and self.device.type != "cuda":
             raise ValueError(f"precision {self.precision!r} needs a CUDA device, got {self.device}")
         self.model = self.model.to(self.device).eval()
+        if self.refiner is not None:
+            self.refiner = self.refiner.to(self.device).eval()
 
     @classmethod
-    def from_checkpoint(cls, uri: str, **kwargs: Any) -> "Predictor":
-        """Load a matting_lib checkpoint from a local path or any fsspec URI (s3:// included)."""
-        from matting_lib.checkpoint import load_checkpoint
+    def from_checkpoint(cls, uri: str, refiner_uri: str = "", **kwargs: Any) -> "Predictor":
+        """Load a matting_lib checkpoint from a local path or any fsspec URI (s3:// included).
+        ``refiner_uri``: a refiner to use instead of the one the checkpoint carries."""
+        from matting_lib.checkpoint import load_checkpoint, load_refiner
 
         ck = load_checkpoint(uri)
-        meta = {"checkpoint": uri, "metrics": dict(ck.metrics), "model_config": ck.model_config, "data_fingerprint": ck.data_fingerprint}
-        return cls(ck.build_model(), metadata=meta, **kwargs)
+        refiner = load_refiner(refiner_uri) if refiner_uri else ck.build_refiner()
+        meta = {"checkpoint": uri, "metrics": dict(ck.metrics), "model_config": ck.model_config,
+                "data_fingerprint": ck.data_fingerprint, "refiner": refiner_uri or (uri if refiner is not None else "")}
+        return cls(ck.build_model(), metadata=meta, refiner=refiner, **kwargs)
+
+    @property
+    def has_refiner(self) -> bool:
+        """Whether the ``learned`` refinement mode is available."""
+        return self.refiner is not None
 
     @property
     def working_side(self) -> int:
@@ -159,12 +178,23 @@ class Predictor:
                 y = self.model(x)
         return y[:, 0].float().clamp_(0, 1).cpu().numpy()
 
-    def predict_batch(self, images: Sequence[ImageInput], max_side: int | None = -1) -> list[np.ndarray]:
-        """Alpha mattes, float32 (H, W) in [0, 1] at each input's own size, in input order.
+    @torch.inference_mode()
+    def _refiner_coefficients(self, image_lr: np.ndarray, coarse: np.ndarray) -> np.ndarray:
+        """The learned refiner: uint8 (h, w, 3) and float32 (h, w) -> float32 (4, h, w). The
+        second backend-specific step (ONNX Runtime overrides it too)."""
+        x = torch.from_numpy(image_lr).to(self.device).permute(2, 0, 1)[None].float().div_(255.0)
+        c = torch.from_numpy(coarse).to(self.device)[None, None].float()
+        return self.refiner(x, c)[0][0].float().cpu().numpy()
 
-        ``max_side``: override the predictor's working long side for this call (-1 = keep); the
-        model's own ``working_side`` still caps it.
-        """
+    def _prior(self):
+        from matting_lib.refine.prior import shared_prior
+
+        return shared_prior()
+
+    def matte_batch(self, images: Sequence[ImageInput], max_side: int | None = -1,
+                    refine: str | None = None) -> list[tuple[np.ndarray, RefineInfo]]:
+        """Like :meth:`predict_batch`, with what the refinement stage did for each image."""
+        mode = self.refine if refine is None else resolve_mode(refine, self.has_refiner)
         side = self.effective_side(max_side)
         rgbs = [as_rgb(im, name=f"image[{i}]") for i, im in enumerate(images)]
         work = [to_working_size(rgb, side) for rgb in rgbs]
@@ -178,14 +208,21 @@ class Predictor:
                 out = self._forward(np.stack([work[i] for i in chunk]))
                 for i, a in zip(chunk, out):
                     small[i] = a
-        results = []
-        for rgb, a in zip(rgbs, small):
-            h, w = rgb.shape[:2]
-            if a.shape != (h, w):
-                a = np.clip(cv2.resize(a, (w, h), interpolation=cv2.INTER_LINEAR), 0, 1)
-            results.append(a.astype(np.float32, copy=False))
-        return results
+        coefficients = self._refiner_coefficients if self.has_refiner else None
+        prior = self._prior() if self.subject_prior else None
+        return [refine_alpha(rgb, lr, a, mode, coefficients, prior, self.refine_params)
+                for rgb, lr, a in zip(rgbs, work, small)]
 
-    def predict(self, image: ImageInput, max_side: int | None = -1) -> np.ndarray:
+    def predict_batch(self, images: Sequence[ImageInput], max_side: int | None = -1,
+                      refine: str | None = None) -> list[np.ndarray]:
+        """Alpha mattes, float32 (H, W) in [0, 1] at each input's own size, in input order.
+
+        ``max_side``: override the predictor's working long side for this call (-1 = keep); the
+        model's own ``working_side`` still caps it. ``refine``: the refinement mode for this
+        call (None = the predictor's :attr:`refine`).
+        """
+        return [a for a, _ in self.matte_batch(images, max_side, refine)]
+
+    def predict(self, image: ImageInput, max_side: int | None = -1, refine: str | None = None) -> np.ndarray:
         """Alpha matte of one image, float32 (H, W) in [0, 1] at the input's size."""
-        return self.predict_batch([image], max_side=max_side)[0]
+        return self.predict_batch([image], max_side=max_side, refine=refine)[0]

@@ -7,7 +7,6 @@ options, checking the dataset and checkpoints, and the run from scoring to writt
 from __future__ import annotations
 
 import argparse
-import json
 import posixpath
 import shlex
 import sys
@@ -18,12 +17,15 @@ from typing import Any, Sequence
 from matting_lib import io
 from matting_lib.baselines import GrabCutParams
 from matting_lib.checkpoint import CheckpointError
+from matting_lib.data import folds as folds_file
 from matting_lib.data.dataset import DatasetError, read_split
 from matting_lib.evaluation.scoring import (
     BACKGROUND, BASELINE, CONDITIONS, FOLD_FIELD, ROUTED, EvalSpec, predictor, score_image, worst_images,
 )
 from matting_lib.evaluation.summary import build_summary, markdown, write_outputs
 from matting_lib.inference.predictor import DEFAULT_MAX_SIDE
+from matting_lib.refine import MODES as REFINE_MODES
+from matting_lib.refine import resolve_mode
 from matting_lib.report import save_grid
 from matting_lib.routing import DEFAULT_THRESHOLD, BrightnessRouter
 from ray_jobs.common import SetupError, check_output, fail
@@ -62,28 +64,29 @@ def load_model_info(spec: EvalSpec) -> dict[str, dict[str, Any]]:
     info = {}
     for name, uri in spec.models:
         uris = sorted({spec.checkpoint_for(uri, image) for image, _ in spec.folds}) if FOLD_FIELD in uri else [uri]
-        loaded = [predictor(u, spec) for u in uris]
+        images = [next((im for im, _ in spec.folds if spec.checkpoint_for(uri, im) == u), "") for u in uris]
+        refiners = [spec.checkpoint_for(spec.refiner, im) if spec.refiner else "" for im in images]
+        loaded = [predictor(u, spec, r) for u, r in zip(uris, refiners)]
+        for mode in spec.refine:  # a mode the model cannot run fails here, before any scoring
+            for p in loaded:
+                resolve_mode(mode, p.has_refiner)
         p = loaded[0]
         n_params = sum(t.numel() for t in p.model.parameters())
         info[name] = {"uri": uri, "parameters": n_params, "device": str(p.device),
-                      "checkpoint_metrics": p.metadata.get("metrics", {})}
+                      "checkpoint_metrics": p.metadata.get("metrics", {}),
+                      "refine": [resolve_mode(m, p.has_refiner) for m in spec.refine],
+                      "refiner": sorted({q.metadata.get("refiner", "") for q in loaded})}
         if len(uris) > 1 or FOLD_FIELD in uri:
             info[name]["fold_checkpoints"] = uris
     return info
 
 
 def read_folds(uri: str) -> tuple[tuple[str, int], ...]:
-    """(name, fold) pairs from a ``folds.json`` of ``ray_jobs.prepare_data --folds``: its photos
-    and, when listed, its validation composites (``val_samples``), each in its photo's fold."""
+    """(name, fold) pairs of ``--folds`` (:func:`matting_lib.data.folds.read_folds`)."""
     try:
-        doc = json.loads(io.read_text(uri))
-        groups = [list(f) + list(v) for f, v in zip(doc["folds"], doc.get("val_samples") or [[]] * len(doc["folds"]))]
-        pairs = tuple((str(n), k) for k, names in enumerate(groups) for n in names)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise SetupError(f"--folds: cannot read folds from {uri}: {e}") from None
-    if not pairs:
-        raise SetupError(f"--folds: {uri} lists no photos")
-    return pairs
+        return folds_file.read_folds(uri)
+    except ValueError as e:
+        raise SetupError(f"--folds: {e}") from None
 
 
 def split_names(data: str, split: str) -> list[str]:
@@ -113,6 +116,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE,
                    help=f"long side the network works at (0 = full size; default {DEFAULT_MAX_SIDE}, the service's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--refine", nargs="+", default=["auto"], metavar="MODE",
+                   help="refinement mode(s) to score: auto (learned when the checkpoint carries a refiner, else off), "
+                        "learned, classical, off; with several, each model is scored once per mode as NAME:MODE")
+    p.add_argument("--refiner", default="",
+                   help="learned refiner to use instead of the checkpoints' own (a refiner file or a checkpoint "
+                        "carrying one; {fold} allowed with --folds)")
     p.add_argument("--no-baseline", action="store_true", help="skip the GrabCut baseline")
     p.add_argument("--limit", type=int, default=0, help="score only the first N images (0 = all)")
     p.add_argument("--grid", type=int, default=6, help="images shown in grid.png (default 6; 0 = no grid)")
@@ -162,8 +171,11 @@ def make_spec(args: argparse.Namespace) -> tuple[EvalSpec, list[str], dict[str, 
             print(f"--folds: {len(names) - len(scored)} image(s) of split {args.split!r} are in no fold and are not scored",
                   flush=True)
         names = scored
-    elif any(FOLD_FIELD in uri for _, uri in models):
-        raise SetupError(f"--checkpoint: {FOLD_FIELD} in a checkpoint URI needs --folds")
+    elif any(FOLD_FIELD in uri for _, uri in models) or FOLD_FIELD in args.refiner:
+        raise SetupError(f"--checkpoint/--refiner: {FOLD_FIELD} in a URI needs --folds")
+    bad = [m for m in args.refine if m != "auto" and m not in REFINE_MODES]
+    if bad or len(set(args.refine)) < len(args.refine):
+        raise SetupError(f"--refine: modes must be distinct, each one of auto, {', '.join(REFINE_MODES)}; got {' '.join(args.refine)}")
     if args.limit:
         names = names[: args.limit]
     check_output(args.out)
@@ -173,6 +185,7 @@ def make_spec(args: argparse.Namespace) -> tuple[EvalSpec, list[str], dict[str, 
         router_threshold=args.router_threshold, baseline=None if args.no_baseline else GrabCutParams(),
         max_side=args.max_side or None, device=args.device, grid_names=frozenset(names[: args.grid]),
         alphas_uri=io.join(args.out, "alphas") if args.save_alphas else "", folds=folds,
+        refine=tuple(args.refine), refiner=args.refiner,
     )
     return spec, names, load_model_info(spec)
 
@@ -199,9 +212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         fail(f"--out: cannot write results: {e}", code=1)
     if args.grid_worst:
-        worst = worst_images(results, spec.models[0][0], args.grid_worst)
+        first = spec.column(spec.models[0][0], spec.refine[0])
+        worst = worst_images(results, first, args.grid_worst)
         if worst:
-            print(f"grid of the {len(worst)} worst images for {spec.models[0][0]}: {', '.join(worst)}", flush=True)
+            print(f"grid of the {len(worst)} worst images for {first}: {', '.join(worst)}", flush=True)
             rows = [row for n in worst for row in score_image(n, replace(spec, grid_names=frozenset(worst),
                                                                            conditions=("normal",))).grid]
             uris["grid_worst"] = save_grid(io.join(args.out, "grid_worst.png"), rows, tile=160)
