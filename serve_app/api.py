@@ -236,7 +236,8 @@ async def list_models(svc: Service) -> dict[str, Any]:
         "Send the image as a multipart file (any field name, e.g. `file`) or as the raw body. "
         "Parameters in the query string (or as multipart text fields). Returns the image; "
         "headers X-Matting-Model, X-Matting-Brightness, X-Matting-Cache (hit/miss), "
-        "X-Matting-Checkpoint, X-Matting-Ms, X-Matting-History-Id, X-Matting-Empty (true when the model found "
+        "X-Matting-Checkpoint, X-Matting-Ms, X-Matting-Refine (the refinement mode that ran), X-Matting-Prior (true when "
+        "the ImageNet subject prior found the subject the network missed), X-Matting-History-Id, X-Matting-Empty (true when the model found "
         "no subject: under 0.5% of pixels have alpha >= 0.5; then X-Matting-Notice says so), and Server-Timing (ms per stage: "
         "upload (reading and parsing the request body), key, decode, model (the call to the model replica), "
         "forward (its forward pass), encode, and total from the cache lookup to the encoded result)."
@@ -270,6 +271,8 @@ async def matte(svc: Service, request: Request, query: Annotated[MatteParams, Qu
         "X-Matting-Cache": "hit" if out.cache_hit else "miss",
         "X-Matting-Checkpoint": res.checkpoint,
         "X-Matting-Ms": f"{out.ms:.1f}",
+        "X-Matting-Refine": res.refine,
+        "X-Matting-Prior": "true" if res.prior else "false",
         "Server-Timing": server_timing({"upload": upload_ms, **out.timings, "total": out.ms}),
         "Content-Disposition": _disposition("inline", _stem(f.name), f"-matte.{ext}"),
     }

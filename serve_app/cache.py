@@ -28,6 +28,10 @@ class CachedResult:
     height: int
     empty: bool = False
     """The model's matte is essentially empty (:func:`matting_lib.postprocess.is_empty_matte`)."""
+    refine: str = ""
+    """The refinement mode that ran (``learned``, ``classical`` or ``off``)."""
+    prior: bool = False
+    """The subject prior stood in for the network's empty alpha."""
 
     @property
     def cost(self) -> int:

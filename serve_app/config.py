@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 from matting_lib.config import ConfigError, apply_overrides, from_dict, load_yaml, require
 from matting_lib.routing import BrightnessRouter
 from matting_lib.inference.backends import BACKENDS
+from matting_lib.refine import MODES as REFINE_MODES
 from serve_app.params import MAX_SIDE, MIN_SIDE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -103,7 +104,14 @@ class ModelDeploymentSettings:
     """Intra-op threads of each replica's forward pass (0 = the library default, one per core).
     Replicas hold fractions of a CPU, so one thread each avoids oversubscribing the cores."""
     max_side: int = 1024
-    """Long side (px) the network works at by default; larger inputs are downscaled and their alpha upsampled."""
+    """Long side (px) the network works at by default (the model's own working side caps it);
+    its alpha is then refined to the input's full size (``refine``)."""
+    refine: str = "auto"
+    """Default refinement mode of requests that ask for ``auto``: ``auto`` (the checkpoint's learned
+    refiner when it carries one, else ``off``), ``learned``, ``classical`` or ``off``."""
+    subject_prior: bool = True
+    """When the network's alpha is empty, let the ImageNet subject prior find the subject
+    (:mod:`matting_lib.refine.prior`): a tiger, a horse or a cup the network never learned."""
     max_batch_size: int = 1
     """Largest dynamic batch (@serve.batch); 1 disables batching. On CPU batching loses: a batch
     of 4 runs slower per image than 4 single images (bench/serve.py), so 1 is the default; raise
@@ -131,6 +139,8 @@ class ModelDeploymentSettings:
         require(0 <= self.num_threads <= 256, "model_deployment.num_threads", f"must be in [0, 256], got {self.num_threads}")
         require(MIN_SIDE <= self.max_side <= MAX_SIDE, "model_deployment.max_side",
                 f"must be in [{MIN_SIDE}, {MAX_SIDE}], got {self.max_side}")
+        require(self.refine in ("auto", *REFINE_MODES), "model_deployment.refine",
+                f"must be one of auto, {', '.join(REFINE_MODES)}, got {self.refine!r}")
         require(self.max_batch_size >= 1, "model_deployment.max_batch_size", "must be >= 1")
         require(self.batch_wait_timeout_s >= 0, "model_deployment.batch_wait_timeout_s", "must be >= 0")
         require(self.max_ongoing_requests >= 1, "model_deployment.max_ongoing_requests", "must be >= 1")

@@ -26,6 +26,8 @@ from matting_lib.config import to_dict
 from matting_lib.inference.load import backend_name, load_predictor
 from matting_lib.inference.onnx_runtime import ShrinkingSession
 from matting_lib.inference.predictor import Predictor
+from matting_lib.refine import MODES as REFINE_MODES
+from matting_lib.refine import resolve_mode
 from serve_app.config import ModelDeploymentSettings
 from serve_app.replica import TRIM_AFTER_PIXELS, parse_user_config, release_memory
 
@@ -65,7 +67,7 @@ class MattingModel:
         t0 = time.perf_counter()
         predictor = load_predictor(
             uri, backend=self.backend, device=s.device, max_side=s.max_side, batch_size=s.max_batch_size,
-            num_threads=s.num_threads or None,
+            num_threads=s.num_threads or None, refine=s.refine, subject_prior=s.subject_prior,
         )
         logger.info("model %s: loaded %s on %s in %.2f s", self.name, uri, backend_name(predictor), time.perf_counter() - t0)
         if backend_name(predictor) == "onnx":
@@ -94,39 +96,56 @@ class MattingModel:
         self.swap_error = ""
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
-    async def predict(self, requests: list[tuple[np.ndarray, int | None]]) -> list[dict[str, Any]]:
-        """Alphas for ``(rgb, max_side)`` requests; ``max_side`` None = the configured one.
+    async def predict(self, requests: list[tuple[np.ndarray, int | None, str]]) -> list[dict[str, Any]]:
+        """Alphas for ``(rgb, max_side, refine)`` requests; ``max_side`` None = the configured one,
+        ``refine`` a mode of :mod:`matting_lib.refine` or ``auto``.
 
         Returns, per request, ``{"alpha": uint8 (H, W), 255 = opaque, "model", "checkpoint",
-        "forward_ms"}``: ``forward_ms`` is the time of the forward pass that computed it (the
-        whole group it ran in).
+        "forward_ms", "refine", "prior"}``: ``forward_ms`` is the time of the forward pass and
+        refinement that computed it (the whole group it ran in); ``refine`` the mode that ran,
+        ``prior`` whether the subject prior stood in for an empty alpha.
+
+        A request whose ``refine`` this model cannot run (unknown, or ``learned`` without a
+        refiner) gets ``{"error": message}`` instead, which the ingress answers with a 422; the
+        rest of its batch is served.
         """
         predictor, checkpoint = self.predictor, self.checkpoint  # one model for the whole batch
-        groups: dict[int, list[int]] = {}
-        for i, (_, side) in enumerate(requests):
-            groups.setdefault(side or self.settings.max_side, []).append(i)
+        requests = [(r[0], r[1], r[2] if len(r) > 2 else "auto") for r in requests]
+        modes: dict[str, str] = {}
+        errors: dict[str, str] = {}
+        for mode in {r[2] for r in requests}:
+            try:
+                modes[mode] = resolve_mode(mode, predictor.has_refiner)
+            except ValueError as e:
+                errors[mode] = str(e)
+        groups: dict[tuple[int, str], list[int]] = {}
+        for i, (_, side, mode) in enumerate(requests):
+            if mode in modes:
+                groups.setdefault((side or self.settings.max_side, modes[mode]), []).append(i)
         alphas: list[np.ndarray | None] = [None] * len(requests)
         forward_ms = [0.0] * len(requests)
+        priors = [False] * len(requests)
         try:
-            for side, idx in groups.items():
+            for (side, mode), idx in groups.items():
                 t0 = time.perf_counter()
-                out = await asyncio.to_thread(predictor.predict_batch, [requests[i][0] for i in idx], side)
+                out = await asyncio.to_thread(predictor.matte_batch, [requests[i][0] for i in idx], side, mode)
                 ms = (time.perf_counter() - t0) * 1000
-                for i, a in zip(idx, out):
-                    alphas[i], forward_ms[i] = to_uint8(a), ms
+                for i, (a, info) in zip(idx, out):
+                    alphas[i], forward_ms[i], priors[i] = to_uint8(a), ms, info.prior
         except Exception:
             self.consecutive_failures += 1
             raise
         finally:
-            big = any(side > self.settings.max_side for side in groups) or any(
-                rgb.shape[0] * rgb.shape[1] >= TRIM_AFTER_PIXELS for rgb, _ in requests)
+            big = any(side > self.settings.max_side for side, _ in groups) or any(
+                rgb.shape[0] * rgb.shape[1] >= TRIM_AFTER_PIXELS for rgb, _, _ in requests)
             if big:  # the working copies and float mattes are freed: hand the memory back
                 await asyncio.to_thread(release_memory)
         self.consecutive_failures = 0
         self.images += len(requests)
         self.batches += 1
-        return [{"alpha": a, "model": self.name, "checkpoint": checkpoint, "forward_ms": f}
-                for a, f in zip(alphas, forward_ms)]
+        return [{"error": errors[r[2]]} if r[2] in errors else
+                {"alpha": a, "model": self.name, "checkpoint": checkpoint, "forward_ms": f, "refine": modes[r[2]], "prior": p}
+                for a, f, r, p in zip(alphas, forward_ms, requests, priors)]
 
     def info(self) -> dict[str, Any]:
         """What this replica serves: name, checkpoint, the checkpoint's metrics, counters."""
@@ -139,6 +158,8 @@ class MattingModel:
             "device": str(self.predictor.device),
             "backend": backend_name(self.predictor),
             "max_side": self.predictor.max_side,
+            "refine": self.predictor.refine,
+            "refine_modes": ["auto", *(m for m in REFINE_MODES if m != "learned" or self.predictor.has_refiner)],
             "loaded_at": self.loaded_at,
             "swaps": self.swaps,
             "swap_error": self.swap_error,

@@ -35,6 +35,13 @@ async def _bounded(awaitable: Awaitable[Any], timeout: float) -> Any:
     return await asyncio.wait_for(wait(), timeout)
 
 
+def refused(answer: dict[str, Any]) -> dict[str, Any]:
+    """A model's answer, or the 422 it asks for (``{"error": ...}``: a ``refine`` mode it cannot run)."""
+    if "error" in answer:
+        raise ApiError(422, f"refine: {answer['error']}")
+    return answer
+
+
 class ModelClient:
     """The models of one ingress replica: ``handles`` maps each model name to its deployment's
     handle, or is None when the models run in this replica (``model_deployment.placement: ingress``)."""
@@ -76,17 +83,17 @@ class ModelClient:
 
         return dict(await asyncio.gather(*(one(n, h) for n, h in self.handles.items())))
 
-    async def call(self, model: str, rgb: np.ndarray, max_side: int | None) -> dict[str, Any]:
+    async def call(self, model: str, rgb: np.ndarray, max_side: int | None, refine: str = "auto") -> dict[str, Any]:
         """The model's answer; a replica that died is retried (matting is idempotent)."""
         timeout = self.config.ingress.model_timeout_s
         if self.local:
-            return await self._call_local(model, rgb, max_side, timeout)
+            return await self._call_local(model, rgb, max_side, refine, timeout)
         handle = self.handles[model]
         retries = self.config.ingress.model_retries
         for attempt in range(retries + 1):
             self.calls += 1
             try:
-                return await _bounded(handle.predict.remote((rgb, max_side)), timeout)
+                return refused(await _bounded(handle.predict.remote((rgb, max_side, refine)), timeout))
             except asyncio.TimeoutError:
                 raise ApiError(504, f"model {model!r} did not answer within {timeout:g} s") from None
             except BackPressureError:
@@ -101,13 +108,15 @@ class ModelClient:
                 raise ApiError(500, f"model {model!r} failed ({type(e.cause).__name__}); see the server log") from None
         raise AssertionError("unreachable")
 
-    async def _call_local(self, model: str, rgb: np.ndarray, max_side: int | None, timeout: float) -> dict[str, Any]:
+    async def _call_local(self, model: str, rgb: np.ndarray, max_side: int | None, refine: str,
+                          timeout: float) -> dict[str, Any]:
         """An in-process model's answer (``placement: ingress``), with the same errors as a remote one."""
         self.calls += 1
         try:
-            return await asyncio.wait_for(self.local[model].predict((rgb, max_side)), timeout)
+            answer = await asyncio.wait_for(self.local[model].predict((rgb, max_side, refine)), timeout)
         except asyncio.TimeoutError:
             raise ApiError(504, f"model {model!r} did not answer within {timeout:g} s") from None
         except Exception as e:  # noqa: BLE001 - a failed forward pass is this request's 500, logged
             logger.exception("model %s failed", model)
             raise ApiError(500, f"model {model!r} failed ({type(e).__name__}); see the server log") from None
+        return refused(answer)

@@ -46,7 +46,17 @@ class MatteParams(BaseModel):
         None, ge=MIN_SIDE, le=MAX_SIDE,
         description=f"Long side (px) the network works at, in [{MIN_SIDE}, {MAX_SIDE}]; default from the server config.",
     )
+    refine: Literal["auto", "learned", "classical", "off"] = Field(
+        "auto", description="Full-resolution refinement of the network's alpha: 'auto' (the model's learned refiner "
+        "when it has one, else 'off'), 'learned', 'classical' (colour segmentation + guided filter, slower) or 'off' "
+        "(the working-size alpha upsampled). See models/README.md for quality and time of each.",
+    )
     history: bool = Field(True, description="Record the result in the history.")
+
+    @field_validator("refine", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return v.lower() if isinstance(v, str) else v
 
     @field_validator("format", mode="before")
     @classmethod

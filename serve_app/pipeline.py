@@ -34,8 +34,9 @@ VERSION_TTL_S = 2.0
 class Models(Protocol):
     """What the pipeline needs of the models."""
 
-    async def call(self, model: str, rgb: np.ndarray, max_side: int | None) -> dict[str, Any]:
-        """``{"alpha": uint8 (H, W), "checkpoint": URI, "forward_ms"?: float}``; raises :class:`ApiError`."""
+    async def call(self, model: str, rgb: np.ndarray, max_side: int | None, refine: str = "auto") -> dict[str, Any]:
+        """``{"alpha": uint8 (H, W), "checkpoint": URI, "forward_ms"?: float, "refine"?: mode that ran,
+        "prior"?: bool}``; raises :class:`ApiError`."""
 
     async def infos(self) -> dict[str, dict[str, Any] | str]:
         """Each model's ``info()`` (with its ``checkpoint``), or the error text when it does not answer."""
@@ -102,7 +103,7 @@ class MattingPipeline:
         rgb, brightness = await asyncio.to_thread(decode_and_measure, data, name, self.max_pixels)
         t = lap("decode", t)
         model = self.router.pick(brightness) if params.model == "auto" else params.model
-        answer = await self.models.call(model, rgb, params.max_side)
+        answer = await self.models.call(model, rgb, params.max_side, params.refine)
         t = lap("model", t)
         if "forward_ms" in answer:
             timings["forward"] = answer["forward_ms"]
@@ -115,6 +116,7 @@ class MattingPipeline:
             body=body, media_type=MEDIA_TYPES[params.format], model=model, brightness=brightness,
             checkpoint=answer["checkpoint"], width=rgb.shape[1], height=rgb.shape[0],
             empty=await asyncio.to_thread(postprocess.is_empty_matte, answer["alpha"]),
+            refine=answer.get("refine", ""), prior=bool(answer.get("prior", False)),
         )
         if answer["checkpoint"] != self.versions.get(model):  # swapped since the key was made
             self.versions[model] = answer["checkpoint"]

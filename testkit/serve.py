@@ -89,6 +89,9 @@ def serve_yaml_for_test(
     a["model_deployment"] = {
         **a["model_deployment"],
         "max_side": 256,
+        # The tiny random models' alpha (near 0.4) counts as empty: the ImageNet prior would
+        # stand in on every request. Its own tests turn it on (tests/test_serve_edges.py).
+        "subject_prior": False,
         "autoscaling": {**a["model_deployment"]["autoscaling"], "upscale_delay_s": 600},
     }
     a["limits"] = {**a["limits"], "max_upload_mb": 2, "max_batch_upload_mb": 4, "max_batch_files": 8,

@@ -23,10 +23,13 @@ class StubModels:
     def __init__(self, checkpoints: dict[str, str]):
         self.checkpoints = dict(checkpoints)
         self.calls: list[tuple[str, tuple[int, int], int | None]] = []
+        self.refines: list[str] = []
 
-    async def call(self, model: str, rgb: np.ndarray, max_side: int | None) -> dict:
+    async def call(self, model: str, rgb: np.ndarray, max_side: int | None, refine: str = "auto") -> dict:
         self.calls.append((model, rgb.shape[:2], max_side))
-        return {"alpha": np.full(rgb.shape[:2], 200, np.uint8), "checkpoint": self.checkpoints[model], "forward_ms": 1.0}
+        self.refines.append(refine)
+        return {"alpha": np.full(rgb.shape[:2], 200, np.uint8), "checkpoint": self.checkpoints[model], "forward_ms": 1.0,
+                "refine": "off" if refine == "auto" else refine}
 
     async def infos(self) -> dict:
         return {name: {"checkpoint": uri} for name, uri in self.checkpoints.items()}
@@ -66,6 +69,20 @@ def test_a_swapped_checkpoint_is_a_new_cache_entry():
     pipe.versions_checked = 0.0  # the version TTL has passed
     out = asyncio.run(pipe.matte(data, "a.png", MatteParams()))
     assert not out.cache_hit and out.result.checkpoint == "b2.pt" and pipe.versions["base"] == "b2.pt"
+
+
+def test_refine_reaches_the_model_is_part_of_the_cache_key_and_is_reported():
+    models = StubModels({"base": "b1.pt", "lowlight": "l1.pt"})
+    pipe = _pipeline(models)
+    data = encode(photo(48, 64, "bright"))
+    default = asyncio.run(pipe.matte(data, "a.png", MatteParams()))
+    classical = asyncio.run(pipe.matte(data, "a.png", MatteParams(refine="Classical")))
+    again = asyncio.run(pipe.matte(data, "a.png", MatteParams(refine="classical")))
+    assert models.refines == ["auto", "classical"]  # the third was a cache hit
+    assert not classical.cache_hit and again.cache_hit
+    assert (default.result.refine, classical.result.refine, again.result.refine) == ("off", "classical", "classical")
+    with pytest.raises(ValueError):
+        MatteParams(refine="sharp")
 
 
 def test_undecodable_bytes_are_a_client_error():

@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const PARAMS = ["model", "output", "background", "format", "threshold", "erosion", "feather", "decontaminate", "quality", "max_side"];
+const PARAMS = ["model", "output", "background", "format", "threshold", "erosion", "feather", "decontaminate", "quality", "max_side", "refine"];
 const EXT = { png: "png", jpeg: "jpg", webp: "webp" };
 
 // ------------------------------------------------------------------ API access
@@ -127,8 +127,14 @@ async function runSingle() {
     $("result-img").src = url;
     const h = res.headers;
     const fmt = $("p-format").value;
+    const prior = h.get("X-Matting-Prior") === "true" ? " · subject found by the ImageNet prior" : "";
     info.textContent = `model ${h.get("X-Matting-Model")} · brightness ${Number(h.get("X-Matting-Brightness")).toFixed(3)}` +
+      ` · refine ${h.get("X-Matting-Refine") || "?"}${prior}` +
       ` · ${h.get("X-Matting-Cache") === "hit" ? "cached" : h.get("X-Matting-Ms") + " ms"} · ${fmt.toUpperCase()}`;
+    info.dataset.refine = h.get("X-Matting-Refine") || "";
+    $("result-img").onload = () => { // the result is the input's full size: say so
+      if (id === runId) info.dataset.size = `${$("result-img").naturalWidth}x${$("result-img").naturalHeight}`;
+    };
     const empty = h.get("X-Matting-Empty") === "true";
     $("result-notice").textContent = empty ? EMPTY_TEXT : "";
     $("result-notice").hidden = !empty;
@@ -147,6 +153,10 @@ async function runSingle() {
     info.textContent = e.message;
   }
 }
+
+$("full-size").addEventListener("change", () => {
+  for (const f of document.querySelectorAll("#tab-single .frame")) f.classList.toggle("full", $("full-size").checked);
+});
 
 // ------------------------------------------------------------------ batch
 let batchFiles = [];
