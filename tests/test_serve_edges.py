@@ -99,6 +99,18 @@ def test_empty_result_is_reported_in_headers(svc):
     assert again.headers["X-Matting-Cache"] == "hit" and again.headers["X-Matting-Empty"] == "true"  # cached too
 
 
+def test_refine_is_a_request_parameter_reported_in_a_header(svc):
+    """The tiny test models carry no learned refiner: auto runs 'off', classical runs, learned is a 422."""
+    for asked, ran in (("auto", "off"), ("classical", "classical"), ("OFF", "off")):
+        r = post(f"{svc.url}/v1/matte", files={"file": ("p.png", BRIGHT)}, params={"history": "false", "refine": asked})
+        assert r.status_code == 200 and r.headers["X-Matting-Refine"] == ran and r.headers["X-Matting-Prior"] == "false"
+        assert decode(r.content).size == (80, 60)  # the input's full size
+    bad = post(f"{svc.url}/v1/matte", files={"file": ("p.png", BRIGHT)}, params={"history": "false", "refine": "learned"})
+    assert bad.status_code == 422 and "refiner" in bad.json()["detail"]
+    bad = post(f"{svc.url}/v1/matte", files={"file": ("p.png", BRIGHT)}, params={"refine": "sharpest"})
+    assert bad.status_code == 422 and "refine" in bad.json()["detail"]
+
+
 def test_batch_log_says_which_files_are_empty(svc):
     r = post(f"{svc.url}/v1/batch", files=[("files", ("bright.png", BRIGHT)), ("files", ("dark.png", DARK))])
     assert r.status_code == 200, r.text

@@ -244,6 +244,35 @@ def test_hot_swap_loads_the_new_checkpoint_and_survives_a_bad_one(tmp_path):
     assert model.checkpoint == a and model.swaps == 2
 
 
+def test_model_replica_refines_by_request_and_lets_the_prior_find_a_missed_subject(tmp_path):
+    """The replica's batch method itself (``__wrapped__``: @serve.batch needs a Serve replica
+    around it): a model that finds nothing (head bias -8) on the espresso photo gets the ImageNet
+    prior's cup when the deployment allows the prior; in one batch, a request for a mode the
+    model cannot run gets an error of its own and the others are served."""
+    import asyncio
+
+    import cv2
+    import numpy as np
+    import skimage.data
+
+    from serve_app.config import ModelDeploymentSettings
+    from serve_app.model import MattingModel
+    from testkit.serve import make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "blind.pt", 1, head_bias=-8.0)
+    rgb = cv2.resize(skimage.data.coffee(), (300, 200), interpolation=cv2.INTER_AREA)
+    answers = {}
+    for prior in (False, True):
+        model = MattingModel.func_or_class("base", ckpt, ModelDeploymentSettings(max_side=256, device="cpu", subject_prior=prior))
+        assert model.info()["refine_modes"] == ["auto", "classical", "off"]  # no learned refiner in this checkpoint
+        batch = MattingModel.func_or_class.predict.__wrapped__
+        answers[prior], refused = asyncio.run(batch(model, [(rgb, None, "auto"), (rgb, None, "learned")]))
+        assert "refiner" in refused["error"] and "alpha" not in refused
+    assert answers[False]["refine"] == "off" and not answers[False]["prior"]
+    assert (answers[False]["alpha"] >= 128).mean() < 0.005  # empty
+    assert answers[True]["prior"] and 0.05 < (answers[True]["alpha"] >= 128).mean() < 0.6
+
+
 # --------------------------------------------------------------------------- memory of a large request
 
 

@@ -95,12 +95,19 @@ class SubjectPrior:
         return np.clip(cv2.resize(cam, (w, h), interpolation=cv2.INTER_CUBIC), 0, 1).astype(np.float32), float(p[0].sum())
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
+        """The subject's coarse alpha (float32 (h, w), hard 0/1; all 0 when nothing is found).
+        The segmentation runs at a long side of at most ``params.side``."""
         p = self.params
-        cam, belief = self.activation(image)
+        h, w = image.shape[:2]
+        s = min(1.0, p.side / max(h, w))
+        small = image if s == 1.0 else cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+        cam, belief = self.activation(small)
         if belief < p.min_probability:
-            return np.zeros(image.shape[:2], np.float32)
-        hard = grabcut_labels(image, prior_labels(cam, p.sure, p.probable, p.background), p.iterations, 0)
-        return np.zeros(image.shape[:2], np.float32) if hard is None else hard
+            return np.zeros((h, w), np.float32)
+        hard = grabcut_labels(small, prior_labels(cam, p.sure, p.probable, p.background), p.iterations, 0)
+        if hard is None:
+            return np.zeros((h, w), np.float32)
+        return hard if s == 1.0 else (cv2.resize(hard, (w, h), interpolation=cv2.INTER_LINEAR) >= 0.5).astype(np.float32)
 
     def classifier(self) -> torch.nn.Module:
         """The ImageNet classifier (loaded on first use)."""
