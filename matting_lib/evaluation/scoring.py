@@ -108,6 +108,8 @@ class EvalSpec:
     refiner: str = ""
     """A learned refiner (file or checkpoint, ``{fold}`` allowed) used instead of the ones the
     checkpoints carry."""
+    subject_prior: bool = True
+    """Let the ImageNet subject prior stand in for an empty alpha, as the service does."""
 
     def column(self, model: str, mode: str) -> str:
         """The name a model's results go under for a refinement mode."""
@@ -142,14 +144,15 @@ class ImageResult:
     seconds: float = 0.0
 
 
-_PREDICTORS: dict[tuple[str, str, str, int | None], Predictor] = {}
+_PREDICTORS: dict[tuple[str, str, str, int | None, bool], Predictor] = {}
 """Loaded once per process (the driver, or each Ray worker)."""
 
 
 def predictor(uri: str, spec: EvalSpec, refiner: str = "") -> Predictor:
-    key = (uri, refiner, spec.device, spec.max_side)
+    key = (uri, refiner, spec.device, spec.max_side, spec.subject_prior)
     if key not in _PREDICTORS:
-        _PREDICTORS[key] = Predictor.from_checkpoint(uri, refiner_uri=refiner, device=spec.device, max_side=spec.max_side)
+        _PREDICTORS[key] = Predictor.from_checkpoint(uri, refiner_uri=refiner, device=spec.device, max_side=spec.max_side,
+                                                     subject_prior=spec.subject_prior)
     return _PREDICTORS[key]
 
 

@@ -98,6 +98,7 @@ def build_summary(spec: EvalSpec, args: argparse.Namespace, names: Sequence[str]
         if spec.baseline is not None else None,
         "cross_validation": {"folds_file": args.folds, "folds": fold_lists(spec.folds)} if spec.folds else None,
         "predictor": {"max_side": spec.max_side, "device": spec.device, "refine": list(spec.refine), "refiner": spec.refiner,
+                      "subject_prior": spec.subject_prior,
                       "device_used": sorted({m["device"] for m in model_info.values()})},
         "units": UNITS,
         "reference_model": reference,

@@ -101,16 +101,22 @@ def export_refiner_onnx(refiner: nn.Module, opset: int = OPSET) -> bytes:
         def forward(self, image_lr: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
             return self.refiner(image_lr, coarse)[0]
 
+    return _trace(_Coefficients(), (torch.rand(1, 3, 75, 101), torch.rand(1, 1, 75, 101)), REFINER_INPUTS,
+                  REFINER_OUTPUT, opset)
+
+
+def _trace(module: nn.Module, example: tuple[torch.Tensor, ...], inputs: tuple[str, ...], output: str, opset: int) -> bytes:
+    """ONNX bytes of ``module`` traced on ``example``; every input and the output (N, C, H, W)
+    with dynamic N, H and W."""
     buf = _io.BytesIO()
     axes = {0: "batch", 2: "height", 3: "width"}
     with warnings.catch_warnings(), torch.no_grad():
+        # The tracer warns that the pad mode is frozen (see matting_lib.nets.unet.pad_to_multiple)
+        # and that this exporter is deprecated; both are known and handled.
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
-        torch.onnx.export(
-            _Coefficients(), (torch.rand(1, 3, 75, 101), torch.rand(1, 1, 75, 101)), buf, dynamo=False,
-            opset_version=opset, input_names=list(REFINER_INPUTS), output_names=[REFINER_OUTPUT],
-            dynamic_axes={n: axes for n in (*REFINER_INPUTS, REFINER_OUTPUT)},
-        )
+        torch.onnx.export(module, example, buf, dynamo=False, opset_version=opset, input_names=list(inputs),
+                          output_names=[output], dynamic_axes={n: axes for n in (*inputs, output)})
     return buf.getvalue()
 
 
@@ -124,18 +130,7 @@ def export_onnx(model: nn.Module, opset: int = OPSET, checkpoint: str = "", refi
 
     model = model.eval()
     example = torch.rand(1, getattr(getattr(model, "config", None), "in_channels", 3), 96, 128)
-    buf = _io.BytesIO()
-    axes = {0: "batch", 2: "height", 3: "width"}
-    with warnings.catch_warnings(), torch.no_grad():
-        # The tracer warns that the pad mode is frozen (see matting_lib.nets.unet.pad_to_multiple)
-        # and that this exporter is deprecated; both are known and handled.
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        torch.onnx.export(
-            model, (example,), buf, dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
-        )
-    proto = onnx.load_from_string(buf.getvalue())
+    proto = onnx.load_from_string(_trace(model, (example,), (INPUT_NAME,), OUTPUT_NAME, opset))
     cfg = getattr(model, "config", None)
     meta = {"stride": str(getattr(model, "stride", 32)), "precision": "fp32"}
     keep = int(getattr(getattr(model, "encoder", None), "int8_float_stages", 0))

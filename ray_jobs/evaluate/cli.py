@@ -119,6 +119,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--refine", nargs="+", default=["auto"], metavar="MODE",
                    help="refinement mode(s) to score: auto (learned when the checkpoint carries a refiner, else off), "
                         "learned, classical, off; with several, each model is scored once per mode as NAME:MODE")
+    p.add_argument("--no-subject-prior", action="store_true",
+                   help="score the network's alpha even where it is empty (by default the ImageNet subject prior "
+                        "stands in for an empty alpha, as in the service)")
     p.add_argument("--refiner", default="",
                    help="learned refiner to use instead of the checkpoints' own (a refiner file or a checkpoint "
                         "carrying one; {fold} allowed with --folds)")
@@ -171,8 +174,10 @@ def make_spec(args: argparse.Namespace) -> tuple[EvalSpec, list[str], dict[str, 
             print(f"--folds: {len(names) - len(scored)} image(s) of split {args.split!r} are in no fold and are not scored",
                   flush=True)
         names = scored
-    elif any(FOLD_FIELD in uri for _, uri in models) or FOLD_FIELD in args.refiner:
-        raise SetupError(f"--checkpoint/--refiner: {FOLD_FIELD} in a URI needs --folds")
+    elif any(FOLD_FIELD in uri for _, uri in models):
+        raise SetupError(f"--checkpoint: {FOLD_FIELD} in a checkpoint URI needs --folds")
+    elif FOLD_FIELD in args.refiner:
+        raise SetupError(f"--refiner: {FOLD_FIELD} in a refiner URI needs --folds")
     bad = [m for m in args.refine if m != "auto" and m not in REFINE_MODES]
     if bad or len(set(args.refine)) < len(args.refine):
         raise SetupError(f"--refine: modes must be distinct, each one of auto, {', '.join(REFINE_MODES)}; got {' '.join(args.refine)}")
@@ -185,7 +190,7 @@ def make_spec(args: argparse.Namespace) -> tuple[EvalSpec, list[str], dict[str, 
         router_threshold=args.router_threshold, baseline=None if args.no_baseline else GrabCutParams(),
         max_side=args.max_side or None, device=args.device, grid_names=frozenset(names[: args.grid]),
         alphas_uri=io.join(args.out, "alphas") if args.save_alphas else "", folds=folds,
-        refine=tuple(args.refine), refiner=args.refiner,
+        refine=tuple(args.refine), refiner=args.refiner, subject_prior=not args.no_subject_prior,
     )
     return spec, names, load_model_info(spec)
 
