@@ -60,12 +60,15 @@ class RefinerDataConfig:
     """Full-size crop side."""
     composite_frac: float = 0.5
     """Share of crops composited onto a background photo."""
+    negative_frac: float = 0.1
+    """Share of crops that are a background photo alone (truth 0): empty mattes stay empty."""
 
     def __post_init__(self) -> None:
         if self.crop < 64:
             raise ValueError(f"data.crop must be >= 64, got {self.crop}")
-        if not 0.0 <= self.composite_frac <= 1.0:
-            raise ValueError(f"data.composite_frac must be in [0, 1], got {self.composite_frac}")
+        for name in ("composite_frac", "negative_frac"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"data.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.fold >= 0 and not self.folds:
             raise ValueError("data.fold needs data.folds")
 
@@ -95,7 +98,7 @@ def photo_names(cfg: RefinerDataConfig) -> list[str]:
 
 
 def load_backgrounds(cfg: RefinerDataConfig) -> list[np.ndarray]:
-    if not cfg.backgrounds or cfg.composite_frac == 0:
+    if not cfg.backgrounds or cfg.composite_frac == cfg.negative_frac == 0:
         return []
     files = [f for f in sorted(io.listdir(cfg.backgrounds)) if not any(fnmatch.fnmatch(f, p) for p in cfg.bg_exclude)]
     out = []
@@ -123,7 +126,8 @@ def build_sampler(cfg: RefinerDataConfig, log=print) -> tuple[RefinerSampler, li
     bgs = load_backgrounds(cfg)
     log(f"{len(names)} photos ({', '.join(names)}), {len(bgs)} backgrounds, foregrounds estimated "
         f"in {time.perf_counter() - t0:.1f} s")
-    return RefinerSampler(images, alphas, fgs, bgs, crop=cfg.crop, composite_frac=cfg.composite_frac if bgs else 0.0), names
+    return RefinerSampler(images, alphas, fgs, bgs, crop=cfg.crop, composite_frac=cfg.composite_frac if bgs else 0.0,
+                          negative_frac=cfg.negative_frac if bgs else 0.0), names
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,7 +11,12 @@ the truth made wrong in the network's ways (:func:`degrade_alpha`), at the netwo
   transparent") and passed through a gamma of 0.6-1.7;
 - **wrong outline**: grey-scale erosion or dilation by up to 3 coarse pixels, spill of
   0.15-0.6 onto the background next to the subject, holes in it;
+- **ghosts**: faint blobs (0.1-0.6) anywhere on the background now and then;
 - 1 sample in 10 is the plain downscaled truth, so good inputs are kept as they are.
+
+Besides the real photos, ``negative_frac`` of the crops come from background photos alone:
+the truth is 0 everywhere and the coarse alpha holds only ghosts, so an (almost) empty matte
+stays empty instead of picking up the image's shading.
 
 Crops come from the real photo itself (half of them) or from its estimated foreground on
 another background (the rest), at a random scale of 0.7-1.3, flipped at random. Everything
@@ -79,6 +84,9 @@ def degrade_alpha(alpha_lr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         near = (cv2.dilate((a > 0.5).astype(np.uint8), np.ones((9, 9), np.uint8)) > 0) & (a < 0.1)
         spill = _blobs(rng, h, w, near, int(rng.integers(1, 5)), side * rng.uniform(0.02, 0.08))
         a = np.maximum(a, spill * rng.uniform(0.15, 0.6))
+    if rng.random() < (0.2 if a.any() else 0.8):  # ghosts: faint false positives anywhere on the background
+        ghosts = _blobs(rng, h, w, a < 0.05, int(rng.integers(1, 4)), side * rng.uniform(0.03, 0.12))
+        a = np.maximum(a, ghosts * rng.uniform(0.1, 0.6))
     if rng.random() < 0.25:  # holes
         holes = _blobs(rng, h, w, a > 0.9, int(rng.integers(1, 4)), side * rng.uniform(0.02, 0.06))
         a *= 1.0 - holes * rng.uniform(0.3, 0.8)
@@ -108,14 +116,19 @@ class RefinerSampler:
     """Side of the full-size crop."""
     composite_frac: float = 0.5
     """Share of samples composited onto a background instead of the real photo's own."""
+    negative_frac: float = 0.1
+    """Share of samples that are a background photo alone (no subject; needs backgrounds)."""
 
     def __post_init__(self) -> None:
         if not self.images or len(self.images) != len(self.alphas) or len(self.images) != len(self.foregrounds):
             raise ValueError("RefinerSampler needs as many images, alphas and foregrounds, at least one")
-        if self.composite_frac > 0 and not self.backgrounds:
-            raise ValueError("RefinerSampler: composite_frac > 0 needs background photos")
+        if (self.composite_frac > 0 or self.negative_frac > 0) and not self.backgrounds:
+            raise ValueError("RefinerSampler: composite_frac or negative_frac > 0 needs background photos")
 
     def _scene(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        if self.negative_frac > 0 and rng.random() < self.negative_frac:
+            bg = self.backgrounds[int(rng.integers(len(self.backgrounds)))]
+            return bg, np.zeros(bg.shape[:2], np.float32)
         i = int(rng.integers(len(self.images)))
         image, alpha = self.images[i], self.alphas[i]
         if rng.random() < self.composite_frac:
@@ -144,7 +157,7 @@ class RefinerSampler:
         for _ in range(5):
             y, x = int(rng.integers(nh - self.crop + 1)), int(rng.integers(nw - self.crop + 1))
             a = alpha[y:y + self.crop, x:x + self.crop]
-            if 0.02 < float(((a > 0.02) & (a < 0.98)).mean()) or 0.05 < float(a.mean()) < 0.95:
+            if 0.02 < float(((a > 0.02) & (a < 0.98)).mean()) or 0.05 < float(a.mean()) < 0.95 or not alpha.any():
                 break
         im = image[y:y + self.crop, x:x + self.crop]
         if rng.random() < 0.5:

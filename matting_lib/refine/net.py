@@ -6,9 +6,10 @@ resolution (the matting network's working size); only the last step touches full
 
     image_lr (B, 3, h, w) in [0, 1], coarse (B, 1, h, w) in [0, 1]
       -> context: 5 dilated 3x3 convs at h/2 (receptive field ~60 coarse px) + 2 at h
-         -> p = sigmoid(logit(coarse) + delta)       corrected coarse alpha (B, 1, h, w)
+         -> p = sigmoid(logit(coarse) + delta), |delta| < 4   corrected coarse alpha (B, 1, h, w)
       -> local statistics of (image_lr, p) in (2r+1)^2 windows: mean, var(I), cov(I, p)
-      -> 1x1 convs -> A (B, 3, h, w); b = mean(p) - A . mean(I); both box-averaged
+      -> A = gain * cov(I, p) / (var(I) + eps) / 3, the gain (0..2 per channel) from 1x1 convs;
+         b = mean(p) - A . mean(I); both box-averaged
          coefficients (B, 4, h, w)                     [A_r, A_g, A_b, b]
     full size:  alpha = clip(up(A) . image + up(b), 0, 1)      (B, 1, H, W)
 
@@ -17,7 +18,11 @@ function of colour (the local model of closed-form matting, Levin et al. 2008), 
 subject is. The network only learns *which* linear model to trust from local statistics, so
 hair, fur and leaves are decided by their own full-resolution pixels, not by the 320-px
 upsampled alpha; where colour does not separate subject and background, A goes to 0 and the
-result is the (corrected) coarse alpha. The full-size step is two bilinear upsamplings and a
+result is the (corrected) coarse alpha. A is the per-channel guided filter's own
+``cov(I, p) / (var(I) + eps)`` scaled by a learned gain, never a free output: where the alpha is
+flat (inside a subject, or on background) cov(I, p) is 0, so A is 0 and no texture of the image
+leaks into the matte. (A free A, tried first, copied the image's shading into empty mattes.)
+The full-size step is two bilinear upsamplings and a
 dot product per pixel: :func:`matting_lib.refine.apply.apply_coefficients` (NumPy/OpenCV, in
 row strips) for inference on every backend, :func:`upsample_apply` (torch) for training; the
 tests hold them to each other.
@@ -33,6 +38,10 @@ from torch import nn
 
 COEFFICIENTS = 4
 """[A_r, A_g, A_b, b]: alpha = A . rgb + b, rgb in [0, 1]."""
+EPS = 1e-3
+"""Guided-filter regularisation: colour variance (rgb in [0, 1]) below which a window counts as flat."""
+MAX_RESIDUAL = 4.0
+"""Largest change of the coarse alpha's logit by the context network (0.5 -> 0.98 at most)."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +101,8 @@ class EdgeRefiner(nn.Module):
         ctx = F.interpolate(self.context(half), size=coarse.shape[-2:], mode="bilinear", align_corners=False)
         feat = self.fuse[0](torch.cat([ctx, x], dim=1))
         c = coarse.clamp(1e-3, 1 - 1e-3)
-        p = torch.sigmoid(torch.log(c / (1 - c)) + self.fuse[1](feat))
+        delta = MAX_RESIDUAL * torch.tanh(self.fuse[1](feat) / MAX_RESIDUAL)
+        p = torch.sigmoid(torch.log(c / (1 - c)) + delta)
 
         mean_i, mean_p = box(image_lr, r), box(p, r)
         cov_ip = box(image_lr * p, r) - mean_i * mean_p
@@ -102,7 +112,9 @@ class EdgeRefiner(nn.Module):
         mprods = torch.cat([mr * mr, mr * mg, mr * mb, mg * mg, mg * mb, mb * mb], dim=1)
         cov_ii = box(prods, r) - mprods
         # the statistics are small (variances of [0, 1] colour): scaled so 1x1 convs see O(1) values
-        a = self.coef(torch.cat([cov_ip * 30, cov_ii * 30, p, feat], dim=1))
+        gain = 2 * torch.sigmoid(self.coef(torch.cat([cov_ip * 30, cov_ii * 30, p, feat], dim=1)))
+        var_i = torch.cat([cov_ii[:, 0:1], cov_ii[:, 3:4], cov_ii[:, 5:6]], dim=1)
+        a = gain * cov_ip / (var_i + EPS) / 3
         b = mean_p - (a * mean_i).sum(dim=1, keepdim=True)
         coefficients = box(torch.cat([a, b], dim=1), r)
         return coefficients, p
