@@ -27,7 +27,9 @@ It bounds a model replica's memory: one 6000x6000 request at 2048 peaks at about
 class MatteParams(BaseModel):
     """What to compute and how to deliver it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # allow_inf_nan=False: 'nan' or 'inf' for a float is refused as "Input should be a finite number",
+    # not with a range message ("should be <= 1") that a NaN cannot act on.
 
     model: str = Field("auto", description="'auto' (brightness routing) or a model name from /v1/models to force it.")
     output: Literal["rgba", "alpha", "composite"] = Field(

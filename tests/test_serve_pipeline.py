@@ -170,3 +170,67 @@ def test_a_client_that_hangs_up_mid_upload_is_one_info_line_with_499(tmp_path, c
         serve_logger.setLevel(old_level)
         server.should_exit = True
         thread.join(timeout=10)
+
+
+# --------------------------------------------------------------------------- the app in process (no Serve, no sockets)
+
+
+def _app(tmp_path, checkpoints: dict[str, str], **config):
+    from serve_app.api import build_api
+    from serve_app.config import HistorySettings
+    from serve_app.service import IngressService
+
+    cfg = ServeConfig(api_key="", api_key_env="", **config,
+                      history=HistorySettings(db_path=str(tmp_path / "h.sqlite"), store_uri=str(tmp_path / "results")))
+    return build_api(IngressService(cfg, StubModels(checkpoints)))
+
+
+def _call(app, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None):
+    """One request through the ASGI app: (status, headers, body)."""
+    path, _, query = path.partition("?")
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": query.encode(), "root_path": "",
+             "headers": [(k.lower().encode(), v.encode()) for k, v in {"content-length": str(len(body)), **(headers or {})}.items()],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    sent, out = [False], {"status": 0, "headers": {}, "body": b""}
+
+    async def receive():
+        if sent[0]:
+            await asyncio.sleep(3600)
+        sent[0] = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            out["status"] = message["status"]
+            out["headers"] = {k.decode().lower(): v.decode() for k, v in message["headers"]}
+        elif message["type"] == "http.response.body":
+            out["body"] += message.get("body", b"")
+
+    asyncio.run(app(scope, receive, send))
+    return out["status"], out["headers"], out["body"]
+
+
+def _matte(app, query: str, data: bytes):
+    return _call(app, "POST", f"/v1/matte?{query}", data, {"content-type": "image/png", "x-filename": "a.png"})
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "Infinity"])
+def test_a_nan_or_infinite_float_is_refused_as_not_finite(tmp_path, value):
+    import json
+
+    app = _app(tmp_path, {"base": "b1.pt", "lowlight": "l1.pt"})
+    data = encode(photo(32, 32, "bright"))
+    for where in ("query", "form"):
+        if where == "query":
+            status, _, body = _matte(app, f"threshold={value}", data)
+        else:
+            form = (b"--B\r\nContent-Disposition: form-data; name=\"threshold\"\r\n\r\n" + value.encode() +
+                    b"\r\n--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n"
+                    b"Content-Type: image/png\r\n\r\n" + data + b"\r\n--B--\r\n")
+            status, _, body = _call(app, "POST", "/v1/matte", form, {"content-type": "multipart/form-data; boundary=B"})
+        detail = json.loads(body)["detail"]
+        assert status == 422 and detail.startswith("threshold:") and "finite number" in detail, (where, detail)
+        assert "less than" not in detail and "greater than" not in detail
+    status, _, body = _matte(app, "threshold=2", data)
+    assert status == 422 and "less than or equal to 1" in json.loads(body)["detail"]  # a finite value out of range: as before
