@@ -234,3 +234,32 @@ def test_a_nan_or_infinite_float_is_refused_as_not_finite(tmp_path, value):
         assert "less than" not in detail and "greater than" not in detail
     status, _, body = _matte(app, "threshold=2", data)
     assert status == 422 and "less than or equal to 1" in json.loads(body)["detail"]  # a finite value out of range: as before
+
+
+def test_model_names_are_case_insensitive_and_answer_with_the_configured_name(tmp_path):
+    from serve_app.params import check_against_limits
+
+    names = ["base", "lowlight"]
+    assert check_against_limits(MatteParams(model="BASE"), names).model == "base"
+    assert check_against_limits(MatteParams(model="LowLight"), names).model == "lowlight"
+    assert check_against_limits(MatteParams(model="AUTO"), names).model == "auto"
+    with pytest.raises(ApiError) as e:
+        check_against_limits(MatteParams(model="base2"), names)
+    assert e.value.status == 422 and e.value.detail.startswith("model: unknown model 'base2'")
+
+    app = _app(tmp_path, {"base": "b1.pt", "lowlight": "l1.pt"})
+    data = encode(photo(32, 32, "dark"))
+    status, headers, _ = _matte(app, "model=BASE", data)
+    assert status == 200 and headers["x-matting-model"] == "base" and headers["x-matting-cache"] == "miss"
+    status, headers, _ = _matte(app, "model=base", data)
+    assert status == 200 and headers["x-matting-cache"] == "hit"  # one cache entry, whatever the case
+    status, headers, _ = _matte(app, "model=Auto", data)
+    assert status == 200 and headers["x-matting-model"] == "lowlight"
+
+
+def test_model_names_must_differ_in_more_than_case():
+    from matting_lib.config import ConfigError
+    from serve_app.config import ModelSpec
+
+    with pytest.raises(ConfigError, match="ignoring case"):
+        ServeConfig(models=(ModelSpec("base", "a.pt"), ModelSpec("Base", "b.pt"), ModelSpec("lowlight", "c.pt")))
