@@ -32,7 +32,7 @@ class StubModels:
                 "refine": "off" if refine == "auto" else refine}
 
     async def infos(self) -> dict:
-        return {name: {"checkpoint": uri} for name, uri in self.checkpoints.items()}
+        return {name: {"name": name, "checkpoint": uri} for name, uri in self.checkpoints.items()}
 
 
 def _pipeline(models: StubModels) -> MattingPipeline:
@@ -263,3 +263,36 @@ def test_model_names_must_differ_in_more_than_case():
 
     with pytest.raises(ConfigError, match="ignoring case"):
         ServeConfig(models=(ModelSpec("base", "a.pt"), ModelSpec("Base", "b.pt"), ModelSpec("lowlight", "c.pt")))
+
+
+def test_clients_see_a_checkpoint_by_its_file_name_never_the_servers_path(tmp_path):
+    import json
+
+    from serve_app.replica import checkpoint_label
+
+    assert checkpoint_label("/srv/matting/models/base.pt") == "base.pt"
+    assert checkpoint_label("models/lowlight.pt") == "lowlight.pt"
+    assert checkpoint_label("file:///srv/matting/models/base.onnx") == "base.onnx"
+    assert checkpoint_label("s3://bucket/models/base-v2.pt") == "s3://bucket/models/base-v2.pt"  # not a machine path
+    assert checkpoint_label("https://user:secret@host.example/m/base.pt?X-Sig=abc") == "https://host.example/m/base.pt"
+
+    base, low = str(tmp_path / "srv" / "base.pt"), "s3://bucket/models/lowlight.pt"
+    app = _app(tmp_path, {"base": base, "lowlight": low})
+    status, headers, _ = _matte(app, "model=base", encode(photo(32, 32, "bright")))
+    assert status == 200 and headers["x-matting-checkpoint"] == "base.pt"
+    status, headers, _ = _matte(app, "model=lowlight", encode(photo(32, 32, "bright")))
+    assert status == 200 and headers["x-matting-checkpoint"] == low
+    status, _, body = _call(app, "GET", "/v1/models")
+    assert status == 200 and str(tmp_path) not in body.decode()
+    assert {m["name"]: m["checkpoint"] for m in json.loads(body)["models"]} == {"base": "base.pt", "lowlight": low}
+
+
+def test_the_cache_key_still_tells_checkpoints_with_the_same_file_name_apart():
+    models = StubModels({"base": "/srv/v1/base.pt", "lowlight": "l1.pt"})
+    pipe = _pipeline(models)
+    data = encode(photo(32, 32, "bright"))
+    asyncio.run(pipe.matte(data, "a.png", MatteParams()))
+    models.checkpoints["base"] = "/srv/v2/base.pt"  # a new model under the same file name
+    pipe.versions_checked = 0.0
+    out = asyncio.run(pipe.matte(data, "a.png", MatteParams()))
+    assert not out.cache_hit and out.result.checkpoint == "/srv/v2/base.pt"
