@@ -25,7 +25,7 @@ from matting_lib.data.dataset import (
     read_split,
     validate_dataset,
 )
-from matting_lib.data.decode import ImageDecodeError, decode_image, decode_mask
+from matting_lib.data.decode import MAX_PIXELS, ImageDecodeError, ImageTooLargeError, decode_image, decode_mask
 from matting_lib.data.encode import encode_png
 from matting_lib.data.manifest import VAL_HOLDOUT_FRACTION, build_manifest, ensure_manifest, hold_out, read_manifest
 
@@ -321,8 +321,14 @@ def test_decompression_bomb_rejected_before_decoding():
     start = time.monotonic()
     with expect(ImageDecodeError, "bomb.png", "max_pixels"):
         decode_image(png_declaring(8000, 8000), "bomb.png")  # 64 Mpx: over our 50 Mpx, under PIL's limit
-    with expect(ImageDecodeError, "bomb.png", "too large"):
-        decode_mask(png_declaring(20000, 20000), "bomb.png")  # PIL's own hard limit
+    with expect(ImageTooLargeError, "bomb.png", "400000000 pixels", f"max_pixels={MAX_PIXELS}") as e:
+        decode_mask(png_declaring(20000, 20000), "bomb.png")  # over PIL's own hard limit too: still our limit quoted
+    assert str(2 * Image.MAX_IMAGE_PIXELS) not in str(e.value)
+    with expect(ImageTooLargeError, "400000000 pixels", "max_pixels=1234") as e:
+        decode_image(png_declaring(20000, 20000), "bomb.png", max_pixels=1234)
+    assert str(2 * Image.MAX_IMAGE_PIXELS) not in str(e.value)
+    with expect(ImageTooLargeError, f"hard limit of {2 * Image.MAX_IMAGE_PIXELS} pixels"):  # a max_pixels above PIL's
+        decode_image(png_declaring(20000, 20000), "bomb.png", max_pixels=10**12)
     with expect(ImageDecodeError, "small.png", "max_pixels=100"):
         decode_image(encode_png(np.zeros((20, 20), np.uint8)), "small.png", max_pixels=100)
     assert time.monotonic() - start < 1.0

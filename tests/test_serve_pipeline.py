@@ -296,3 +296,24 @@ def test_the_cache_key_still_tells_checkpoints_with_the_same_file_name_apart():
     pipe.versions_checked = 0.0
     out = asyncio.run(pipe.matte(data, "a.png", MatteParams()))
     assert not out.cache_hit and out.result.checkpoint == "/srv/v2/base.pt"
+
+
+def test_an_image_bomb_is_refused_quoting_the_services_own_pixel_limit():
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    def png_declaring(w: int, h: int) -> bytes:
+        def chunk(kind: bytes, data: bytes) -> bytes:
+            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+    pipe = _pipeline(StubModels({"base": "b1.pt", "lowlight": "l1.pt"}))  # max_pixels=1_000_000
+    for w, h in ((2000, 2000), (30000, 30000)):  # over the service's limit; over Pillow's hard limit as well
+        with pytest.raises(ApiError) as e:
+            asyncio.run(pipe.matte(png_declaring(w, h), "bomb.png", MatteParams()))
+        assert e.value.status == 413 and e.value.code == "too_many_pixels"
+        assert "max_pixels=1000000" in e.value.detail and f"{w * h}" in e.value.detail
+        assert str(2 * Image.MAX_IMAGE_PIXELS) not in e.value.detail, e.value.detail

@@ -10,7 +10,8 @@ e.g. EPS, which runs Ghostscript, are never tried on untrusted bytes). The heade
 are checked against ``max_pixels`` *before* the pixels are decoded (``PIL.Image.open`` only
 reads the header), so a small file declaring a huge size (a decompression bomb) is rejected
 cheaply. PIL's own hard limit (``2 * Image.MAX_IMAGE_PIXELS``) still applies on top of
-``max_pixels``. Truncated files raise instead of decoding partially: this module sets PIL's
+``max_pixels`` (its error still quotes ``max_pixels``, the limit callers set and clients can act on,
+unless ``max_pixels`` is above it). Truncated files raise instead of decoding partially: this module sets PIL's
 process-wide ``ImageFile.LOAD_TRUNCATED_IMAGES`` to False at import and always calls ``.load()``.
 
 Errors: every failure is an :class:`ImageDecodeError`; its subclass says what kind
@@ -35,6 +36,7 @@ Mode handling of :func:`decode_image`:
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 import numpy as np
@@ -86,6 +88,19 @@ def _signature(data: bytes) -> str | None:
     return next((fmt for magic, fmt in SIGNATURES.items() if data.startswith(magic)), None)
 
 
+def _bomb_message(name: str, pil_message: str, max_pixels: int) -> str:
+    """The error of a header over PIL's hard limit, in terms of the caller's ``max_pixels`` (the limit a
+    client can act on; PIL's own number, ``2 * Image.MAX_IMAGE_PIXELS``, means nothing to them).
+    PIL's only says so when ``max_pixels`` is set above it, as then PIL's is the limit in force."""
+    found = re.search(r"\((\d+) pixels\)", pil_message)  # "Image size (400000000 pixels) exceeds limit of ..."
+    pixels = int(found.group(1)) if found else None
+    hard = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else None
+    size = f"{pixels} pixels" if pixels is not None else "too many pixels"
+    if hard is not None and max_pixels > hard:
+        return f"{name}: image is {size}, more than the decoder's hard limit of {hard} pixels; rejected before decoding"
+    return f"{name}: image is {size}, more than max_pixels={max_pixels}; rejected before decoding"
+
+
 def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
     """Open the header, check the size, load the pixels (first frame) and apply EXIF orientation."""
     if not data:
@@ -95,7 +110,7 @@ def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError as e:
-        raise ImageTooLargeError(f"{name}: image too large, rejected before decoding ({e})") from None
+        raise ImageTooLargeError(_bomb_message(name, str(e), max_pixels)) from None
     except UnidentifiedImageError:
         fmt = _signature(data)
         if fmt is not None:
