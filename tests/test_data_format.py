@@ -298,6 +298,17 @@ def test_empty_and_garbage_bytes():
         decode_image(b"GIF87?not really" * 4, "g.jpg")
 
 
+@pytest.mark.parametrize("data, shown", [
+    (b"this is not an image", 'starts with the text "this is " (74 68 69 73 20 69 73 20)'),
+    (b"\x00\x01\xffab", "starts with the bytes 00 01 ff 61 62;"),
+    (b'<a href="x">', "starts with the bytes 3c 61 20 68 72 65 66 3d;"),  # markup and quotes: hex only
+])
+def test_an_unrecognised_file_shows_its_first_bytes_readably_never_as_a_python_repr(data, shown):
+    with expect(ImageDecodeError, "t.png", "not a recognised image format", shown) as e:
+        decode_image(data, "t.png")
+    assert "b'" not in str(e.value) and 'b"' not in str(e.value) and "\\x" not in str(e.value)
+
+
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
 def test_truncated(rng, fmt):
     image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)

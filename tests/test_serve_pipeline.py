@@ -317,3 +317,13 @@ def test_an_image_bomb_is_refused_quoting_the_services_own_pixel_limit():
         assert e.value.status == 413 and e.value.code == "too_many_pixels"
         assert "max_pixels=1000000" in e.value.detail and f"{w * h}" in e.value.detail
         assert str(2 * Image.MAX_IMAGE_PIXELS) not in e.value.detail, e.value.detail
+
+
+def test_a_file_that_is_no_image_is_described_without_a_python_bytes_repr(tmp_path):
+    import json
+
+    app = _app(tmp_path, {"base": "b1.pt", "lowlight": "l1.pt"})
+    status, _, body = _matte(app, "", b"this is not an image")
+    error = json.loads(body)
+    assert status == 415 and error["error"] == "not_an_image"
+    assert 'starts with the text "this is "' in error["detail"] and "b'" not in error["detail"], error["detail"]

@@ -88,6 +88,23 @@ def _signature(data: bytes) -> str | None:
     return next((fmt for magic, fmt in SIGNATURES.items() if data.startswith(magic)), None)
 
 
+PREVIEW_BYTES = 8
+"""How many leading bytes an unrecognised file's error shows."""
+
+_PLAIN = frozenset(range(0x20, 0x7F)) - set(b'"\\<>&`')
+"""Bytes an error may show as text: printable ASCII without quotes, backslashes or markup characters."""
+
+
+def _preview(data: bytes) -> str:
+    """The first bytes of an unrecognised file for an error message people read (the web UI shows it):
+    ``the text "this is " (74 68 69 73 20 69 73 20)`` when every one is plain printable ASCII, else
+    ``the bytes 00 01 ff 61``; never a Python ``b'...'`` repr, and nothing a client sent that is not hex
+    or plain ASCII."""
+    head = data[:PREVIEW_BYTES]
+    hexed = " ".join(f"{b:02x}" for b in head)
+    return f'the text "{head.decode("ascii")}" ({hexed})' if all(b in _PLAIN for b in head) else f"the bytes {hexed}"
+
+
 def _bomb_message(name: str, pil_message: str, max_pixels: int) -> str:
     """The error of a header over PIL's hard limit, in terms of the caller's ``max_pixels`` (the limit a
     client can act on; PIL's own number, ``2 * Image.MAX_IMAGE_PIXELS``, means nothing to them).
@@ -116,7 +133,7 @@ def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
         if fmt is not None:
             raise CorruptImageError(f"{name}: {fmt} signature but the header is truncated or corrupt") from None
         raise UnsupportedImageError(
-            f"{name}: not a recognised image format (first bytes {data[:8]!r}; accepted: {', '.join(ALLOWED_FORMATS)})"
+            f"{name}: not a recognised image format (it starts with {_preview(data)}; accepted: {', '.join(ALLOWED_FORMATS)})"
         ) from None
     except ValueError as e:  # Pillow's limit on compressed metadata (PNG text chunks) is a ValueError
         if "too large" in str(e).lower():
