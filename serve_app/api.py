@@ -30,7 +30,7 @@ from serve_app.auth import api_key_dependency
 from serve_app.batch import build_zip
 from serve_app.errors import ApiError, install_handlers
 from serve_app.params import EXTENSIONS, MAX_SIDE, MatteParams
-from serve_app.replica import TRIM_AFTER_PIXELS, release_memory
+from serve_app.replica import TRIM_AFTER_PIXELS, checkpoint_label, release_memory
 from serve_app.service import EMPTY_NOTICE, IngressService
 from serve_app.uploads import MULTIPART_OVERHEAD, expand_batch, parse_upload, read_body
 
@@ -216,7 +216,7 @@ async def list_models(svc: Service) -> dict[str, Any]:
         info = infos.get(spec.name)
         role = "bright" if spec.name == r.bright_model else ("dark" if spec.name == r.dark_model else "forced only")
         if isinstance(info, dict):
-            models.append({**info, "role": role})
+            models.append({**info, "checkpoint": checkpoint_label(info["checkpoint"]), "role": role})
         else:
             models.append({"name": spec.name, "role": role, "error": info})
     routing = {
@@ -269,7 +269,7 @@ async def matte(svc: Service, request: Request, query: Annotated[MatteParams, Qu
         "X-Matting-Model": res.model,
         "X-Matting-Brightness": f"{res.brightness:.4f}",
         "X-Matting-Cache": "hit" if out.cache_hit else "miss",
-        "X-Matting-Checkpoint": res.checkpoint,
+        "X-Matting-Checkpoint": checkpoint_label(res.checkpoint),
         "X-Matting-Ms": f"{out.ms:.1f}",
         "X-Matting-Refine": res.refine,
         "X-Matting-Prior": "true" if res.prior else "false",

@@ -61,5 +61,7 @@ def build_zip(rows: list[BatchRow]) -> bytes:
         for row in rows:
             writer.writerow(row.log())
         zf.writestr("log.csv", text.getvalue(), compress_type=zipfile.ZIP_DEFLATED)
-        zf.writestr("log.json", json.dumps([r.log() for r in rows], indent=1), compress_type=zipfile.ZIP_DEFLATED)
+        # Stored, like the results: the web UI reads log.json and the results out of the response
+        # (serve_app/static/batchlog.js) without needing the browser to inflate.
+        zf.writestr("log.json", json.dumps([r.log() for r in rows], indent=1), compress_type=zipfile.ZIP_STORED)
     return buf.getvalue()

@@ -269,7 +269,8 @@ class ServeConfig:
     def __post_init__(self) -> None:
         require(len(self.models) >= 1, "models", "at least one model is required")
         names = [m.name for m in self.models]
-        require(len(set(names)) == len(names), "models", f"model names must be unique, got {names}")
+        require(len({n.casefold() for n in names}) == len(names), "models",
+                f"model names must be unique, ignoring case (requests name them in any case), got {names}")
         for key in ("bright_model", "dark_model"):
             name = getattr(self.routing, key)
             require(name in names, f"routing.{key}", f"{name!r} is not a configured model (models: {', '.join(names)})")

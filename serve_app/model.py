@@ -29,7 +29,7 @@ from matting_lib.inference.predictor import Predictor
 from matting_lib.refine import MODES as REFINE_MODES
 from matting_lib.refine import resolve_mode
 from serve_app.config import ModelDeploymentSettings
-from serve_app.replica import TRIM_AFTER_PIXELS, parse_user_config, release_memory
+from serve_app.replica import TRIM_AFTER_PIXELS, checkpoint_label, parse_user_config, release_memory
 
 logger = logging.getLogger("ray.serve")
 
@@ -81,6 +81,7 @@ class MattingModel:
         model down: the replica keeps serving what it has, logs the error, and reports it as
         ``swap_error`` in :meth:`info` (and so in ``GET /v1/models``) until a swap succeeds.
         """
+        uri = ""
         try:
             uri = parse_user_config(user_config, self.default_checkpoint)
             if uri == self.checkpoint:
@@ -88,8 +89,10 @@ class MattingModel:
                 return
             predictor = await asyncio.to_thread(self._load, uri)
         except Exception as e:  # noqa: BLE001 - reported, the old model keeps serving
-            self.swap_error = f"{type(e).__name__}: {e}"
-            logger.error("model %s: hot swap failed, still serving %s: %s", self.name, self.checkpoint, self.swap_error)
+            error = f"{type(e).__name__}: {e}"
+            logger.error("model %s: hot swap failed, still serving %s: %s", self.name, self.checkpoint, error)
+            # Shown to clients (GET /v1/models): the checkpoint by its label, not the server's path (the log has it).
+            self.swap_error = error.replace(uri, checkpoint_label(uri)) if uri else error
             return
         self.predictor, self.checkpoint, self.loaded_at = predictor, uri, time.time()
         self.swaps += 1

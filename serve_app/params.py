@@ -27,7 +27,9 @@ It bounds a model replica's memory: one 6000x6000 request at 2048 peaks at about
 class MatteParams(BaseModel):
     """What to compute and how to deliver it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # allow_inf_nan=False: 'nan' or 'inf' for a float is refused as "Input should be a finite number",
+    # not with a range message ("should be <= 1") that a NaN cannot act on.
 
     model: str = Field("auto", description="'auto' (brightness routing) or a model name from /v1/models to force it.")
     output: Literal["rgba", "alpha", "composite"] = Field(
@@ -107,11 +109,16 @@ def merge_params(query: MatteParams, form: Mapping[str, str]) -> MatteParams:
         raise ApiError(422, "; ".join(parts)) from None
 
 
-def check_against_limits(params: MatteParams, model_names: list[str]) -> None:
-    """Checks that need the server config: a known model. (``max_side`` is checked against
+def check_against_limits(params: MatteParams, model_names: list[str]) -> MatteParams:
+    """Checks that need the server config: a known model, named in any case (``BASE`` as ``format=PNG``
+    is). Returns the parameters with the model's configured name (or ``auto``), which is what routing,
+    the cache key, the headers and the history then use. (``max_side`` is checked against
     :data:`MAX_SIDE` by the model itself, so every value over it gets the same message.)"""
-    if params.model != "auto" and params.model not in model_names:
+    wanted = params.model.casefold()
+    name = "auto" if wanted == "auto" else next((n for n in model_names if n.casefold() == wanted), None)
+    if name is None:
         raise ApiError(422, f"model: unknown model {params.model!r}; use 'auto' or one of {', '.join(model_names)}")
+    return params if name == params.model else params.model_copy(update={"model": name})
 
 
 def content_key(data: bytes, params: MatteParams, versions: Mapping[str, str]) -> str:

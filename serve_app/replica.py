@@ -9,11 +9,25 @@ start and a smaller ingress process.
 from __future__ import annotations
 
 import ctypes
+import urllib.parse
 from typing import Any, Mapping, Sequence
 
 TRIM_AFTER_PIXELS = 4_000_000
 """After an image with at least this many pixels (about 2000x2000), or one worked at more than the
 configured ``max_side``, the process hands the memory it freed back to the OS (:func:`release_memory`)."""
+
+
+def checkpoint_label(uri: str) -> str:
+    """What clients are shown of a checkpoint (``X-Matting-Checkpoint``, ``GET /v1/models``): a local
+    path (or ``file://`` URI) by its file name only, ``/srv/models/base.pt`` -> ``base.pt``, so no
+    response reveals the server's directories; a remote URI (``s3://bucket/models/base.pt``) whole,
+    without any user info, query or fragment. Internally (the cache key, hot swap) the full URI is kept."""
+    if "://" not in uri or uri.startswith("file://"):
+        path = uri[len("file://"):] if uri.startswith("file://") else uri
+        return path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or path
+    parts = urllib.parse.urlsplit(uri)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def parse_user_config(user_config: Mapping[str, Any] | None, default_checkpoint: str) -> str:

@@ -42,9 +42,7 @@ class IngressService:
 
     def params(self, query: MatteParams, fields: dict[str, str]) -> MatteParams:
         """The request's parameters (query string, then multipart fields), checked against the limits and models."""
-        params = merge_params(query, fields)
-        check_against_limits(params, self.config.model_names)
-        return params
+        return check_against_limits(merge_params(query, fields), self.config.model_names)
 
     async def record(self, **kwargs: Any) -> str | None:
         """Add a history entry; a storage failure is logged and does not fail the request."""

@@ -25,7 +25,7 @@ from matting_lib.data.dataset import (
     read_split,
     validate_dataset,
 )
-from matting_lib.data.decode import ImageDecodeError, decode_image, decode_mask
+from matting_lib.data.decode import MAX_PIXELS, ImageDecodeError, ImageTooLargeError, decode_image, decode_mask
 from matting_lib.data.encode import encode_png
 from matting_lib.data.manifest import VAL_HOLDOUT_FRACTION, build_manifest, ensure_manifest, hold_out, read_manifest
 
@@ -298,6 +298,17 @@ def test_empty_and_garbage_bytes():
         decode_image(b"GIF87?not really" * 4, "g.jpg")
 
 
+@pytest.mark.parametrize("data, shown", [
+    (b"this is not an image", 'starts with the text "this is " (74 68 69 73 20 69 73 20)'),
+    (b"\x00\x01\xffab", "starts with the bytes 00 01 ff 61 62;"),
+    (b'<a href="x">', "starts with the bytes 3c 61 20 68 72 65 66 3d;"),  # markup and quotes: hex only
+])
+def test_an_unrecognised_file_shows_its_first_bytes_readably_never_as_a_python_repr(data, shown):
+    with expect(ImageDecodeError, "t.png", "not a recognised image format", shown) as e:
+        decode_image(data, "t.png")
+    assert "b'" not in str(e.value) and 'b"' not in str(e.value) and "\\x" not in str(e.value)
+
+
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
 def test_truncated(rng, fmt):
     image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
@@ -321,8 +332,14 @@ def test_decompression_bomb_rejected_before_decoding():
     start = time.monotonic()
     with expect(ImageDecodeError, "bomb.png", "max_pixels"):
         decode_image(png_declaring(8000, 8000), "bomb.png")  # 64 Mpx: over our 50 Mpx, under PIL's limit
-    with expect(ImageDecodeError, "bomb.png", "too large"):
-        decode_mask(png_declaring(20000, 20000), "bomb.png")  # PIL's own hard limit
+    with expect(ImageTooLargeError, "bomb.png", "400000000 pixels", f"max_pixels={MAX_PIXELS}") as e:
+        decode_mask(png_declaring(20000, 20000), "bomb.png")  # over PIL's own hard limit too: still our limit quoted
+    assert str(2 * Image.MAX_IMAGE_PIXELS) not in str(e.value)
+    with expect(ImageTooLargeError, "400000000 pixels", "max_pixels=1234") as e:
+        decode_image(png_declaring(20000, 20000), "bomb.png", max_pixels=1234)
+    assert str(2 * Image.MAX_IMAGE_PIXELS) not in str(e.value)
+    with expect(ImageTooLargeError, f"hard limit of {2 * Image.MAX_IMAGE_PIXELS} pixels"):  # a max_pixels above PIL's
+        decode_image(png_declaring(20000, 20000), "bomb.png", max_pixels=10**12)
     with expect(ImageDecodeError, "small.png", "max_pixels=100"):
         decode_image(encode_png(np.zeros((20, 20), np.uint8)), "small.png", max_pixels=100)
     assert time.monotonic() - start < 1.0

@@ -341,8 +341,7 @@ VALUES = st.one_of(
 def test_parameter_parsing(form):
     t0 = time.perf_counter()
     try:
-        params = merge_params(MatteParams(), form)
-        check_against_limits(params, ["base", "lowlight"])
+        params = check_against_limits(merge_params(MatteParams(), form), ["base", "lowlight"])
     except ApiError as e:
         assert e.status == 422 and e.detail
     else:

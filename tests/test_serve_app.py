@@ -29,6 +29,7 @@ from matting_lib.inference.predictor import Predictor
 from matting_lib.routing import DEFAULT_THRESHOLD
 from serve_app.ingress import parse_server_timing
 from serve_app.params import MAX_SIDE
+from serve_app.replica import checkpoint_label
 from testkit.data import luma
 from testkit.serve import (
     decode, deploy, deploy_and_wait, encode, get, make_checkpoint, photo, post, running_replicas,
@@ -83,7 +84,7 @@ def test_dark_goes_to_lowlight_bright_to_base(svc):
         brightness = float(r.headers["X-Matting-Brightness"])
         assert brightness == pytest.approx(luma(rgb), abs=0.01)
         assert (brightness < DEFAULT_THRESHOLD) == (expected == "lowlight")
-        assert r.headers["X-Matting-Checkpoint"] == svc.checkpoints[expected]
+        assert r.headers["X-Matting-Checkpoint"] == checkpoint_label(svc.checkpoints[expected]) == f"{expected}.pt"
 
 
 def test_forcing_a_model_and_raw_body(svc):
@@ -311,7 +312,8 @@ def test_models_endpoint(svc):
     models = {m["name"]: m for m in body["models"]}
     assert set(models) == {"base", "lowlight", "spare"}
     assert models["spare"]["role"] == "forced only"
-    assert models["base"]["checkpoint"] == svc.checkpoints["base"] and models["base"]["role"] == "bright"
+    assert models["base"]["checkpoint"] == checkpoint_label(svc.checkpoints["base"]) and models["base"]["role"] == "bright"
+    assert str(svc.tmp) not in json.dumps(body)  # file names, never the server's paths
     assert models["lowlight"]["metrics"] == {"val_sad": 2.0} and models["lowlight"]["role"] == "dark"
     assert body["routing"]["threshold"] == DEFAULT_THRESHOLD
     assert (models["base"]["backend"], models["lowlight"]["backend"], models["spare"]["backend"]) == ("onnx", "onnx", "torch")
@@ -425,7 +427,8 @@ def _deploy_under_load(url: str, dashboard: str, config: dict, new: str, seeds: 
     try:
         wait_until(lambda: len(results) >= enough, 60, "requests before the swap")
         deploy(dashboard, config)
-        wait_until(lambda: sum(1 for _, c in results if c == new) >= enough, 90, "requests answered by the new checkpoint")
+        wait_until(lambda: sum(1 for _, c in results if c == checkpoint_label(new)) >= enough, 90,
+                   "requests answered by the new checkpoint")
     finally:
         stop.set()
         for t in threads:
@@ -440,9 +443,9 @@ def test_hot_swap_under_requests_fails_none(svc):
     app["deployments"] = [*app.get("deployments", []), {"name": "model_base", "user_config": {"checkpoint": new}}]
     results = _deploy_under_load(svc.url, svc.dashboard, config, new, range(3), enough=5)
     assert all(status == 200 for status, _ in results), [s for s, _ in results if s != 200][:5]
-    assert {c for _, c in results} == {svc.checkpoints["base"], new}
+    assert {c for _, c in results} == {checkpoint_label(svc.checkpoints["base"]), checkpoint_label(new)}
     info = next(m for m in get(f"{svc.url}/v1/models").json()["models"] if m["name"] == "base")
-    assert info["checkpoint"] == new and info["swaps"] == 1  # reconfigure in place, not a new replica
+    assert info["checkpoint"] == checkpoint_label(new) and info["swaps"] == 1  # reconfigure in place, not a new replica
     svc.config = config
     svc.checkpoints["base"] = new
 
@@ -578,11 +581,11 @@ def test_restart_with_models_in_the_ingress_and_a_key_keeps_history_routes_and_h
         assert np.abs(as_array(r.content).astype(int) - want).max() <= 1
         assert "forward" in parse_server_timing(r.headers["Server-Timing"])
     models = {m["name"]: m for m in get(f"{url}/v1/models", headers=auth).json()["models"]}
-    assert set(models) == {"base", "lowlight"} and models["base"]["checkpoint"] == ckpts["base"]
+    assert set(models) == {"base", "lowlight"} and models["base"]["checkpoint"] == checkpoint_label(ckpts["base"])
 
     new = make_checkpoint(svc.tmp / "base-v3.pt", 8, {"val_sad": 8.0})
     app["deployments"] = [{"name": "ingress", "user_config": {"checkpoints": {"base": new}}}]
     results = _deploy_under_load(url, svc.dashboard, config, new, range(200, 202), enough=4, headers=auth)
     assert all(status == 200 for status, _ in results), [s for s, _ in results if s != 200][:5]
     info = next(m for m in get(f"{url}/v1/models", headers=auth).json()["models"] if m["name"] == "base")
-    assert info["checkpoint"] == new and info["swaps"] == 1 and info["swap_error"] == ""
+    assert info["checkpoint"] == checkpoint_label(new) and info["swaps"] == 1 and info["swap_error"] == ""

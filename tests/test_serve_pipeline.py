@@ -32,7 +32,7 @@ class StubModels:
                 "refine": "off" if refine == "auto" else refine}
 
     async def infos(self) -> dict:
-        return {name: {"checkpoint": uri} for name, uri in self.checkpoints.items()}
+        return {name: {"name": name, "checkpoint": uri} for name, uri in self.checkpoints.items()}
 
 
 def _pipeline(models: StubModels) -> MattingPipeline:
@@ -170,3 +170,160 @@ def test_a_client_that_hangs_up_mid_upload_is_one_info_line_with_499(tmp_path, c
         serve_logger.setLevel(old_level)
         server.should_exit = True
         thread.join(timeout=10)
+
+
+# --------------------------------------------------------------------------- the app in process (no Serve, no sockets)
+
+
+def _app(tmp_path, checkpoints: dict[str, str], **config):
+    from serve_app.api import build_api
+    from serve_app.config import HistorySettings
+    from serve_app.service import IngressService
+
+    cfg = ServeConfig(api_key="", api_key_env="", **config,
+                      history=HistorySettings(db_path=str(tmp_path / "h.sqlite"), store_uri=str(tmp_path / "results")))
+    return build_api(IngressService(cfg, StubModels(checkpoints)))
+
+
+def _call(app, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None):
+    """One request through the ASGI app: (status, headers, body)."""
+    path, _, query = path.partition("?")
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": query.encode(), "root_path": "",
+             "headers": [(k.lower().encode(), v.encode()) for k, v in {"content-length": str(len(body)), **(headers or {})}.items()],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    sent, out = [False], {"status": 0, "headers": {}, "body": b""}
+
+    async def receive():
+        if sent[0]:
+            await asyncio.sleep(3600)
+        sent[0] = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            out["status"] = message["status"]
+            out["headers"] = {k.decode().lower(): v.decode() for k, v in message["headers"]}
+        elif message["type"] == "http.response.body":
+            out["body"] += message.get("body", b"")
+
+    asyncio.run(app(scope, receive, send))
+    return out["status"], out["headers"], out["body"]
+
+
+def _matte(app, query: str, data: bytes):
+    return _call(app, "POST", f"/v1/matte?{query}", data, {"content-type": "image/png", "x-filename": "a.png"})
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "Infinity"])
+def test_a_nan_or_infinite_float_is_refused_as_not_finite(tmp_path, value):
+    import json
+
+    app = _app(tmp_path, {"base": "b1.pt", "lowlight": "l1.pt"})
+    data = encode(photo(32, 32, "bright"))
+    for where in ("query", "form"):
+        if where == "query":
+            status, _, body = _matte(app, f"threshold={value}", data)
+        else:
+            form = (b"--B\r\nContent-Disposition: form-data; name=\"threshold\"\r\n\r\n" + value.encode() +
+                    b"\r\n--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n"
+                    b"Content-Type: image/png\r\n\r\n" + data + b"\r\n--B--\r\n")
+            status, _, body = _call(app, "POST", "/v1/matte", form, {"content-type": "multipart/form-data; boundary=B"})
+        detail = json.loads(body)["detail"]
+        assert status == 422 and detail.startswith("threshold:") and "finite number" in detail, (where, detail)
+        assert "less than" not in detail and "greater than" not in detail
+    status, _, body = _matte(app, "threshold=2", data)
+    assert status == 422 and "less than or equal to 1" in json.loads(body)["detail"]  # a finite value out of range: as before
+
+
+def test_model_names_are_case_insensitive_and_answer_with_the_configured_name(tmp_path):
+    from serve_app.params import check_against_limits
+
+    names = ["base", "lowlight"]
+    assert check_against_limits(MatteParams(model="BASE"), names).model == "base"
+    assert check_against_limits(MatteParams(model="LowLight"), names).model == "lowlight"
+    assert check_against_limits(MatteParams(model="AUTO"), names).model == "auto"
+    with pytest.raises(ApiError) as e:
+        check_against_limits(MatteParams(model="base2"), names)
+    assert e.value.status == 422 and e.value.detail.startswith("model: unknown model 'base2'")
+
+    app = _app(tmp_path, {"base": "b1.pt", "lowlight": "l1.pt"})
+    data = encode(photo(32, 32, "dark"))
+    status, headers, _ = _matte(app, "model=BASE", data)
+    assert status == 200 and headers["x-matting-model"] == "base" and headers["x-matting-cache"] == "miss"
+    status, headers, _ = _matte(app, "model=base", data)
+    assert status == 200 and headers["x-matting-cache"] == "hit"  # one cache entry, whatever the case
+    status, headers, _ = _matte(app, "model=Auto", data)
+    assert status == 200 and headers["x-matting-model"] == "lowlight"
+
+
+def test_model_names_must_differ_in_more_than_case():
+    from matting_lib.config import ConfigError
+    from serve_app.config import ModelSpec
+
+    with pytest.raises(ConfigError, match="ignoring case"):
+        ServeConfig(models=(ModelSpec("base", "a.pt"), ModelSpec("Base", "b.pt"), ModelSpec("lowlight", "c.pt")))
+
+
+def test_clients_see_a_checkpoint_by_its_file_name_never_the_servers_path(tmp_path):
+    import json
+
+    from serve_app.replica import checkpoint_label
+
+    assert checkpoint_label("/srv/matting/models/base.pt") == "base.pt"
+    assert checkpoint_label("models/lowlight.pt") == "lowlight.pt"
+    assert checkpoint_label("file:///srv/matting/models/base.onnx") == "base.onnx"
+    assert checkpoint_label("s3://bucket/models/base-v2.pt") == "s3://bucket/models/base-v2.pt"  # not a machine path
+    assert checkpoint_label("https://user:secret@host.example/m/base.pt?X-Sig=abc") == "https://host.example/m/base.pt"
+
+    base, low = str(tmp_path / "srv" / "base.pt"), "s3://bucket/models/lowlight.pt"
+    app = _app(tmp_path, {"base": base, "lowlight": low})
+    status, headers, _ = _matte(app, "model=base", encode(photo(32, 32, "bright")))
+    assert status == 200 and headers["x-matting-checkpoint"] == "base.pt"
+    status, headers, _ = _matte(app, "model=lowlight", encode(photo(32, 32, "bright")))
+    assert status == 200 and headers["x-matting-checkpoint"] == low
+    status, _, body = _call(app, "GET", "/v1/models")
+    assert status == 200 and str(tmp_path) not in body.decode()
+    assert {m["name"]: m["checkpoint"] for m in json.loads(body)["models"]} == {"base": "base.pt", "lowlight": low}
+
+
+def test_the_cache_key_still_tells_checkpoints_with_the_same_file_name_apart():
+    models = StubModels({"base": "/srv/v1/base.pt", "lowlight": "l1.pt"})
+    pipe = _pipeline(models)
+    data = encode(photo(32, 32, "bright"))
+    asyncio.run(pipe.matte(data, "a.png", MatteParams()))
+    models.checkpoints["base"] = "/srv/v2/base.pt"  # a new model under the same file name
+    pipe.versions_checked = 0.0
+    out = asyncio.run(pipe.matte(data, "a.png", MatteParams()))
+    assert not out.cache_hit and out.result.checkpoint == "/srv/v2/base.pt"
+
+
+def test_an_image_bomb_is_refused_quoting_the_services_own_pixel_limit():
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    def png_declaring(w: int, h: int) -> bytes:
+        def chunk(kind: bytes, data: bytes) -> bytes:
+            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+    pipe = _pipeline(StubModels({"base": "b1.pt", "lowlight": "l1.pt"}))  # max_pixels=1_000_000
+    for w, h in ((2000, 2000), (30000, 30000)):  # over the service's limit; over Pillow's hard limit as well
+        with pytest.raises(ApiError) as e:
+            asyncio.run(pipe.matte(png_declaring(w, h), "bomb.png", MatteParams()))
+        assert e.value.status == 413 and e.value.code == "too_many_pixels"
+        assert "max_pixels=1000000" in e.value.detail and f"{w * h}" in e.value.detail
+        assert str(2 * Image.MAX_IMAGE_PIXELS) not in e.value.detail, e.value.detail
+
+
+def test_a_file_that_is_no_image_is_described_without_a_python_bytes_repr(tmp_path):
+    import json
+
+    app = _app(tmp_path, {"base": "b1.pt", "lowlight": "l1.pt"})
+    status, _, body = _matte(app, "", b"this is not an image")
+    error = json.loads(body)
+    assert status == 415 and error["error"] == "not_an_image"
+    assert 'starts with the text "this is "' in error["detail"] and "b'" not in error["detail"], error["detail"]

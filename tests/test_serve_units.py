@@ -230,6 +230,7 @@ def test_hot_swap_loads_the_new_checkpoint_and_survives_a_bad_one(tmp_path):
 
     asyncio.run(model.reconfigure({"checkpoint": str(tmp_path / "missing.pt")}))
     assert model.checkpoint == a and "missing.pt" in model.info()["swap_error"]
+    assert str(tmp_path) not in model.info()["swap_error"]  # clients see the file name, not the server's path
     np.testing.assert_array_equal(model.predictor.predict(rgb), before)  # still the old model
 
     asyncio.run(model.reconfigure({"checkpoint": b}))
@@ -325,3 +326,73 @@ def test_an_ingress_with_model_deployments_loads_no_network_library():
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().splitlines()[-1] == "[]", r.stdout
+
+
+# --------------------------------------------------------------------------- the web UI's batch table
+
+
+BATCHLOG_JS = """
+const { zipEntries, readBatchLog, logStatus, mediaType } = require(process.argv[2]);
+const fs = require("fs");
+(async () => {
+  const entries = zipEntries(new Uint8Array(fs.readFileSync(process.argv[3])));
+  const log = await readBatchLog(entries);
+  const results = {};
+  for (const row of log) {
+    if (row.status === "ok") results[row.output] = Buffer.from(await entries.get(row.output)()).toString("hex");
+  }
+  console.log(JSON.stringify({ names: [...entries.keys()], log, statuses: log.map(logStatus), results,
+                               types: log.map((r) => mediaType(r.output || "x.png")) }));
+})().catch((e) => { console.error(e); process.exit(1); });
+"""
+
+
+@pytest.mark.parametrize("log_compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_web_ui_reads_every_file_of_a_batch_archive_from_its_log(tmp_path, log_compression):
+    """serve_app/static/batchlog.js (what app.js fills the batch table from) on a real /v1/batch archive:
+    one row per processed file, a zip's entries included, with its status and result (stored or deflated log)."""
+    import json
+    import shutil
+    import subprocess
+
+    from serve_app.batch import BatchRow, build_zip
+    from testkit import ROOT
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    rows = [
+        BatchRow("portrait.png", "results/portrait.png", "ok", 200, "base", 0.61, "miss", 12.5, "", False, "", b"\x89PNG-1"),
+        BatchRow("inside/a.png", "results/inside/a.png", "ok", 200, "lowlight", 0.12, "hit", 3.0, "", True, "none", b"\x89PNG-2"),
+        BatchRow("inside/notes.txt", "", "error", 415, "", None, "", 1.0, 'inside/notes.txt: not an image "x"'),
+    ]
+    archive = build_zip(rows)
+    if log_compression == zipfile.ZIP_DEFLATED:  # what an older server sent: the reader inflates it
+        src, buf = zipfile.ZipFile(io.BytesIO(archive)), io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as out:
+            for info in src.infolist():
+                out.writestr(info.filename, src.read(info), compress_type=log_compression if info.filename.startswith("log") else zipfile.ZIP_STORED)
+        archive = buf.getvalue()
+    else:
+        assert zipfile.ZipFile(io.BytesIO(archive)).getinfo("log.json").compress_type == zipfile.ZIP_STORED
+    (tmp_path / "mattes.zip").write_bytes(archive)
+    (tmp_path / "read.js").write_text(BATCHLOG_JS)
+    r = subprocess.run([node, str(tmp_path / "read.js"), str(ROOT / "serve_app/static/batchlog.js"), str(tmp_path / "mattes.zip")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout)
+    assert [row["file"] for row in got["log"]] == ["portrait.png", "inside/a.png", "inside/notes.txt"]
+    assert got["statuses"] == [{"text": "ok", "className": ""}, {"text": "ok: no subject found", "className": "warning"},
+                               {"text": '415: inside/notes.txt: not an image "x"', "className": "error"}]
+    assert got["results"] == {"results/portrait.png": b"\x89PNG-1".hex(), "results/inside/a.png": b"\x89PNG-2".hex()}
+    assert got["types"][:2] == ["image/png", "image/png"]
+
+
+def test_web_ui_fills_the_batch_table_from_the_archive_log():
+    from testkit import ROOT
+
+    static = ROOT / "serve_app" / "static"
+    html = (static / "index.html").read_text()
+    assert html.index('src="/static/batchlog.js"') < html.index('src="/static/app.js"')
+    app = (static / "app.js").read_text()
+    assert "showBatchLog(blob)" in app and "readBatchLog(" in app and "zipEntries(" in app

@@ -10,7 +10,8 @@ e.g. EPS, which runs Ghostscript, are never tried on untrusted bytes). The heade
 are checked against ``max_pixels`` *before* the pixels are decoded (``PIL.Image.open`` only
 reads the header), so a small file declaring a huge size (a decompression bomb) is rejected
 cheaply. PIL's own hard limit (``2 * Image.MAX_IMAGE_PIXELS``) still applies on top of
-``max_pixels``. Truncated files raise instead of decoding partially: this module sets PIL's
+``max_pixels`` (its error still quotes ``max_pixels``, the limit callers set and clients can act on,
+unless ``max_pixels`` is above it). Truncated files raise instead of decoding partially: this module sets PIL's
 process-wide ``ImageFile.LOAD_TRUNCATED_IMAGES`` to False at import and always calls ``.load()``.
 
 Errors: every failure is an :class:`ImageDecodeError`; its subclass says what kind
@@ -35,6 +36,7 @@ Mode handling of :func:`decode_image`:
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 import numpy as np
@@ -86,6 +88,36 @@ def _signature(data: bytes) -> str | None:
     return next((fmt for magic, fmt in SIGNATURES.items() if data.startswith(magic)), None)
 
 
+PREVIEW_BYTES = 8
+"""How many leading bytes an unrecognised file's error shows."""
+
+_PLAIN = frozenset(range(0x20, 0x7F)) - set(b'"\\<>&`')
+"""Bytes an error may show as text: printable ASCII without quotes, backslashes or markup characters."""
+
+
+def _preview(data: bytes) -> str:
+    """The first bytes of an unrecognised file for an error message people read (the web UI shows it):
+    ``the text "this is " (74 68 69 73 20 69 73 20)`` when every one is plain printable ASCII, else
+    ``the bytes 00 01 ff 61``; never a Python ``b'...'`` repr, and nothing a client sent that is not hex
+    or plain ASCII."""
+    head = data[:PREVIEW_BYTES]
+    hexed = " ".join(f"{b:02x}" for b in head)
+    return f'the text "{head.decode("ascii")}" ({hexed})' if all(b in _PLAIN for b in head) else f"the bytes {hexed}"
+
+
+def _bomb_message(name: str, pil_message: str, max_pixels: int) -> str:
+    """The error of a header over PIL's hard limit, in terms of the caller's ``max_pixels`` (the limit a
+    client can act on; PIL's own number, ``2 * Image.MAX_IMAGE_PIXELS``, means nothing to them).
+    PIL's only says so when ``max_pixels`` is set above it, as then PIL's is the limit in force."""
+    found = re.search(r"\((\d+) pixels\)", pil_message)  # "Image size (400000000 pixels) exceeds limit of ..."
+    pixels = int(found.group(1)) if found else None
+    hard = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else None
+    size = f"{pixels} pixels" if pixels is not None else "too many pixels"
+    if hard is not None and max_pixels > hard:
+        return f"{name}: image is {size}, more than the decoder's hard limit of {hard} pixels; rejected before decoding"
+    return f"{name}: image is {size}, more than max_pixels={max_pixels}; rejected before decoding"
+
+
 def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
     """Open the header, check the size, load the pixels (first frame) and apply EXIF orientation."""
     if not data:
@@ -95,13 +127,13 @@ def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError as e:
-        raise ImageTooLargeError(f"{name}: image too large, rejected before decoding ({e})") from None
+        raise ImageTooLargeError(_bomb_message(name, str(e), max_pixels)) from None
     except UnidentifiedImageError:
         fmt = _signature(data)
         if fmt is not None:
             raise CorruptImageError(f"{name}: {fmt} signature but the header is truncated or corrupt") from None
         raise UnsupportedImageError(
-            f"{name}: not a recognised image format (first bytes {data[:8]!r}; accepted: {', '.join(ALLOWED_FORMATS)})"
+            f"{name}: not a recognised image format (it starts with {_preview(data)}; accepted: {', '.join(ALLOWED_FORMATS)})"
         ) from None
     except ValueError as e:  # Pillow's limit on compressed metadata (PNG text chunks) is a ValueError
         if "too large" in str(e).lower():

@@ -190,7 +190,7 @@ $("batch-run").addEventListener("click", async () => {
   const worker = async () => {
     for (let item = queue.shift(); item; item = queue.shift()) {
       const [file, row] = item;
-      if (!images.includes(file)) { row.cells[2].textContent = "zip: in the ZIP log"; step(); continue; }
+      if (!images.includes(file)) { row.cells[2].textContent = "zip: its images are listed when the ZIP is done"; step(); continue; }
       row.cells[2].textContent = "working";
       const form = new FormData();
       form.append("file", file, file.name);
@@ -221,6 +221,7 @@ $("batch-run").addEventListener("click", async () => {
     step(); // the ZIP is the last step; the summary below replaces the "N / M" count
     $("batch-zip").href = URL.createObjectURL(blob);
     $("batch-zip").classList.remove("disabled");
+    try { await showBatchLog(blob); } catch (e) { notice("Could not read the ZIP's log: " + e.message); }
     const h = res.headers;
     const empty = Number(h.get("X-Matting-Empty") || 0);
     $("batch-count").textContent = `${h.get("X-Matting-Files")} file(s), ${h.get("X-Matting-Failed")} failed` +
@@ -233,6 +234,34 @@ $("batch-run").addEventListener("click", async () => {
   }
   $("batch-run").disabled = false;
 });
+
+// The table from the ZIP's log.json (batchlog.js): one row per image the server processed, so
+// every image inside a dropped .zip gets its own row, with its status and a preview of its result.
+async function showBatchLog(blob) {
+  const entries = zipEntries(await blob.arrayBuffer());
+  const log = await readBatchLog(entries);
+  const rows = [];
+  for (const entry of log) {
+    const row = document.createElement("tr");
+    for (let i = 0; i < 6; i++) row.insertCell();
+    row.dataset.status = entry.status;
+    row.cells[1].textContent = entry.file;
+    const status = logStatus(entry);
+    row.cells[2].textContent = status.text;
+    row.cells[2].className = status.className;
+    row.cells[3].textContent = entry.model || "";
+    row.cells[4].textContent = typeof entry.brightness === "number" ? entry.brightness.toFixed(3) : "";
+    row.cells[5].textContent = entry.ms ?? "";
+    const result = entry.status === "ok" && entries.get(entry.output);
+    if (result) {
+      const img = new Image();
+      img.src = URL.createObjectURL(new Blob([await result()], { type: mediaType(entry.output) }));
+      row.cells[0].append(img);
+    }
+    rows.push(row);
+  }
+  $("batch-table").tBodies[0].replaceChildren(...rows);
+}
 
 // ------------------------------------------------------------------ history
 let historyOffset = 0;
