@@ -162,6 +162,21 @@ def test_a_new_refiner_passes_the_coarse_alpha_through():
         RefinerConfig(radius=0)
 
 
+def test_a_flat_alpha_takes_no_texture_from_the_image():
+    """Where the alpha is flat (inside a subject, or empty background) the learned guided filter's
+    A is 0 and the output is that alpha, whatever the image and the learned gain: an empty matte
+    cannot pick up the photo's shading (the first design, with a free A, did)."""
+    torch.manual_seed(1)
+    net = EdgeRefiner(RefinerConfig(channels=8)).eval()
+    image = torch.rand(1, 3, 30, 40)
+    for level in (0.02, 0.5, 0.97):
+        p = torch.full((1, 1, 30, 40), level)
+        with torch.no_grad():
+            coef = net.coefficients(image, p, torch.randn(1, 8, 30, 40) * 3)
+        torch.testing.assert_close(coef[:, :3], torch.zeros(1, 3, 30, 40), atol=1e-4, rtol=0)
+        torch.testing.assert_close(coef[:, 3:], p, atol=1e-4, rtol=0)
+
+
 def _sampler(n: int, seed: int, size: int = 128) -> RefinerSampler:
     rng = np.random.default_rng(seed)
     pairs = [synthetic_pair(rng, size, size) for _ in range(n)]

@@ -95,7 +95,6 @@ class EdgeRefiner(nn.Module):
     def forward(self, image_lr: torch.Tensor, coarse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """image_lr (B, 3, h, w) and coarse (B, 1, h, w), both in [0, 1] ->
         coefficients (B, 4, h, w) and the corrected coarse alpha p (B, 1, h, w) in [0, 1]."""
-        r = self.config.radius
         x = torch.cat([image_lr * 2 - 1, coarse * 2 - 1], dim=1)
         half = F.avg_pool2d(x, 2, ceil_mode=True)
         ctx = F.interpolate(self.context(half), size=coarse.shape[-2:], mode="bilinear", align_corners=False)
@@ -104,6 +103,13 @@ class EdgeRefiner(nn.Module):
         delta = MAX_RESIDUAL * torch.tanh(self.fuse[1](feat) / MAX_RESIDUAL)
         p = torch.sigmoid(torch.log(c / (1 - c)) + delta)
 
+        return self.coefficients(image_lr, p, feat), p
+
+    def coefficients(self, image_lr: torch.Tensor, p: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
+        """The guided filter of ``p`` (B, 1, h, w) by ``image_lr`` (B, 3, h, w) with the learned
+        gain from ``feat`` (B, C, h, w): coefficients (B, 4, h, w). A flat ``p`` gives A = 0 and
+        b = p, whatever the image and the gain."""
+        r = self.config.radius
         mean_i, mean_p = box(image_lr, r), box(p, r)
         cov_ip = box(image_lr * p, r) - mean_i * mean_p
         ir, ig, ib = image_lr[:, 0:1], image_lr[:, 1:2], image_lr[:, 2:3]
@@ -116,8 +122,7 @@ class EdgeRefiner(nn.Module):
         var_i = torch.cat([cov_ii[:, 0:1], cov_ii[:, 3:4], cov_ii[:, 5:6]], dim=1)
         a = gain * cov_ip / (var_i + EPS) / 3
         b = mean_p - (a * mean_i).sum(dim=1, keepdim=True)
-        coefficients = box(torch.cat([a, b], dim=1), r)
-        return coefficients, p
+        return box(torch.cat([a, b], dim=1), r)
 
 
 def upsample_apply(coefficients: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
