@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--config", required=True, help="YAML file (configs/refiner.yaml)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=300 data.fold=0")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # overrides before and after --threads
     try:
         cfg: RefinerJobConfig = load_job_config(args.config, args.overrides, cls=RefinerJobConfig)
     except ValueError as e:  # the dataclasses' own range checks
