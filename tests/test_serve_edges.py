@@ -355,6 +355,16 @@ def test_web_ui_reports_empty_results_clears_errors_and_keeps_the_batch_summary(
             expect(info).to_contain_text("model base", timeout=60_000)
             expect(notice).to_be_hidden()
 
+            # refinement: the mode asked for is the mode that ran, and the result is the input's size,
+            # shown pixel for pixel with "full size"
+            page.select_option("#p-refine", "classical")
+            expect(info).to_contain_text("refine classical", timeout=60_000)
+            expect(info).to_have_attribute("data-size", "80x60", timeout=30_000)
+            page.check("#full-size")
+            assert page.locator("#result-img").evaluate("im => im.getBoundingClientRect().width") == 80
+            page.select_option("#p-refine", "auto")
+            expect(info).to_contain_text("refine off", timeout=60_000)
+
             # batch: per-file notice, and the ZIP's summary stays
             page.click("button[data-tab=batch]")
             page.set_input_files("#file-batch", [str(bright), str(dark)])
