@@ -69,7 +69,7 @@ def as_array(data: bytes) -> np.ndarray:
 
 def local_alpha(checkpoint: str, rgb: np.ndarray) -> np.ndarray:
     """The model's alpha computed in this process (max_side 256, as the test config)."""
-    return Predictor.from_checkpoint(checkpoint, device="cpu", max_side=256).predict(rgb)
+    return Predictor.from_checkpoint(checkpoint, device="cpu", max_side=256, subject_prior=False).predict(rgb)  # as deployed in tests
 
 
 # --------------------------------------------------------------------------- routing
