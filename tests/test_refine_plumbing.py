@@ -100,8 +100,8 @@ def test_onnx_runtime_runs_the_same_refiner(files):
     torch_p = Predictor.from_checkpoint(files["with"], subject_prior=False)
     ort_p = load_predictor(files["with"], backend="onnx", subject_prior=False)
     assert isinstance(ort_p, OnnxPredictor) and ort_p.refine == "learned"
-    for im in _images():
-        for mode in ("learned", "classical", "off"):
+    for im in _images()[:2]:
+        for mode in ("learned", "off"):  # classical is the same NumPy/OpenCV code on both backends
             np.testing.assert_allclose(ort_p.predict(im, refine=mode), torch_p.predict(im, refine=mode), atol=2e-4)
 
 
