@@ -30,7 +30,7 @@ from matting_lib import io
 from matting_lib.config import ModelConfig, from_dict
 from matting_lib.inference.export import (INPUT_NAME, META_PREFIX, OUTPUT_NAME, REFINER_INPUTS, REFINER_META,
                                           REFINER_OUTPUT, export_onnx)
-from matting_lib.inference.predictor import Predictor
+from matting_lib.inference.predictor import Predictor, load_parts
 from matting_lib.refine import resolve_mode
 from matting_lib.nets.unet import crop, pad_to_multiple
 
@@ -143,16 +143,8 @@ class OnnxPredictor(Predictor):
     @classmethod
     def from_checkpoint(cls, uri: str, **kwargs: Any) -> "OnnxPredictor":
         """A matting checkpoint, exported to FP32 ONNX in memory (see :meth:`from_torch`)."""
-        from matting_lib.checkpoint import load_checkpoint
-
-        from matting_lib.checkpoint import load_refiner
-
-        refiner_uri = kwargs.pop("refiner_uri", "")
-        ck = load_checkpoint(uri)
-        refiner = load_refiner(refiner_uri) if refiner_uri else ck.build_refiner()
-        meta = {"checkpoint": uri, "metrics": dict(ck.metrics), "model_config": ck.model_config,
-                "data_fingerprint": ck.data_fingerprint, "refiner": refiner_uri or (uri if refiner is not None else "")}
-        return cls.from_torch(ck.build_model(), metadata=meta, refiner=refiner, **kwargs)
+        model, refiner, meta = load_parts(uri, kwargs.pop("refiner_uri", ""))
+        return cls.from_torch(model, metadata=meta, refiner=refiner, **kwargs)
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         """uint8 (N, h, w, 3) -> float32 (N, h, w) alpha in [0, 1], through the ORT session."""

@@ -93,6 +93,18 @@ def to_working_size(rgb: np.ndarray, max_side: int | None) -> np.ndarray:
     return rgb if (wh, ww) == (h, w) else cv2.resize(rgb, (ww, wh), interpolation=cv2.INTER_AREA)
 
 
+def load_parts(uri: str, refiner_uri: str = "") -> tuple[nn.Module, nn.Module | None, dict[str, Any]]:
+    """A checkpoint's network, its learned refiner (``refiner_uri``'s instead when given, else the
+    one it carries, or None) and the metadata every predictor keeps: what both backends load."""
+    from matting_lib.checkpoint import load_checkpoint, load_refiner
+
+    ck = load_checkpoint(uri)
+    refiner = load_refiner(refiner_uri) if refiner_uri else ck.build_refiner()
+    meta = {"checkpoint": uri, "metrics": dict(ck.metrics), "model_config": ck.model_config,
+            "data_fingerprint": ck.data_fingerprint, "refiner": refiner_uri or (uri if refiner is not None else "")}
+    return ck.build_model(), refiner, meta
+
+
 @dataclass
 class Predictor:
     """Runs a matting model on images of any size. See the module docstring for the policy."""
@@ -132,13 +144,8 @@ class Predictor:
     def from_checkpoint(cls, uri: str, refiner_uri: str = "", **kwargs: Any) -> "Predictor":
         """Load a matting_lib checkpoint from a local path or any fsspec URI (s3:// included).
         ``refiner_uri``: a refiner to use instead of the one the checkpoint carries."""
-        from matting_lib.checkpoint import load_checkpoint, load_refiner
-
-        ck = load_checkpoint(uri)
-        refiner = load_refiner(refiner_uri) if refiner_uri else ck.build_refiner()
-        meta = {"checkpoint": uri, "metrics": dict(ck.metrics), "model_config": ck.model_config,
-                "data_fingerprint": ck.data_fingerprint, "refiner": refiner_uri or (uri if refiner is not None else "")}
-        return cls(ck.build_model(), metadata=meta, refiner=refiner, **kwargs)
+        model, refiner, meta = load_parts(uri, refiner_uri)
+        return cls(model, metadata=meta, refiner=refiner, **kwargs)
 
     @property
     def has_refiner(self) -> bool:

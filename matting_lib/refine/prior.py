@@ -73,7 +73,8 @@ class SubjectPrior:
         self._net = classifier
         self._lock = threading.Lock()
 
-    def _classifier(self):
+    def classifier(self) -> torch.nn.Module:
+        """The ImageNet classifier (loaded from the wheel on first use)."""
         with self._lock:
             if self._net is None:
                 from matting_lib.nets.encoders.efficientnet_lite import ImageNetClassifier
@@ -89,7 +90,7 @@ class SubjectPrior:
         s = self.params.side / max(h, w)
         th, tw = (max(32, int(np.ceil(round(d * s) / 32)) * 32) for d in (h, w))
         x = torch.from_numpy(cv2.resize(image, (tw, th), interpolation=cv2.INTER_AREA)).permute(2, 0, 1)[None].float() / 255
-        cam, p = self._classifier().activation_map(x, self.params.top, exclude=SCENE_CLASSES)
+        cam, p = self.classifier().activation_map(x, self.params.top, exclude=SCENE_CLASSES)
         cam = cam[0].numpy()
         cam = cam / max(float(cam.max()), 1e-6)
         return np.clip(cv2.resize(cam, (w, h), interpolation=cv2.INTER_CUBIC), 0, 1).astype(np.float32), float(p[0].sum())
@@ -108,10 +109,6 @@ class SubjectPrior:
         if hard is None:
             return np.zeros((h, w), np.float32)
         return hard if s == 1.0 else (cv2.resize(hard, (w, h), interpolation=cv2.INTER_LINEAR) >= 0.5).astype(np.float32)
-
-    def classifier(self) -> torch.nn.Module:
-        """The ImageNet classifier (loaded on first use)."""
-        return self._classifier()
 
 
 _SHARED: SubjectPrior | None = None
