@@ -3,8 +3,13 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# CPU build by default. On a CUDA machine: make TORCH_SPEC="torch==2.13.0" TORCH_INDEX=...
+# torch is installed first and alone, as the CPU build: a wheel pip finds without an index
+# (--no-index: the machine's --find-links, or a torch already in the venv) if there is one, else
+# PyTorch's CPU index, because PyPI's Linux torch is the CUDA build (several GB of nvidia-*).
+# On a CUDA machine: make TORCH_INDEX=https://download.pytorch.org/whl/cu128 (or TORCH_INDEX=
+# empty for PyPI's build).
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 PYTEST_ARGS ?=
 # Python writes byte-code as each module is first imported, into .venv and the checkout's
 # __pycache__, even where the environment sets PYTHONDONTWRITEBYTECODE: without it every Ray
@@ -24,7 +29,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	@# torch first and alone: an unpinned resolve would pull the multi-GB CUDA build.
 	@# --no-compile: byte-code is written on first import instead (PYTHONDONTWRITEBYTECODE above).
-	$(BIN)/python -m pip install -q --no-compile "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q --no-compile --no-index "$(TORCH_SPEC)" 2>/dev/null \
+	  || $(BIN)/python -m pip install -q --no-compile "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install -q --no-compile -e ".[test,tune]"
 	@# s3fs silently falls back to 0.4.2 (2019) when boto3 leaves aiobotocore's band.
 	$(BIN)/python -c "import s3fs, sys; v = tuple(int(x) for x in s3fs.__version__.split('.')[:2]); sys.exit(0 if v >= (2024, 1) else 'stale s3fs ' + s3fs.__version__)"
