@@ -16,8 +16,14 @@ import tempfile
 import uuid
 from pathlib import Path
 
-import numpy as np
-import pytest
+# One OpenMP/MKL thread for torch in this process and in everything it starts (CLI jobs, the
+# test clusters, whose Ray workers already get 1): the tests' tensors are tiny, and on 2 cores
+# shared with Ray a second thread mostly spins waiting for the first. test_overfit_tiny_set beside
+# one busy process: 9.7 s with 1 thread, 46-93 s with 2. Set before anything imports torch.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 from testkit import ROOT
 from testkit.data import synthetic_pair, write_dataset  # noqa: F401 - the tests import them from here too

@@ -42,16 +42,6 @@ METRIC_FNS = {"sad": metrics.sad, "mse": metrics.mse, "mad": metrics.mad,
 WITH_TRIMAP = ("va000", "va001")
 
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models on a shared 2-core machine: torch's second thread only waits (a 64x64
-    forward took 2.8 s with 2 threads against 0.05 s with 1 under load). Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 def _checkpoint(path: Path, seed: int) -> str:
     torch.manual_seed(seed)
     return save_checkpoint(str(path), build_model(TINY))

@@ -25,15 +25,6 @@ from matting_lib.nets.unet import crop, pad_to_multiple
 TINY = ModelConfig(encoder="mobilenetv2", encoder_width=0.35, decoder_channels=(32, 24, 16, 16, 8))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is as fast, and immune to OpenMP spinning on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

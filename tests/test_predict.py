@@ -24,16 +24,6 @@ SIZES = {"a": (64, 64), "b": (48, 80), "c": (70, 40)}  # name -> (h, w)
 TINY = ModelConfig(encoder_width=0.35, decoder_channels=(32, 24, 16, 16, 8))
 
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models on a shared 2-core machine: torch's second thread only waits (a 64x64
-    forward took 2.8 s with 2 threads against 0.05 s with 1 under load). Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> str:
     torch.manual_seed(0)
