@@ -23,7 +23,7 @@ Runs in one local process without Ray, deliberately: the model is loaded once, t
 spreads each forward pass over all cores (or one GPU, ``--device``), and a thread pool
 overlaps storage reads and writes with compute, which is what saturates one machine. Ray
 tasks would load the model once per worker and split the same cores. Sharding a bucket over
-a cluster is a Ray Data job around the same :class:`matting_lib.inference.predictor.Predictor`; this
+a cluster is a Ray Data job around the same predictor (:func:`matting_lib.inference.load.load_predictor`); this
 command is the tool for a folder on one machine.
 """
 
@@ -44,6 +44,7 @@ from matting_lib import io
 from matting_lib.checkpoint import CheckpointError
 from matting_lib.data.decode import ImageDecodeError
 from matting_lib.postprocess import decontaminate_foreground, encode_image, to_rgba
+from matting_lib.inference.load import BACKENDS, backend_name, load_predictor
 from matting_lib.inference.predictor import DEFAULT_MAX_SIDE, Predictor, as_rgb
 from matting_lib.refine import MODES as REFINE_MODES
 from ray_jobs.common import SetupError, check_output, fail
@@ -226,13 +227,17 @@ def write_log(uri: str, records: Sequence[FileRecord]) -> None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", required=True, help="matting checkpoint (.pt), local path or s3://")
+    p.add_argument("--checkpoint", required=True,
+                   help="matting checkpoint (.pt) or ONNX export (.onnx, from ray_jobs.export), local path or s3://")
     p.add_argument("--input", required=True, help="folder (or one image file), local path or s3://")
     p.add_argument("--output", required=True, help="folder for <name>.png cut-outs, local path or s3://")
     p.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE,
                    help=f"long side the network works at, in pixels (the model's own working side caps it); bigger "
                         f"inputs are downscaled and their alpha refined to full size (0 = full size; default {DEFAULT_MAX_SIDE})")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="auto (default: ONNX Runtime for an .onnx export, and for a checkpoint on CPU; torch on CUDA), "
+                        "torch or onnx (matting_lib.inference.load.load_predictor)")
     p.add_argument("--refine", default="auto", choices=["auto", *REFINE_MODES],
                    help="full-resolution refinement of the network's alpha: auto (learned when the checkpoint carries "
                         "a refiner, else off; default), learned, classical or off (bilinear upsampling)")
@@ -254,8 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.batch_size < 1:
         fail(f"--batch-size must be >= 1, got {args.batch_size}", code=2)
     try:
-        predictor = Predictor.from_checkpoint(
-            args.checkpoint, refiner_uri=args.refiner, device=args.device, max_side=args.max_side or None,
+        predictor = load_predictor(
+            args.checkpoint, backend=args.backend, refiner_uri=args.refiner, device=args.device, max_side=args.max_side or None,
             batch_size=args.batch_size, refine=args.refine, subject_prior=not args.no_subject_prior,
         )
         jobs = output_names(list_inputs(args.input), args.output)
@@ -265,10 +270,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail(f"--checkpoint: {e}", code=2)
     except (SetupError, OSError) as e:  # OSError: StorageError (unreachable) and friends, URI included
         fail(str(e), code=2)
-    except ValueError as e:  # Predictor options: device, max-side
+    except ValueError as e:  # Predictor options: device, max-side, backend; a refiner with an export
         fail(f"invalid option: {e}", code=2)
     print(f"{len(jobs)} image(s) from {args.input} -> {args.output}{f' ({len(skipped)} already done)' if skipped else ''} "
-          f"(model {args.checkpoint}, device {predictor.device}, max side {args.max_side or 'full'}, "
+          f"(model {args.checkpoint} on {backend_name(predictor)}, device {predictor.device}, max side {args.max_side or 'full'}, "
           f"refine {predictor.refine})", flush=True)
     log_uri = args.log or io.join(args.output, LOG_NAME)
     t0 = time.perf_counter()

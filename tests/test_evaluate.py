@@ -78,7 +78,7 @@ def dataset(tmp_path_factory) -> dict:
 def result(dataset) -> dict:
     out = dataset["root"] / "out"
     code = evaluate.main(["--checkpoint", dataset["base"], "--checkpoint", dataset["lowlight"],
-                          "--data", dataset["data"], "--split", "val", "--routed", "--device", "cpu",
+                          "--data", dataset["data"], "--split", "val", "--routed", "--device", "cpu", "--backend", "torch",
                           "--grid", "2", "--out", str(out)])
     return {"code": code, "out": out, "rows": _read_csv((out / "per_image.csv").read_text()),
             "summary": json.loads((out / "summary.json").read_text()), "md": (out / "summary.md").read_text()}
@@ -110,6 +110,7 @@ def test_outputs_table_summary_markdown_and_grid(result):
     assert summary["lowlight"]["peak"] == 255.0 and summary["lowlight"]["seed"] == 0
     assert summary["baseline"]["params"] == {"margin": 0.05, "iterations": 5, "max_side": 1024, "feather": 2, "seed": 0}
     assert summary["models"]["base"]["uri"].endswith("base.pt") and summary["models"]["base"]["parameters"] > 0
+    assert summary["models"]["base"]["backend"] == "torch"
     for heading in ("## normal", "## lowlight", "## Router", "| grabcut |", "| background |", "| routed |", "gamma 0.45", "broken",
                     "SAD vs base", "| base | 4 |"):
         assert heading in md
@@ -166,7 +167,7 @@ def test_lowlight_images_are_darker_and_the_same_every_run(result, dataset, tmp_
     # A second run (two images, another router threshold) gives the same low-light numbers.
     code = evaluate.main(["--checkpoint", f"base={dataset['base']}", "--checkpoint", f"lowlight={dataset['lowlight']}",
                           "--data", dataset["data"], "--lowlight", "--routed", "--router-threshold", "0.01",
-                          "--no-baseline", "--limit", "2", "--grid", "0", "--device", "cpu", "--save-alphas",
+                          "--no-baseline", "--limit", "2", "--grid", "0", "--device", "cpu", "--backend", "torch", "--save-alphas",
                           "--out", str(tmp_path)])
     assert code == 0
     printed = capsys.readouterr().out
@@ -237,6 +238,40 @@ def test_bad_inputs_exit_2_with_one_clear_line(case, message, dataset, tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
     assert not (tmp_path / "out" / "summary.json").exists()
+
+
+def test_an_onnx_export_is_scored_like_its_predictor(dataset, tmp_path):
+    """``--checkpoint NAME=x.onnx`` goes through load_predictor like a checkpoint: ONNX Runtime,
+    every number the metrics of that export's own predictions, the parameter count the
+    checkpoint's; a separate refiner is refused for an export (exit 2)."""
+    from matting_lib.checkpoint import load_checkpoint
+    from matting_lib.inference.export import export_onnx
+    from matting_lib.inference.onnx_runtime import OnnxPredictor
+
+    model = load_checkpoint(dataset["base"]).build_model()
+    export = tmp_path / "base.onnx"
+    export.write_bytes(export_onnx(model, checkpoint=dataset["base"]))
+    out = tmp_path / "out"
+    code = evaluate.main(["--checkpoint", f"base={export}", "--data", dataset["data"], "--split", "val",
+                          "--device", "cpu", "--no-baseline", "--grid", "0", "--out", str(out)])
+    assert code == 1  # the broken sample, as above
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["models"]["base"]["backend"] == "onnx"
+    assert summary["models"]["base"]["parameters"] == sum(t.numel() for t in model.parameters())
+    reference = OnnxPredictor.from_onnx(str(export), device="cpu")
+    inputs = _inputs(dataset)
+    rows = [r for r in _read_csv((out / "per_image.csv").read_text()) if r["model"] == "base"]
+    assert len(rows) == 4
+    for r in rows:
+        image, alpha, _ = inputs[(r["image"], r["condition"])]
+        pred = reference.predict(image)
+        for m, fn in METRIC_FNS.items():
+            assert float(r[m]) == pytest.approx(fn(pred, alpha), rel=1e-6, abs=1e-9), (r["image"], m)
+
+    with pytest.raises(SystemExit) as exc:
+        evaluate.main(["--checkpoint", str(export), "--data", dataset["data"], "--refiner", dataset["base"],
+                       "--out", str(tmp_path / "out2")])
+    assert exc.value.code == 2
 
 
 @pytest.mark.timeout(300)

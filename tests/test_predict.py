@@ -112,6 +112,30 @@ def test_skip_existing_resumes_without_recomputing(tmp_path, checkpoint, images,
     assert sorted((Path(r["file"]).name, r["status"]) for r in log) == [("a.png", "skipped"), ("b.png", "ok"), ("c.png", "ok")]
 
 
+def test_an_onnx_export_is_predicted_like_its_checkpoint(tmp_path, checkpoint, images, reference, capsys):
+    """``--checkpoint x.onnx`` (an FP32 export) goes through load_predictor: ONNX Runtime, and
+    cut-outs within one level of the torch checkpoint's alphas; a separate ``--refiner`` is
+    refused for an export with one line (exit 2)."""
+    from matting_lib.checkpoint import load_checkpoint
+    from matting_lib.inference.export import export_onnx
+
+    export = tmp_path / "base.onnx"
+    export.write_bytes(export_onnx(load_checkpoint(checkpoint).build_model(), checkpoint=checkpoint))
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for name, image in images.items():
+        (src / f"{name}.png").write_bytes(encode_png(image))
+    assert predict.main(["--checkpoint", str(export), "--input", str(src), "--output", str(out), "--device", "cpu"]) == 0
+    assert f"model {export} on onnx" in capsys.readouterr().out
+    _check_outputs(lambda f: (out / f).read_bytes(), images, reference)
+
+    with pytest.raises(SystemExit) as exc:
+        predict.main(["--checkpoint", str(export), "--refiner", checkpoint, "--input", str(src), "--output", str(tmp_path / "o2")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "carries its own refiner" in err[0], err
+
+
 @pytest.mark.timeout(60)
 def test_predict_from_and_to_s3(s3_bucket, s3_server, checkpoint, images, reference):
     s3 = boto3.client("s3", endpoint_url=s3_server)

@@ -7,6 +7,7 @@ holds no Ray and runs the same in a notebook, the job's process or a Ray task.
 
 from __future__ import annotations
 
+import functools
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from matting_lib.baselines import GrabCutParams, grabcut_alpha
 from matting_lib.data.dataset import DatasetError, load_sample
 from matting_lib.data.encode import encode_png
 from matting_lib.data.darken import darken
+from matting_lib.inference.load import load_predictor
 from matting_lib.inference.predictor import DEFAULT_MAX_SIDE, Predictor
 from matting_lib.report import ReportRow
 from matting_lib.routing import DEFAULT_THRESHOLD, BrightnessRouter, measure_brightness
@@ -95,6 +97,9 @@ class EvalSpec:
     lowlight: LowlightSpec = LOWLIGHT
     max_side: int | None = DEFAULT_MAX_SIDE
     device: str = "auto"
+    backend: str = "auto"
+    """:func:`matting_lib.inference.load.load_predictor`'s ``backend``: ``auto`` runs an ``.onnx``
+    export on ONNX Runtime, and a checkpoint on ONNX Runtime on CPU, on torch on CUDA."""
     grid_names: frozenset[str] = frozenset()
     """Images whose inputs and predictions come back for the visual grid."""
     alphas_uri: str = ""
@@ -144,16 +149,17 @@ class ImageResult:
     seconds: float = 0.0
 
 
-_PREDICTORS: dict[tuple[str, str, str, int | None, bool], Predictor] = {}
-"""Loaded once per process (the driver, or each Ray worker)."""
-
-
 def predictor(uri: str, spec: EvalSpec, refiner: str = "") -> Predictor:
-    key = (uri, refiner, spec.device, spec.max_side, spec.subject_prior)
-    if key not in _PREDICTORS:
-        _PREDICTORS[key] = Predictor.from_checkpoint(uri, refiner_uri=refiner, device=spec.device, max_side=spec.max_side,
-                                                     subject_prior=spec.subject_prior)
-    return _PREDICTORS[key]
+    """``uri``'s predictor (a checkpoint or an ``.onnx`` export) for ``spec``, through
+    :func:`matting_lib.inference.load.load_predictor`; loaded once per process (the driver, or
+    each Ray worker)."""
+    return _load(uri, refiner, spec.backend, spec.device, spec.max_side, spec.subject_prior)
+
+
+@functools.cache
+def _load(uri: str, refiner: str, backend: str, device: str, max_side: int | None, subject_prior: bool) -> Predictor:
+    return load_predictor(uri, backend=backend, device=device, max_side=max_side, subject_prior=subject_prior,
+                          refiner_uri=refiner)
 
 
 def score(pred: np.ndarray, gt: np.ndarray, trimap: np.ndarray | None) -> dict[str, float]:

@@ -33,8 +33,9 @@ def load_predictor(uri: str, backend: str = "auto", **kwargs: Any) -> Predictor:
             runs on ONNX Runtime; a checkpoint runs on torch when the device is CUDA and on
             :data:`CPU_AUTO_BACKEND` on CPU. A checkpoint on the ``onnx`` backend is exported in
             memory at load time (FP32; a second or two).
-        **kwargs: the predictor's settings (``device``, ``max_side``, ``batch_size``; torch also
-            ``precision``). ``num_threads`` (None = the library default) is the ORT session's
+        **kwargs: the predictor's settings (``device``, ``max_side``, ``batch_size``, ``refine``,
+            ``subject_prior``; torch also ``precision``; a checkpoint also ``refiner_uri``, a learned
+            refiner to use instead of its own). ``num_threads`` (None = the library default) is the ORT session's
             intra-op threads on onnx; on torch it sets ``torch.set_num_threads`` for the whole
             process, which is what a serving replica or a predict worker wants.
 
@@ -45,7 +46,8 @@ def load_predictor(uri: str, backend: str = "auto", **kwargs: Any) -> Predictor:
     "Inference").
 
     Raises:
-        ValueError: unknown backend, or an ``.onnx`` file asked to run on torch.
+        ValueError: unknown backend, an ``.onnx`` file asked to run on torch or given a ``refiner_uri``.
+        CheckpointError, FileNotFoundError, OSError: an unreadable checkpoint or export.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
@@ -55,6 +57,9 @@ def load_predictor(uri: str, backend: str = "auto", **kwargs: Any) -> Predictor:
     if backend == "auto":
         device = resolve_device(kwargs.get("device", "auto")) if not is_onnx else None
         backend = "onnx" if is_onnx or (device is not None and device.type == "cpu" and CPU_AUTO_BACKEND == "onnx") else "torch"
+    if is_onnx and kwargs.pop("refiner_uri", ""):
+        raise ValueError(f"{uri}: an ONNX export carries its own refiner (ray_jobs.export --refiner); "
+                         "a separate refiner applies to checkpoints only")
     if backend == "torch":
         threads = kwargs.pop("num_threads", None)
         if threads is not None:
@@ -68,3 +73,17 @@ def load_predictor(uri: str, backend: str = "auto", **kwargs: Any) -> Predictor:
 def backend_name(predictor: Predictor) -> str:
     """``"onnx"`` or ``"torch"``: the backend a predictor from :func:`load_predictor` runs on."""
     return "onnx" if isinstance(predictor, OnnxPredictor) else "torch"
+
+
+def parameter_count(predictor: Predictor) -> int:
+    """The network's parameters, on either backend (an ONNX export's from the model config it carries)."""
+    if isinstance(predictor, OnnxPredictor):
+        from matting_lib.nets import build_model
+
+        cfg = predictor.metadata.get("model_config")
+        if cfg is None:
+            raise ValueError(f"{predictor.metadata.get('onnx', 'ONNX export')}: no model config in its metadata")
+        model = build_model(cfg)
+    else:
+        model = predictor.model
+    return sum(t.numel() for t in model.parameters())

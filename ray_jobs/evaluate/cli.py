@@ -23,6 +23,7 @@ from matting_lib.evaluation.scoring import (
     BACKGROUND, BASELINE, CONDITIONS, FOLD_FIELD, ROUTED, EvalSpec, predictor, score_image, worst_images,
 )
 from matting_lib.evaluation.summary import build_summary, markdown, write_outputs
+from matting_lib.inference.load import BACKENDS, backend_name, parameter_count
 from matting_lib.inference.predictor import DEFAULT_MAX_SIDE
 from matting_lib.refine import MODES as REFINE_MODES
 from matting_lib.refine import resolve_mode
@@ -71,8 +72,7 @@ def load_model_info(spec: EvalSpec) -> dict[str, dict[str, Any]]:
             for p in loaded:
                 resolve_mode(mode, p.has_refiner)
         p = loaded[0]
-        n_params = sum(t.numel() for t in p.model.parameters())
-        info[name] = {"uri": uri, "parameters": n_params, "device": str(p.device),
+        info[name] = {"uri": uri, "parameters": parameter_count(p), "device": str(p.device), "backend": backend_name(p),
                       "checkpoint_metrics": p.metadata.get("metrics", {}),
                       "refine": [resolve_mode(m, p.has_refiner) for m in spec.refine],
                       "refiner": sorted({q.metadata.get("refiner", "") for q in loaded})}
@@ -116,6 +116,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE,
                    help=f"long side the network works at (0 = full size; default {DEFAULT_MAX_SIDE}, the service's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="auto (default: ONNX Runtime for an .onnx export, and for a checkpoint on CPU; torch on CUDA), "
+                        "torch or onnx (matting_lib.inference.load.load_predictor)")
     p.add_argument("--refine", nargs="+", default=["auto"], metavar="MODE",
                    help="refinement mode(s) to score: auto (learned when the checkpoint carries a refiner, else off), "
                         "learned, classical, off; with several, each model is scored once per mode as NAME:MODE")
@@ -147,7 +150,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def make_spec(args: argparse.Namespace) -> tuple[EvalSpec, list[str], dict[str, dict[str, Any]]]:
     """Validate options, dataset and checkpoints (loaded here, once); raises SetupError,
-    DatasetError, CheckpointError, OSError (storage) or ValueError (device, max side)."""
+    DatasetError, CheckpointError, OSError (storage) or ValueError (device, max side, backend)."""
     models = parse_models(args.checkpoint)
     if args.routed:
         router = BrightnessRouter(args.router_threshold)
@@ -188,7 +191,7 @@ def make_spec(args: argparse.Namespace) -> tuple[EvalSpec, list[str], dict[str, 
     spec = EvalSpec(
         data=args.data, models=models, conditions=conditions, routed=args.routed,
         router_threshold=args.router_threshold, baseline=None if args.no_baseline else GrabCutParams(),
-        max_side=args.max_side or None, device=args.device, grid_names=frozenset(names[: args.grid]),
+        max_side=args.max_side or None, device=args.device, backend=args.backend, grid_names=frozenset(names[: args.grid]),
         alphas_uri=io.join(args.out, "alphas") if args.save_alphas else "", folds=folds,
         refine=tuple(args.refine), refiner=args.refiner, subject_prior=not args.no_subject_prior,
     )
