@@ -28,12 +28,9 @@ from kornia.geometry.transform import build_laplacian_pyramid
 from kornia.metrics import ssim as ssim_map
 
 from matting_lib.config import LossConfig
+from matting_lib.data.luma import LUMA
 
 Tensor = torch.Tensor
-
-REC601 = (0.299, 0.587, 0.114)
-"""Luma weights of ITU-R BT.601 for R, G, B."""
-
 
 def _reduce(err: Tensor, weight: Tensor | None = None) -> Tensor:
     """Mean of ``err``, or its ``weight``-weighted mean (0 if the weights sum to 0)."""
@@ -187,7 +184,7 @@ def brightness_edge_weight(image: Tensor, base_weight: float, scale: float) -> T
     """
     if image.ndim != 4 or image.shape[1] != 3:
         raise ValueError(f"image must be (B, 3, H, W), got {tuple(image.shape)}")
-    coeffs = image.new_tensor(REC601).view(1, 3, 1, 1)
+    coeffs = image.new_tensor(LUMA.tolist()).view(1, 3, 1, 1)  # Rec.601, from its one home
     luma = (image.detach() * coeffs).sum(dim=1).mean(dim=(1, 2))  # (B,)
     return base_weight * (1.0 + scale * (1.0 - luma))
 
