@@ -27,7 +27,6 @@ import argparse
 import copy
 import functools
 import importlib.resources
-import importlib.util
 import json
 import logging
 import re
@@ -210,15 +209,20 @@ def cluster_launcher_errors(config: Any, source: str) -> list[str]:
 
 
 def module_exists(module: str) -> bool:
-    """Whether ``module`` is importable from the repository (without importing it)."""
-    if not module:
+    """Whether ``module`` is importable from the repository, found the way Python's path finder
+    would find it with the repository first on ``sys.path``, without importing it or its parent
+    packages and without touching ``sys.path``."""
+    from importlib.machinery import PathFinder
+
+    if not module or not all(part.isidentifier() for part in module.split(".")):
         return False
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
+    search: list[str] | None = [str(REPO)]
+    for part in module.split("."):
+        spec = PathFinder.find_spec(part, search) if search is not None else None
+        if spec is None:
+            return False
+        search = list(spec.submodule_search_locations or []) or None
+    return True
 
 
 def _load_train(path: str, overrides: list[str]) -> Any:

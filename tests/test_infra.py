@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import re
 import shlex
+import sys
 
 import pytest
 
@@ -240,14 +241,19 @@ def guide_commands() -> list[str]:
     return [line.strip() for line in joined.splitlines() if line.strip() and not line.strip().startswith("#")]
 
 
-def test_guide_job_submissions_name_modules_and_configs_that_load():
+def test_guide_job_submissions_name_modules_and_configs_that_load(monkeypatch):
     submits = [c.split(" -- ", 1)[1].split(" #")[0] for c in guide_commands() if c.startswith("ray job submit")]
     modules = {shlex.split(s)[2] for s in submits}
     assert {"ray_jobs.train", "ray_jobs.tune", "ray_jobs.evaluate"} <= modules
     config_jobs = [s for s in submits if shlex.split(s)[2] in v.CONFIG_LOADERS]
     for entrypoint in config_jobs:
         assert v.entrypoint_errors(entrypoint, "infra/README.md") == []
+    # Found in the repository without it on sys.path, and without putting it there.
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(ROOT))])
+    path_before = list(sys.path)
     assert all(v.module_exists(m) for m in modules)
+    assert not any(v.module_exists(m) for m in ("ray_jobs.nope", "ray_jobs.train.main", "nope", "ray_jobs..train", ""))
+    assert sys.path == path_before
     # The manifests and the guide submit the same jobs with the same arguments.
     manifests = {doc["spec"]["entrypoint"] for _, doc in resources("RayJob")}
     assert {" ".join(shlex.split(s)) for s in config_jobs} == {" ".join(shlex.split(m)) for m in manifests}
