@@ -19,8 +19,12 @@ in the output folder are logged as "skipped" and not recomputed. Exit status: 0 
 attempted: missing or invalid checkpoint, input not found or without images, output not
 writable, bad options. Those print one ``error: ...`` line and no traceback.
 
-Runs in one local process without Ray, deliberately: the model is loaded once, torch already
-spreads each forward pass over all cores (or one GPU, ``--device``), and a thread pool
+``--checkpoint`` is a checkpoint or an ``.onnx`` export, loaded by
+:func:`matting_lib.inference.load.load_predictor` (``--backend``: auto runs ONNX Runtime on CPU
+and for exports, torch on CUDA).
+
+Runs in one local process without Ray, deliberately: the model is loaded once, the backend
+already spreads each forward pass over all cores (or one GPU, ``--device``), and a thread pool
 overlaps storage reads and writes with compute, which is what saturates one machine. Ray
 tasks would load the model once per worker and split the same cores. Sharding a bucket over
 a cluster is a Ray Data job around the same predictor (:func:`matting_lib.inference.load.load_predictor`); this
