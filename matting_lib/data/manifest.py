@@ -78,7 +78,12 @@ def _row(root: str, split: str, name: str) -> dict[str, Any]:
 
 
 class _Progress:
-    """A line on stderr every ``every`` samples and at the end (no tqdm dependency)."""
+    """A whole line on stderr every ``every`` samples and at the end.
+
+    Kept instead of tqdm (a dependency already): manifests are mostly built inside jobs whose
+    stderr is a log file or ``ray job logs``, where tqdm's carriage-return redraws pile up as
+    one unreadable line (or hundreds, with ``mininterval``); these lines read the same there
+    as on a terminal, as the jobs' own per-epoch lines do."""
 
     def __init__(self, total: int, enabled: bool, label: str, every: int = 100) -> None:
         self.total, self.enabled, self.label, self.every = total, enabled, label, every
