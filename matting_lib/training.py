@@ -206,7 +206,6 @@ def train_one_epoch(
     precision: Precision,
     scaler: torch.amp.GradScaler,
     grad_clip: float = 1.0,
-    step_hook: Callable[[int], None] | None = None,
     log: Callable[[str], None] | None = None,
     log_every: int = 0,
     teacher: nn.Module | None = None,
@@ -217,7 +216,6 @@ def train_one_epoch(
 ) -> dict[str, float]:
     """One pass over ``batches``; returns the mean of each loss term, ``samples`` and ``samples_per_s``.
 
-    ``step_hook(step)`` runs before each step (tests use it to inject failures).
     Non-finite losses skip the step (counted in ``skipped_steps``) rather than poisoning weights.
     With a ``teacher`` (eval mode, frozen), each term is ``distill_weight`` times the loss against
     the teacher's alpha (plus ``distill_logit`` x :func:`logit_l1`) and ``1 - distill_weight``
@@ -228,9 +226,7 @@ def train_one_epoch(
     n_samples = 0
     steps = skipped = 0
     t0 = time.perf_counter()
-    for step, batch in enumerate(batches):
-        if step_hook is not None:
-            step_hook(step)
+    for batch in batches:
         b = _to(batch, device)
         optimizer.zero_grad(set_to_none=True)
         with precision.autocast(device):
@@ -402,8 +398,7 @@ class TrainingRun:
         return range(self.next_epoch, self.cfg.total_epochs)
 
     def train_epoch(
-        self, epoch: int, batches: Iterable[Batch], step_hook: Callable[[int], None] | None = None,
-        log: Callable[[str], None] | None = None, log_every: int = 0,
+        self, epoch: int, batches: Iterable[Batch], log: Callable[[str], None] | None = None, log_every: int = 0,
     ) -> dict[str, float]:
         idx, _, _ = stage_at(self.cfg.stages, epoch)
         stage = self._ensure_stage(idx)
@@ -411,7 +406,7 @@ class TrainingRun:
         stats = train_one_epoch(
             self.model, batches, self.stage.optimizer, self.cfg.loss,
             device=self.device, precision=self.precision, scaler=self.stage.scaler,
-            grad_clip=self.cfg.optim.grad_clip, step_hook=step_hook, log=log, log_every=log_every,
+            grad_clip=self.cfg.optim.grad_clip, log=log, log_every=log_every,
             teacher=self.teacher, distill_weight=self.cfg.distill.weight, distill_logit=self.cfg.distill.logit_l1,
             after_step=self.stage.scheduler.step if self.per_step else None, expected_steps=self.steps_per_epoch,
         )

@@ -15,9 +15,8 @@ from typing import Any, Sequence
 from matting_lib import io
 from matting_lib.config import ConfigError, TrainConfig, load_config
 
-# Environment variables forwarded to Ray workers: storage access (S3 clients in tasks and
-# actors) and the failure-injection test hook.
-FORWARDED_ENV = io.STORAGE_ENV + ("MATTING_FAIL_ONCE",)
+# Environment variables forwarded to Ray workers: storage access (S3 clients in tasks and actors).
+FORWARDED_ENV = io.STORAGE_ENV
 
 KEEP_IDLE_WORKERS_ENV = {"RAY_idle_worker_killing_time_threshold_ms": "60000"}
 """Raylet setting for the clusters this project starts on one machine (read from the raylet's

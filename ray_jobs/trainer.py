@@ -144,22 +144,6 @@ def prepare_data(cfg: TrainConfig, manifest_dir: str = "") -> tuple[list[dict], 
 # --------------------------------------------------------------------------- worker side
 
 
-def _maybe_inject_failure(epoch: int, rank: int):
-    """Test hook: ``MATTING_FAIL_ONCE=epoch:step:marker`` raises once on rank 1 (or 0 if alone)."""
-    spec = os.environ.get("MATTING_FAIL_ONCE")
-    if not spec:
-        return None
-    e, s, marker = spec.split(":", 2)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-
-    def hook(step: int) -> None:
-        if epoch == int(e) and step == int(s) and rank == min(1, world - 1) and not os.path.exists(marker):
-            Path(marker).write_text("failed once\n")
-            raise RuntimeError(f"injected worker failure at epoch {epoch}, step {step}")
-
-    return hook
-
-
 def _broadcast(obj: Any) -> Any:
     """Rank 0's object on every rank (all ranks must report the same metrics keys)."""
     import torch.distributed as dist
@@ -211,7 +195,7 @@ def train_loop_per_worker(loop_config: dict) -> list[dict] | None:
     for epoch in run.epochs():
         batches = train_shard.iter_torch_batches(batch_size=cfg.data.batch_size, dtypes=torch.float32, drop_last=False)
         progress = dict(log=lambda line: print(line, flush=True), log_every=auto_log_every(run.steps_per_epoch)) if rank == 0 else {}
-        stats = run.train_epoch(epoch, batches, step_hook=_maybe_inject_failure(epoch, rank), **progress)
+        stats = run.train_epoch(epoch, batches, **progress)
         val = None
         if rank == 0:
             val_batches = val_shard.iter_torch_batches(batch_size=cfg.data.batch_size, dtypes=torch.float32)
