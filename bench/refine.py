@@ -32,7 +32,7 @@ from bench.results import load_average, machine, markdown_table, median_time, up
 from matting_lib.inference.export import export_onnx
 from matting_lib.inference.load import load_predictor
 from matting_lib.inference.onnx_runtime import make_session
-from matting_lib.inference.predictor import to_working_size
+from matting_lib.resize import downscale_long_side
 from matting_lib.refine.apply import apply_coefficients
 from testkit.serve import photo
 
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         for mode in modes:
             timed("MODNet 512² (ORT FP32, network only)", lambda: modnet.run(None, {"image": x512}))
             timed(f"two-stage 1024², refine={mode}", lambda m=mode: pred.predict(image, refine=m))
-    work = to_working_size(image, pred.effective_side())
+    work = downscale_long_side(image, pred.effective_side())
     coarse = pred._forward(work[None])[0]
     timed(f"network alone at {work.shape[1]}x{work.shape[0]}", lambda: pred._forward(work[None]))
     if pred.has_refiner:

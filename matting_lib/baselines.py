@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from matting_lib.resize import downscale_long_side, fit_long_side
 from matting_lib.postprocess import MAX_FEATHER, feather_alpha
 
 __all__ = ["GrabCutParams", "grabcut_alpha", "border_rect"]
@@ -86,9 +87,8 @@ def grabcut_alpha(image: np.ndarray, params: GrabCutParams | None = None) -> np.
     if im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3:
         raise ValueError(f"image must be uint8 (H, W, 3) RGB, got {im.dtype} {im.shape}")
     h, w = im.shape[:2]
-    s = min(1.0, p.max_side / max(h, w))
-    wh, ww = max(1, round(h * s)), max(1, round(w * s))
-    work = im if (wh, ww) == (h, w) else cv2.resize(im, (ww, wh), interpolation=cv2.INTER_AREA)
+    wh, ww = fit_long_side(h, w, p.max_side)
+    work = downscale_long_side(im, p.max_side)
     rect = border_rect(wh, ww, p.margin)
 
     mask = np.zeros((wh, ww), np.uint8)

@@ -23,6 +23,8 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from matting_lib.resize import fit_long_side
+
 
 @dataclass(frozen=True)
 class ForegroundPolicy:
@@ -160,8 +162,8 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray, max_side: int | No
         if policy.upsample == "correction":
             fg = np.asarray(fg, np.float64)  # serving rounds in float64; synthesis keeps the estimate's float32
     else:
-        scale = max_side / max(h, w)
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))  # cv2 wants (w, h)
+        sh, sw = fit_long_side(h, w, max_side)
+        size = (sw, sh)  # cv2 wants (w, h)
         a_s = cv2.resize(a, size, interpolation=cv2.INTER_AREA)
         if policy.upsample == "correction":
             img_s = cv2.resize(img, size, interpolation=cv2.INTER_AREA)

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from matting_lib.config import require
 from matting_lib.data.luma import luminance
+from matting_lib.resize import downscale_long_side
 
 MEASURE_SIDE = 128
 """Long side of the copy the brightness is measured on."""
@@ -34,11 +34,7 @@ def measure_brightness(image: np.ndarray) -> float:
     im = np.asarray(image)
     if im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3 or im.size == 0:
         raise ValueError(f"image must be a non-empty uint8 (H, W, 3) RGB array, got {im.dtype} {im.shape}")
-    h, w = im.shape[:2]
-    scale = MEASURE_SIDE / max(h, w)
-    if scale < 1:
-        im = cv2.resize(im, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    return luminance(im)
+    return luminance(downscale_long_side(im, MEASURE_SIDE))
 
 
 @dataclass(frozen=True)

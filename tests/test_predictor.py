@@ -13,7 +13,8 @@ from matting_lib.data.decode import ImageDecodeError
 from matting_lib.data.encode import encode_png
 from matting_lib.data.darken import LowlightParams, simulate_lowlight
 from matting_lib.nets import build_model
-from matting_lib.inference.predictor import Predictor, working_size
+from matting_lib.resize import fit_long_side
+from matting_lib.inference.predictor import Predictor
 from matting_lib.routing import BrightnessRouter, measure_brightness
 from testkit.data import synthetic_pair
 
@@ -91,7 +92,7 @@ def test_max_side_policy_is_downscale_predict_upsample(model, rng):
         got = Predictor(model, max_side=96).predict(image)
     finally:
         hook.remove()
-    assert working_size(300, 200, 96) == (96, 64) and seen == [(96, 64)]
+    assert fit_long_side(300, 200, 96) == (96, 64) and seen == [(96, 64)]
     small = cv2.resize(image, (64, 96), interpolation=cv2.INTER_AREA)
     with torch.inference_mode():
         ref = model(torch.from_numpy(small).permute(2, 0, 1)[None].float() / 255)[0, 0].numpy()

@@ -34,7 +34,8 @@ from torch import nn
 
 from matting_lib.config import ModelConfig, to_dict
 from matting_lib.data.dataset import Sample
-from matting_lib.inference.predictor import Predictor, to_working_size
+from matting_lib.resize import downscale_long_side
+from matting_lib.inference.predictor import Predictor
 from matting_lib.metrics import sad
 
 INPUT_NAME = "image"
@@ -168,7 +169,7 @@ def to_fp16(model: bytes) -> bytes:
 
 def network_input(rgb: np.ndarray, max_side: int | None) -> np.ndarray:
     """uint8 (H, W, 3) -> float32 (1, 3, h, w) in [0, 1] at the predictor's working size."""
-    rgb = to_working_size(rgb, max_side)
+    rgb = downscale_long_side(rgb, max_side)
     return (rgb.transpose(2, 0, 1)[None].astype(np.float32) / np.float32(255.0)).copy()
 
 

@@ -28,12 +28,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence, Union
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 
 from matting_lib.data.decode import MAX_PIXELS, decode_image
+from matting_lib.resize import downscale_long_side
 from matting_lib.refine import RefineInfo, RefineParams, refine_alpha, resolve_mode
 
 ImageInput = Union[np.ndarray, bytes, bytearray, memoryview]
@@ -76,21 +76,6 @@ def as_rgb(image: ImageInput, name: str = "<image>", max_pixels: int = MAX_PIXEL
     if arr.shape[0] * arr.shape[1] > max_pixels:
         raise ValueError(f"{name}: {arr.shape[1]}x{arr.shape[0]} is over the {max_pixels} pixel limit")
     return arr
-
-
-def working_size(h: int, w: int, max_side: int | None) -> tuple[int, int]:
-    """The (h, w) the network sees: long side capped at ``max_side`` (None or 0 = no cap)."""
-    if not max_side or max(h, w) <= max_side:
-        return h, w
-    s = max_side / max(h, w)
-    return max(1, round(h * s)), max(1, round(w * s))
-
-
-def to_working_size(rgb: np.ndarray, max_side: int | None) -> np.ndarray:
-    """``rgb`` (H, W, 3) resized by area averaging to :func:`working_size` (itself when it fits)."""
-    h, w = rgb.shape[:2]
-    wh, ww = working_size(h, w, max_side)
-    return rgb if (wh, ww) == (h, w) else cv2.resize(rgb, (ww, wh), interpolation=cv2.INTER_AREA)
 
 
 def load_parts(uri: str, refiner_uri: str = "") -> tuple[nn.Module, nn.Module | None, dict[str, Any]]:
@@ -204,7 +189,7 @@ class Predictor:
         mode = self.refine if refine is None else resolve_mode(refine, self.has_refiner)
         side = self.effective_side(max_side)
         rgbs = [as_rgb(im, name=f"image[{i}]") for i, im in enumerate(images)]
-        work = [to_working_size(rgb, side) for rgb in rgbs]
+        work = [downscale_long_side(rgb, side) for rgb in rgbs]
         groups: dict[tuple[int, int], list[int]] = {}
         for i, im in enumerate(work):
             groups.setdefault(im.shape[:2], []).append(i)
