@@ -7,6 +7,7 @@ ray; nothing outside tests/ imports tests; no import cycles between siblings. ``
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -93,10 +94,16 @@ def _pyproject() -> dict:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
-def _distributions(module: str) -> set[str]:
+@functools.cache
+def _packages_distributions() -> dict[str, list[str]]:
+    """Top-level module -> distributions (one scan of the environment: each scan takes seconds)."""
     import importlib.metadata as md
 
-    dists = md.packages_distributions().get(module)
+    return md.packages_distributions()
+
+
+def _distributions(module: str) -> set[str]:
+    dists = _packages_distributions().get(module)
     assert dists, f"{module}: imported but no installed distribution provides it"
     return {d.lower().replace("_", "-") for d in dists}
 
