@@ -87,7 +87,11 @@ function dropZone(zone, input, onFiles) {
     zone.classList.remove("over");
     onFiles([...e.dataTransfer.files]);
   });
-  input.addEventListener("change", () => onFiles([...input.files]));
+  input.addEventListener("change", () => {
+    const files = [...input.files];
+    input.value = ""; // choosing the same file again is a change too (a fresh start)
+    onFiles(files);
+  });
 }
 
 // ------------------------------------------------------------------ single image

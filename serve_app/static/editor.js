@@ -141,13 +141,18 @@
       this.onChange(this.hints);
     }
 
-    // Each overlay over its img: same place, same displayed size (the frame is its offsetParent).
+    // Each overlay over its img: same place, same displayed size, to the fraction of a CSS pixel
+    // (the frame is the overlay's containing block; it scrolls at full size).
     place() {
-      for (const { img, canvas } of this.panes) {
+      for (const { frame, img, canvas } of this.panes) {
         const shown = this.ready && img.getAttribute("src") && img.naturalWidth > 0 && img.offsetWidth > 0;
         canvas.hidden = !shown;
         if (!shown) continue;
-        Object.assign(canvas.style, { left: img.offsetLeft + "px", top: img.offsetTop + "px", width: img.offsetWidth + "px", height: img.offsetHeight + "px" });
+        const f = frame.getBoundingClientRect(), r = img.getBoundingClientRect();
+        Object.assign(canvas.style, {
+          left: r.left - f.left - frame.clientLeft + frame.scrollLeft + "px", top: r.top - f.top - frame.clientTop + frame.scrollTop + "px",
+          width: r.width + "px", height: r.height + "px",
+        });
       }
     }
 
