@@ -296,7 +296,7 @@ $("undo").addEventListener("click", () => editor.undo());
 $("reset").addEventListener("click", () => editor.reset());
 document.addEventListener("keydown", (e) => {
   if ((e.ctrlKey || e.metaKey) && !e.shiftKey && e.key.toLowerCase() === "z" && !$("tab-single").hidden &&
-      !(e.target instanceof HTMLInputElement || e.target instanceof HTMLSelectElement)) {
+      !e.target.matches("input[type=text], input[type=number], input[type=password], textarea")) { // their own undo
     e.preventDefault();
     editor.undo();
   }
