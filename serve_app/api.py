@@ -37,6 +37,8 @@ from serve_app.uploads import MULTIPART_OVERHEAD, expand_batch, parse_upload, re
 logger = logging.getLogger("ray.serve")
 
 STATIC_DIR = Path(__file__).resolve().with_name("static")
+HINTS_FIELD = "hints"
+"""The multipart file field of /v1/matte that carries a hints image (strokes)."""
 
 IMAGE_BODY = {
     "required": True,
@@ -44,7 +46,11 @@ IMAGE_BODY = {
         "multipart/form-data": {
             "schema": {
                 "type": "object",
-                "properties": {"file": {"type": "string", "format": "binary"}},
+                "properties": {
+                    "file": {"type": "string", "format": "binary"},
+                    "hints": {"type": "string", "format": "binary", "description": "optional strokes: white keep, "
+                              "black remove, grey or transparent no hint; the image's size"},
+                },
                 "required": ["file"],
             }
         },
@@ -234,9 +240,12 @@ async def list_models(svc: Service) -> dict[str, Any]:
     summary="Matte one image",
     description=(
         "Send the image as a multipart file (any field name, e.g. `file`) or as the raw body. "
+        "Corrections: `box=x0,y0,x1,y1` (image pixels; outside it the matte is 0) and, in a multipart upload, a file "
+        "field `hints`: a PNG of the image's size, white = keep, black = remove, grey or transparent = no hint. "
         "Parameters in the query string (or as multipart text fields). Returns the image; "
         "headers X-Matting-Model, X-Matting-Brightness, X-Matting-Cache (hit/miss), "
-        "X-Matting-Checkpoint, X-Matting-Ms, X-Matting-Refine (the refinement mode that ran), X-Matting-Prior (true when "
+        "X-Matting-Checkpoint, X-Matting-Ms, X-Matting-Hints (none, box, strokes or box+strokes: the corrections applied), "
+        "X-Matting-Refine (the refinement mode that ran), X-Matting-Prior (true when "
         "the ImageNet subject prior found the subject the network missed), X-Matting-History-Id, X-Matting-Empty (true when the model found "
         "no subject: under 0.5% of pixels have alpha >= 0.5; then X-Matting-Notice says so), and Server-Timing (ms per stage: "
         "upload (reading and parsing the request body), key, decode, model (the call to the model replica), "
@@ -250,16 +259,22 @@ async def matte(svc: Service, request: Request, query: Annotated[MatteParams, Qu
     limits = svc.config.limits
     t_request = time.perf_counter()
     body = await read_body(request, limits.max_upload_bytes + MULTIPART_OVERHEAD, limits.body_timeout_s)
-    upload = await parse_upload(request, body, max_files=1)
+    upload = await parse_upload(request, body, max_files=2)
     upload_ms = (time.perf_counter() - t_request) * 1000
     params = svc.params(query, upload.fields)
-    if not upload.files:
+    images = [u for u in upload.files if u.field != HINTS_FIELD]
+    hints = next((u.data for u in upload.files if u.field == HINTS_FIELD), None)
+    if not images:
         raise ApiError(400, "no image in the request: send a multipart file or the image as the body", "no_image")
-    f = upload.files[0]
-    if len(f.data) > limits.max_upload_bytes:
-        raise ApiError(413, f"image is {len(f.data) / 1e6:.1f} MB, the limit is {limits.max_upload_mb:g} MB")
+    if len(images) > 1:
+        raise ApiError(400, f"{len(images)} images in one request: /v1/matte takes one (and optionally a "
+                            f"'{HINTS_FIELD}' file); use /v1/batch for several", "too_many_files")
+    f = images[0]
+    for what, data in (("image", f.data), ("hints image", hints)):
+        if data is not None and len(data) > limits.max_upload_bytes:
+            raise ApiError(413, f"{what} is {len(data) / 1e6:.1f} MB, the limit is {limits.max_upload_mb:g} MB")
     del body, upload
-    out = await svc.pipeline.matte(f.data, f.name, params)
+    out = await svc.pipeline.matte(f.data, f.name, params, hints)
     res = out.result
     if res.width * res.height >= TRIM_AFTER_PIXELS:
         await asyncio.to_thread(release_memory)  # the decoded image and its matte are gone: give their memory back
@@ -273,6 +288,7 @@ async def matte(svc: Service, request: Request, query: Annotated[MatteParams, Qu
         "X-Matting-Ms": f"{out.ms:.1f}",
         "X-Matting-Refine": res.refine,
         "X-Matting-Prior": "true" if res.prior else "false",
+        "X-Matting-Hints": res.hints,
         "Server-Timing": server_timing({"upload": upload_ms, **out.timings, "total": out.ms}),
         "Content-Disposition": _disposition("inline", _stem(f.name), f"-matte.{ext}"),
     }
@@ -280,7 +296,8 @@ async def matte(svc: Service, request: Request, query: Annotated[MatteParams, Qu
         headers["X-Matting-Notice"] = EMPTY_NOTICE
     if params.history:
         entry_id = await svc.record(
-            kind="image", name=f.name, model=res.model, brightness=res.brightness, params=params.model_dump(),
+            kind="image", name=f.name, model=res.model, brightness=res.brightness,
+            params={**params.model_dump(), "hints": res.hints},
             width=res.width, height=res.height, media_type=res.media_type, ext=ext, body=res.body,
             thumbnail_source=res.body,
         )

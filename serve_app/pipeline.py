@@ -22,6 +22,7 @@ import numpy as np
 
 from matting_lib import postprocess
 from matting_lib.data.decode import ImageDecodeError, decode_image
+from matting_lib.refine.hints import HintError, Hints
 from matting_lib.routing import BrightnessRouter, measure_brightness
 from serve_app.cache import CachedResult, ResultCache
 from serve_app.errors import ApiError, decode_error_to_api
@@ -34,7 +35,8 @@ VERSION_TTL_S = 2.0
 class Models(Protocol):
     """What the pipeline needs of the models."""
 
-    async def call(self, model: str, rgb: np.ndarray, max_side: int | None, refine: str = "auto") -> dict[str, Any]:
+    async def call(self, model: str, rgb: np.ndarray, max_side: int | None, refine: str = "auto",
+                   hints: Hints | None = None) -> dict[str, Any]:
         """``{"alpha": uint8 (H, W), "checkpoint": URI, "forward_ms"?: float, "refine"?: mode that ran,
         "prior"?: bool}``; raises :class:`ApiError`."""
 
@@ -62,6 +64,17 @@ def decode_and_measure(data: bytes, name: str, max_pixels: int) -> tuple[np.ndar
     return rgb, measure_brightness(rgb)
 
 
+def read_hints(rgb: np.ndarray, box: str | None, hints_file: bytes | None, max_pixels: int) -> Hints | None:
+    """The request's hints checked against the decoded image (None without any); 422 naming the problem."""
+    if box is None and hints_file is None:
+        return None
+    try:
+        return Hints.from_wire(rgb.shape[0], rgb.shape[1], box, hints_file, max_pixels)
+    except HintError as e:
+        field = "box" if box is not None and str(e).startswith("box") else "hints"
+        raise ApiError(422, f"{field}: {e}") from None
+
+
 class MattingPipeline:
     """Cache -> decode -> route -> model -> post-process, for one ingress replica."""
 
@@ -84,8 +97,9 @@ class MattingPipeline:
             if isinstance(info, dict):
                 self.versions[name] = info["checkpoint"]
 
-    async def matte(self, data: bytes, name: str, params: MatteParams) -> Outcome:
-        """One image through cache, decode, routing, model and post-processing."""
+    async def matte(self, data: bytes, name: str, params: MatteParams, hints: bytes | None = None) -> Outcome:
+        """One image through cache, decode, routing, model and post-processing; ``hints``: an encoded
+        hints image (strokes, :mod:`matting_lib.refine.hints`), applied with ``params.box``."""
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
 
@@ -95,15 +109,19 @@ class MattingPipeline:
             return now
 
         await self.refresh_versions()
-        key = await asyncio.to_thread(content_key, data, params, dict(self.versions))
+        key = await asyncio.to_thread(content_key, data, params, dict(self.versions), hints)
         t = lap("key", t0)
         hit = self.cache.get(key)
         if hit is not None:
             return Outcome(hit, True, (time.perf_counter() - t0) * 1000, timings)
         rgb, brightness = await asyncio.to_thread(decode_and_measure, data, name, self.max_pixels)
+        user_hints = await asyncio.to_thread(read_hints, rgb, params.box, hints, self.max_pixels)
         t = lap("decode", t)
         model = self.router.pick(brightness) if params.model == "auto" else params.model
-        answer = await self.models.call(model, rgb, params.max_side, params.refine)
+        if user_hints is None:  # the plain call, batched with others on the model's side
+            answer = await self.models.call(model, rgb, params.max_side, params.refine)
+        else:
+            answer = await self.models.call(model, rgb, params.max_side, params.refine, user_hints)
         t = lap("model", t)
         if "forward_ms" in answer:
             timings["forward"] = answer["forward_ms"]
@@ -117,9 +135,10 @@ class MattingPipeline:
             checkpoint=answer["checkpoint"], width=rgb.shape[1], height=rgb.shape[0],
             empty=await asyncio.to_thread(postprocess.is_empty_matte, answer["alpha"]),
             refine=answer.get("refine", ""), prior=bool(answer.get("prior", False)),
+            hints=user_hints.kind if user_hints is not None else "none",
         )
         if answer["checkpoint"] != self.versions.get(model):  # swapped since the key was made
             self.versions[model] = answer["checkpoint"]
-            key = await asyncio.to_thread(content_key, data, params, dict(self.versions))
+            key = await asyncio.to_thread(content_key, data, params, dict(self.versions), hints)
         self.cache.put(key, result)
         return Outcome(result, False, (time.perf_counter() - t0) * 1000, timings)

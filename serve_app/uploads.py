@@ -35,6 +35,8 @@ class UploadedFile:
 
     name: str
     data: bytes
+    field: str = ""
+    """The multipart field it came in (empty for a raw body or a zip entry)."""
 
 
 @dataclass
@@ -122,7 +124,7 @@ async def parse_upload(request: Request, body: bytes, max_files: int) -> Upload:
         for key, value in form.multi_items():
             if isinstance(value, UploadFile):
                 data = await value.read()
-                upload.files.append(UploadedFile(_basename(value.filename) or key, data))
+                upload.files.append(UploadedFile(_basename(value.filename) or key, data, key))
             else:
                 upload.fields[key] = value
     finally:
