@@ -26,7 +26,8 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from matting_lib.routing import MEASURE_SIDE
-from serve_app.auth import api_key_dependency
+from matting_lib.data.corrections import tenant_of
+from serve_app.auth import api_key_dependency, bearer_token
 from serve_app.batch import build_zip
 from serve_app.errors import ApiError, install_handlers
 from serve_app.params import EXTENSIONS, MAX_SIDE, MatteParams
@@ -401,6 +402,80 @@ async def history_delete(svc: Service, entry_id: str) -> dict[str, Any]:
     entry = await svc.entry(entry_id)
     await asyncio.to_thread(svc.history.delete, entry.id)
     return {"deleted": entry.id}
+
+
+CORRECTIONS_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "file": {"type": "string", "format": "binary", "description": "the image, as sent to /v1/matte"},
+                    "alpha": {"type": "string", "format": "binary", "description": "the corrected matte, the image's "
+                              "size: its alpha channel when it has one (a cut-out), else its grey values"},
+                    "history_id": {"type": "string", "description": "X-Matting-History-Id of the corrected result"},
+                    "model": {"type": "string"},
+                    "box": {"type": "string"},
+                },
+                "required": ["file", "alpha"],
+            }
+        }
+    },
+}
+CORRECTION_FIELDS = ("history_id", "model", "box")
+
+
+def tenant(request: Request) -> str:
+    """Whose corrections these are: a hash of the request's API key (``public`` without one)."""
+    return tenant_of(bearer_token(request) if service(request).config.resolve_api_key() else "")
+
+
+@router.post(
+    "/v1/corrections",
+    summary="Save a corrected matte with its image as training data",
+    description=(
+        "Multipart: the image as file field `file`, the corrected matte as file field `alpha` (same size; its alpha "
+        "channel when it has one, else its grey values), optional text fields `history_id`, `model`, `box`. Stored in "
+        "the seed format under the service's corrections store, in the folder of the request's API key (its tenant), "
+        "for `python -m ray_jobs.learn_corrections`. Answers 201 {id, tenant, count}."
+    ),
+    status_code=201,
+    openapi_extra={"requestBody": CORRECTIONS_BODY},
+    dependencies=[_only_query()],
+)
+async def save_correction(svc: Service, request: Request) -> dict[str, Any]:
+    limits = svc.config.limits
+    body = await read_body(request, 2 * limits.max_upload_bytes + MULTIPART_OVERHEAD, limits.body_timeout_s)
+    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        raise ApiError(400, "send multipart/form-data with file fields 'file' (the image) and 'alpha' (the matte)")
+    upload = await parse_upload(request, body, max_files=2)
+    files = {f.field: f for f in upload.files}
+    missing = [k for k in ("file", "alpha") if k not in files]
+    if missing:
+        raise ApiError(400, f"missing file field(s) {', '.join(missing)}: send 'file' (the image) and 'alpha' (the matte)")
+    unknown = sorted(set(upload.fields) - set(CORRECTION_FIELDS))
+    if unknown:
+        raise ApiError(422, f"{unknown[0]}: unknown field (accepted: {', '.join(CORRECTION_FIELDS)})")
+    for f in files.values():
+        if len(f.data) > limits.max_upload_bytes:
+            raise ApiError(413, f"{f.field} is {len(f.data) / 1e6:.1f} MB, the limit is {limits.max_upload_mb:g} MB")
+    who = tenant(request)
+    rec, count = await svc.save_correction(
+        who, files["file"].data, files["file"].name, files["alpha"].data,
+        history_id=upload.fields.get("history_id", ""), model=upload.fields.get("model", ""), box=upload.fields.get("box", ""),
+    )
+    return {"id": rec.id, "tenant": who, "count": count}
+
+
+@router.get("/v1/corrections", summary="This API key's saved corrections, newest first", dependencies=[_only_query("limit")])
+async def list_corrections(
+    svc: Service, request: Request,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Entries listed (the count is of all).")] = 100,
+) -> dict[str, Any]:
+    who = tenant(request)
+    items = await asyncio.to_thread(svc.corrections.list, who)
+    return {"tenant": who, "count": len(items), "items": [c.to_json() for c in items[:limit]]}
 
 
 @router.get("/v1/stats", summary="This ingress replica's counters: cache and model calls", dependencies=[_only_query()])

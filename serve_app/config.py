@@ -244,6 +244,20 @@ class HistorySettings:
         require(16 <= self.thumbnail_side <= 1024, "history.thumbnail_side", "must be in [16, 1024]")
 
 
+@dataclass(frozen=True)
+class CorrectionSettings:
+    """Corrected mattes users save as training data (``POST /v1/corrections``,
+    :mod:`matting_lib.data.corrections`): one seed-format dataset per tenant (API key)."""
+
+    enabled: bool = True
+    store_uri: str = ".serve_data/corrections"
+    """Where corrections go: a local folder (relative to the repository root) or s3://bucket/prefix;
+    ``python -m ray_jobs.learn_corrections`` reads them from there."""
+
+    def __post_init__(self) -> None:
+        require(bool(self.store_uri), "corrections.store_uri", "must not be empty")
+
+
 def _default_models() -> tuple[ModelSpec, ...]:
     return (ModelSpec("base", "models/base.pt"), ModelSpec("lowlight", "models/lowlight.pt"))
 
@@ -261,6 +275,7 @@ class ServeConfig:
     limits: LimitSettings = field(default_factory=LimitSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     history: HistorySettings = field(default_factory=HistorySettings)
+    corrections: CorrectionSettings = field(default_factory=CorrectionSettings)
     api_key: str = ""
     """Bearer token required on every /v1 route; empty = read ``api_key_env``; both empty = open."""
     api_key_env: str = "MATTING_API_KEY"
@@ -293,12 +308,13 @@ def resolve_path(path: str, root: Path = REPO_ROOT) -> str:
 
 
 def with_resolved_paths(cfg: ServeConfig, root: Path = REPO_ROOT) -> ServeConfig:
-    """The config with every relative path (checkpoints, history) made absolute against ``root``."""
+    """The config with every relative path (checkpoints, history, corrections) made absolute against ``root``."""
     models = tuple(dataclasses.replace(m, checkpoint=resolve_path(m.checkpoint, root)) for m in cfg.models)
     history = dataclasses.replace(
         cfg.history, db_path=resolve_path(cfg.history.db_path, root), store_uri=resolve_path(cfg.history.store_uri, root)
     )
-    return dataclasses.replace(cfg, models=models, history=history)
+    corrections = dataclasses.replace(cfg.corrections, store_uri=resolve_path(cfg.corrections.store_uri, root))
+    return dataclasses.replace(cfg, models=models, history=history, corrections=corrections)
 
 
 def serve_config_from_args(args: Mapping[str, Any] | None, overrides: Sequence[str] = ()) -> ServeConfig:

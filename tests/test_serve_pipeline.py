@@ -24,10 +24,12 @@ class StubModels:
         self.checkpoints = dict(checkpoints)
         self.calls: list[tuple[str, tuple[int, int], int | None]] = []
         self.refines: list[str] = []
+        self.hints: list = []
 
-    async def call(self, model: str, rgb: np.ndarray, max_side: int | None, refine: str = "auto") -> dict:
+    async def call(self, model: str, rgb: np.ndarray, max_side: int | None, refine: str = "auto", hints=None) -> dict:
         self.calls.append((model, rgb.shape[:2], max_side))
         self.refines.append(refine)
+        self.hints.append(hints)
         return {"alpha": np.full(rgb.shape[:2], 200, np.uint8), "checkpoint": self.checkpoints[model], "forward_ms": 1.0,
                 "refine": "off" if refine == "auto" else refine}
 
@@ -180,7 +182,7 @@ def _app(tmp_path, checkpoints: dict[str, str], **config):
     from serve_app.config import HistorySettings
     from serve_app.service import IngressService
 
-    cfg = ServeConfig(api_key="", api_key_env="", **config,
+    cfg = ServeConfig(**{"api_key": "", "api_key_env": "", **config},
                       history=HistorySettings(db_path=str(tmp_path / "h.sqlite"), store_uri=str(tmp_path / "results")))
     return build_api(IngressService(cfg, StubModels(checkpoints)))
 
@@ -327,3 +329,96 @@ def test_a_file_that_is_no_image_is_described_without_a_python_bytes_repr(tmp_pa
     error = json.loads(body)
     assert status == 415 and error["error"] == "not_an_image"
     assert 'starts with the text "this is "' in error["detail"] and "b'" not in error["detail"], error["detail"]
+
+
+# --------------------------------------------------------------------------- corrections and hints at the ingress
+
+
+def _multipart(files: dict[str, tuple[str, bytes]], fields: dict[str, str] | None = None) -> tuple[bytes, dict[str, str]]:
+    parts = [f'--B\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in (fields or {}).items()]
+    parts += [f'--B\r\nContent-Disposition: form-data; name="{k}"; filename="{n}"\r\nContent-Type: image/png\r\n\r\n'.encode()
+              + data + b"\r\n" for k, (n, data) in files.items()]
+    return b"".join(parts) + b"--B--\r\n", {"content-type": "multipart/form-data; boundary=B"}
+
+
+def test_hints_that_do_not_fit_the_image_are_refused_before_the_model(tmp_path):
+    import json
+
+    app = _app(tmp_path, {"base": "b1.pt", "lowlight": "l1.pt"})
+    models = app.state.service.models
+    image = encode(photo(40, 60, "bright"))
+    cases = [
+        ({"file": ("a.png", image)}, {"box": "0,0,61,40"}, 422, "box: box 0,0,61,40 must satisfy"),
+        ({"file": ("a.png", image)}, {"box": "1,2,3"}, 422, "box: Value error, box must be 'x0,y0,x1,y1'"),
+        ({"file": ("a.png", image), "hints": ("h.png", encode(np.zeros((40, 61), np.uint8)))}, {}, 422,
+         "hints: the hints image is 61x40, the image 60x40"),
+        ({"file": ("a.png", image), "hints": ("h.png", b"junk")}, {}, 422, "hints: hints image: not a recognised"),
+        ({"file": ("a.png", image), "other": ("b.png", image)}, {}, 400, "2 images in one request"),
+    ]
+    for files, fields, status, start in cases:
+        body, headers = _multipart(files, fields)
+        got, _, answer = _call(app, "POST", "/v1/matte", body, headers)
+        detail = json.loads(answer)["detail"]
+        assert (got, detail[:len(start)]) == (status, start), detail
+    assert models.calls == []  # nothing reached a model
+    marks = np.full((40, 60), 128, np.uint8)
+    marks[5:10, 5:10] = 255
+    body, headers = _multipart({"file": ("a.png", image), "hints": ("h.png", encode(marks))}, {"box": "2,3,50,38"})
+    status, headers, _ = _call(app, "POST", "/v1/matte", body, headers)
+    assert status == 200 and headers["x-matting-hints"] == "box+strokes"
+    sent = models.hints[-1]
+    assert sent.box == (2, 3, 50, 38) and sent.marks.sum() == 25 and sent.marks[5:10, 5:10].min() == 1
+    status, headers, _ = _call(app, "POST", "/v1/matte", *_multipart({"file": ("a.png", image)}))
+    assert status == 200 and headers["x-matting-hints"] == "none" and models.hints[-1] is None
+
+
+def test_corrections_are_stored_per_api_key_in_the_seed_format(tmp_path):
+    import json
+
+    from matting_lib.data.corrections import CorrectionStore, tenant_of
+    from matting_lib.data.dataset import load_sample, read_split
+    from serve_app.config import CorrectionSettings
+
+    store = str(tmp_path / "corrections")
+    rgb = photo(40, 60, "bright", seed=3)
+    cutout = np.dstack([rgb, np.zeros((40, 60), np.uint8)])
+    cutout[10:30, 15:45, 3] = 255
+    cutout[10:30, 15, 3] = 128
+    apps = {key: _app(tmp_path, {"base": "b1.pt", "lowlight": "l1.pt"}, api_key=key,
+                      corrections=CorrectionSettings(store_uri=store)) for key in ("", "k-one")}
+    body, headers = _multipart({"file": ("cat.png", encode(rgb)), "alpha": ("m.png", encode(cutout))}, {"model": "base"})
+    status, _, answer = _call(apps[""], "POST", "/v1/corrections", body, headers)
+    saved = json.loads(answer)
+    assert status == 201 and saved["tenant"] == "public" and saved["count"] == 1
+    root = CorrectionStore(store).folder("public")
+    assert read_split(root, "train") == [saved["id"]]
+    sample = load_sample(root, saved["id"])
+    np.testing.assert_array_equal(sample.image, rgb)
+    np.testing.assert_array_equal(sample.alpha, cutout[..., 3])  # a cut-out's alpha channel is the matte
+    assert sample.trimap[20, 15] == 128 and sample.trimap[20, 30] == 255 and sample.trimap[0, 0] == 0
+
+    auth = {**headers, "authorization": "Bearer k-one"}
+    status, _, answer = _call(apps["k-one"], "POST", "/v1/corrections", body, auth)
+    assert status == 201 and json.loads(answer)["tenant"] == tenant_of("k-one") != "public"
+    assert json.loads(answer)["count"] == 1  # its own folder: the public one is not counted
+    status, _, answer = _call(apps[""], "GET", "/v1/corrections")
+    listed = json.loads(answer)
+    assert status == 200 and listed["count"] == 1 and listed["items"][0]["id"] == saved["id"]
+    assert listed["items"][0]["name"] == "cat.png" and listed["items"][0]["model"] == "base"
+    stored = [p.read_bytes() for p in (tmp_path / "corrections" / tenant_of("k-one")).rglob("*") if p.is_file()]
+    assert len(stored) == 5 and not any(b"k-one" in b for b in stored)  # the key itself is never stored
+    for key_files, fields, status_want, start in [
+        ({"file": ("a.png", encode(rgb))}, {}, 400, "missing file field(s) alpha"),
+        ({"file": ("a.png", encode(rgb)), "alpha": ("m.png", encode(np.zeros((40, 61), np.uint8)))}, {}, 422,
+         "alpha: the corrected matte is 61x40, the image 60x40"),
+        ({"file": ("a.png", encode(rgb)), "alpha": ("m.png", encode(cutout))}, {"history_id": "f" * 32}, 422,
+         "history_id: no history entry"),
+        ({"file": ("a.png", encode(rgb)), "alpha": ("m.png", encode(cutout))}, {"colour": "red"}, 422, "colour: unknown field"),
+        ({"file": ("a.png", b"junk"), "alpha": ("m.png", encode(cutout))}, {}, 415, "a.png: not a recognised"),
+    ]:
+        body, headers = _multipart(key_files, fields)
+        status, _, answer = _call(apps[""], "POST", "/v1/corrections", body, headers)
+        detail = json.loads(answer)["detail"]
+        assert (status, detail[:len(start)]) == (status_want, start), (status, detail)
+    assert CorrectionStore(store).tenants() == sorted(["public", tenant_of("k-one")])
+    assert len(CorrectionStore(store).list("public")) == 1  # the refused ones stored nothing
