@@ -8,7 +8,8 @@ What each hint does (:meth:`matting_lib.inference.predictor.Predictor.matte_hint
 - **Box** ``(x0, y0, x1, y1)``, pixels of the full-size image, ``x1``/``y1`` exclusive.
   Everything outside it is background (alpha 0, exactly). The box also sets the scale: the
   network sees a crop of the box plus a margin (:data:`BOX_MARGIN`) at its working size, so a
-  small subject is matted from as many pixels as a large one.
+  small subject is matted from as many pixels as a large one (a box covering half the image or
+  more is not cropped: :meth:`Hints.crop`).
 - **Strokes**, a map of the image's size: ``+1`` keep (alpha 1 there), ``-1`` remove (alpha 0
   there), ``0`` no hint. On the wire it is a hints image (:func:`marks_from_image`): white =
   keep, black = remove, grey or transparent = no hint.
@@ -36,6 +37,8 @@ BOX_MARGIN = 0.08
 """The crop the network sees is the box grown by this fraction of its size on each side (at
 least :data:`MIN_MARGIN_PX`), so the subject's edge is not at the crop's border."""
 MIN_MARGIN_PX = 8
+CROP_MAX_AREA = 0.5
+"""A box whose crop covers at least this share of the image is not cropped (only zeroed outside)."""
 MIN_BOX_PX = 4
 """Boxes narrower or lower than this are refused (a click, not a drag)."""
 KEEP_MIN = 192
@@ -169,13 +172,19 @@ class Hints:
         return "+".join(parts) or "none"
 
     def crop(self, h: int, w: int) -> tuple[int, int, int, int]:
-        """``(y0, y1, x0, x1)``: the part of the image the network sees (the box plus a margin, or all)."""
+        """``(y0, y1, x0, x1)``: the part of the image the network sees: the box plus a margin when
+        that is under :data:`CROP_MAX_AREA` of the image, else all of it (a box around a subject
+        that fills the photo changes nothing of its scale, and the crop would cut the context
+        the network saw in training: on the cross-validated photos such crops cost MAD)."""
         if self.box is None:
             return 0, h, 0, w
         x0, y0, x1, y1 = self.box
         mx = max(MIN_MARGIN_PX, round(BOX_MARGIN * (x1 - x0)))
         my = max(MIN_MARGIN_PX, round(BOX_MARGIN * (y1 - y0)))
-        return max(0, y0 - my), min(h, y1 + my), max(0, x0 - mx), min(w, x1 + mx)
+        cy0, cy1, cx0, cx1 = max(0, y0 - my), min(h, y1 + my), max(0, x0 - mx), min(w, x1 + mx)
+        if (cy1 - cy0) * (cx1 - cx0) >= CROP_MAX_AREA * h * w:
+            return 0, h, 0, w
+        return cy0, cy1, cx0, cx1
 
     def outside_box(self, h: int, w: int) -> np.ndarray:
         """bool (h, w): True outside the box (all False without one)."""
