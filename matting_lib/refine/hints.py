@@ -62,7 +62,7 @@ class StrokeParams:
     iterations: int = 3
     reach: float = 0.2
     """A stroke changes nothing farther than this fraction of the working image's long side from it."""
-    colour_radius: float = 0.08
+    colour_radius: float = 0.06
     """RGB distance (channels in [0, 1]) within which a pixel counts as a stroke's colour."""
     band: int = 2
     """Working pixels around the segmentation's outline where a stroke's region keeps the network's
