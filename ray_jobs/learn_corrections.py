@@ -243,6 +243,21 @@ def load_learn_config(path: str, overrides: list[str]) -> LearnJobConfig:
     return load_job_config(path, overrides, cls=LearnJobConfig)
 
 
+def training_config(cfg: LearnJobConfig, model: dict | None = None, **data: str) -> TrainConfig:
+    """The candidate's training config: ``cfg.train`` with ``cfg.train_overrides``, the current model's
+    architecture (``model``: its config as a dict; None keeps the file's) and the run's ``data.*``.
+
+    Raises:
+        ConfigError: the file or an override does not load (the message names the key).
+    """
+    raw = apply_overrides(load_yaml(cfg.train), list(cfg.train_overrides))
+    if model is not None:
+        raw["model"] = model  # the architecture of the model it replaces
+    raw["init_checkpoint"] = cfg.current
+    raw.setdefault("data", {}).update(data)
+    return from_dict(TrainConfig, raw)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = job_parser(__doc__.splitlines()[0]).parse_intermixed_args(argv)
     cfg = load_learn_config(args.config, args.overrides)
@@ -295,12 +310,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # 3. train
     try:
-        data = apply_overrides(load_yaml(cfg.train), list(cfg.train_overrides))
-        data["model"] = to_dict(current.model_config)  # the architecture of the model it replaces
-        data["init_checkpoint"] = cfg.current
-        data.setdefault("data", {}).update(uri=store.folder(cfg.corrections.tenants[0]), manifest=manifest_uri)
-        data.setdefault("run", {}).update(name=run, storage_path=cfg.out)
-        train_cfg: TrainConfig = from_dict(TrainConfig, data)
+        train_cfg = training_config(cfg, to_dict(current.model_config), uri=store.folder(cfg.corrections.tenants[0]),
+                                    manifest=manifest_uri)
+        train_cfg = dataclasses.replace(train_cfg, run=dataclasses.replace(train_cfg.run, name=run, storage_path=cfg.out))
     except (ConfigError, OSError) as e:
         fail(f"train config {cfg.train}: {e}", code=2)
     log("train", f"{train_cfg.total_epochs} epoch(s) from {cfg.current} with {cfg.train}")
