@@ -15,6 +15,7 @@ import json
 import os
 import struct
 import threading
+import uuid
 import zipfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -42,17 +43,24 @@ API_KEY = "test-key-0123456789"
 
 
 @pytest.fixture(scope="module")
-def svc(ray_cluster, serve_port, tmp_path_factory):
-    """The deployed app: ``url``, the Serve ``config`` it runs, its checkpoints, and ``tmp``."""
+def svc(ray_cluster, serve_port, s3_server, tmp_path_factory):
+    """The deployed app: ``url``, the Serve ``config`` it runs, its checkpoints, ``tmp``, and
+    ``bucket``: the moto S3 bucket that holds its corrections (as on a cluster)."""
+    import boto3
+
     tmp = tmp_path_factory.mktemp("serve_app")
+    bucket = f"s3://serve-app-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket[len("s3://"):])
     checkpoints = {name: make_checkpoint(tmp / f"{name}.pt", seed) for seed, name in enumerate(("base", "lowlight", "spare"), 1)}
-    config = serve_yaml_for_test(tmp, checkpoints, serve_port, fast_scaling="spare")  # only spare autoscales quickly
+    config = serve_yaml_for_test(tmp, checkpoints, serve_port, fast_scaling="spare",  # only spare autoscales quickly
+                                 args={"corrections": {"store_uri": f"{bucket}/corrections"}})
     config["applications"][0]["args"]["models"][2]["backend"] = "torch"  # the others: auto = ONNX Runtime on CPU
     # Batching is off in the shipped CPU config; on here, so the batched path stays tested.
     config["applications"][0]["args"]["model_deployment"].update(max_batch_size=4, batch_wait_timeout_s=0.1)
     url = deploy_and_wait(ray_cluster["dashboard"], config)
     try:
-        yield SimpleNamespace(url=url, config=config, checkpoints=checkpoints, tmp=tmp, dashboard=ray_cluster["dashboard"])
+        yield SimpleNamespace(url=url, config=config, checkpoints=checkpoints, tmp=tmp, dashboard=ray_cluster["dashboard"],
+                              bucket=bucket)
     finally:
         remove_app(config)
 
@@ -549,7 +557,7 @@ def _saved_correction(svc, tenant: str, correction_id: str) -> tuple[np.ndarray,
 
     uri = svc.config["applications"][0]["args"].get("corrections", {}).get("store_uri", CorrectionSettings().store_uri)
     root = CorrectionStore(resolve_path(uri)).folder(tenant)
-    assert root.startswith(str(svc.tmp)), f"the test service saves corrections outside its tmp folder: {root}"
+    assert root.startswith(svc.bucket + "/"), f"the test service saves corrections outside its S3 bucket: {root}"
     image, mask = (decode(mio.read_bytes(mio.join(root, kind, f"{correction_id}.png"))) for kind in ("images", "masks"))
     assert mask.mode == "L", mask.mode
     return np.asarray(image.convert("RGB")), np.asarray(mask)
@@ -715,6 +723,76 @@ def test_web_ui_corrects_a_matte_with_a_box_and_strokes_and_saves_it(svc, tmp_pa
             assert mattes["max"] == 1, mattes
         finally:
             browser.close()
+
+
+# --------------------------------------------------------------------------- learning from corrections
+
+
+def _disc_correction(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A photo of a bright disc on a textured background and its true matte."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    rgb = photo(96, 128, "bright", seed=300 + seed)
+    alpha = np.zeros((96, 128), np.uint8)
+    cv2.circle(alpha, (int(rng.integers(40, 90)), int(rng.integers(35, 60))), int(rng.integers(18, 28)), 255, -1)
+    rgb[alpha > 0] = (230, 210, 60)
+    return rgb, alpha
+
+
+@pytest.mark.timeout(420)
+def test_saved_corrections_train_a_model_the_service_swaps_to_with_no_failed_request(svc, tmp_path):
+    """Issue 26's loop, closed on the running service: the corrections saved in the browser above
+    and three more through the API (photos of a disc, with their true mattes) are read from the S3
+    store by ``ray_jobs.learn_corrections``, which fine-tunes the served base (tiny, DDP on two
+    workers of this cluster), scores it against the base it replaces on the held-out corrections,
+    publishes it to S3 only because it is better there, and redeploys the app with it while
+    requests keep coming: none fails, and the service then answers with the published checkpoint."""
+    from ray_jobs.learn_corrections import main as learn
+
+    before = get(f"{svc.url}/v1/corrections").json()["count"]
+    for seed in range(3):
+        rgb, alpha = _disc_correction(seed)
+        r = post(f"{svc.url}/v1/corrections", files={"file": ("disc.png", encode(rgb)), "alpha": ("a.png", encode(alpha))},
+                 data={"model": "base"})
+        assert r.status_code == 201, r.text
+    listing = get(f"{svc.url}/v1/corrections").json()
+    assert listing["count"] == before + 3 and listing["tenant"] == "public"
+
+    stop, results = threading.Event(), []
+    threads = [threading.Thread(target=_load, args=(svc.url, stop, results, s, {"model": "base"})) for s in range(400, 402)]
+    for t in threads:
+        t.start()
+    try:
+        rc = learn([
+            "--config", "configs/corrections.yaml", f"corrections.store={svc.bucket}/corrections",
+            f"current={svc.checkpoints['base']}", "train=configs/tiny.yaml", "corrections.repeat=6",
+            # DDP on 2 workers, sized to fit beside the running app (0.85 CPU) on a 2-CPU cluster
+            "train_overrides=[stages.0.epochs=1, data.image_size=64, data.batch_size=4, scaling.cpus_per_worker=0.25, "
+            "scaling.data_cpus=0.1]",
+            f"out={tmp_path}/runs", "run_name=learn", f"publish.dir={svc.bucket}/published",
+            f"publish.serve_address={svc.dashboard}", "max_side=256", "subject_prior=false",
+        ])
+        results_file = json.loads((tmp_path / "runs" / "learn" / "results.json").read_text())
+        published = results_file.get("publish", {}).get("checkpoint", "")
+        wait_until(lambda: sum(1 for _, c in results if c == checkpoint_label(published)) >= 3, 90,
+                   "requests answered by the published checkpoint")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert rc == 0
+    c = results_file["corrections"]
+    assert c["total"] == before + 3 and len(c["held_out"]) >= 1 and not set(c["held_in"]) & set(c["held_out"])
+    scores = results_file["scores"]
+    assert scores["candidate"]["corrections"]["mad"] < scores["current"]["corrections"]["mad"]
+    assert results_file["decision"]["publish"] is True
+    assert published.startswith(f"{svc.bucket}/published/base-") and "serves it" in results_file["publish"]["swap"]
+    assert (tmp_path / "runs" / "learn" / "results.md").read_text().count("| corrections |") == 3
+    assert results and all(status == 200 for status, _ in results), [s for s, _ in results if s != 200][:5]
+    info = next(m for m in get(f"{svc.url}/v1/models").json()["models"] if m["name"] == "base")
+    assert info["checkpoint"] == checkpoint_label(published) and info["swap_error"] == ""
+    svc.checkpoints["base"] = published
 
 
 # --------------------------------------------------------------------------- restart: models in the ingress, an API key (last)
