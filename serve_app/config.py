@@ -97,8 +97,8 @@ class ModelDeploymentSettings:
     device: str = "auto"
     """Torch device: 'auto' (CUDA when present), 'cpu', 'cuda:0'..."""
     backend: str = "auto"
-    """Inference backend: 'torch' (eager), 'onnx' (ONNX Runtime, the checkpoint exported in
-    memory at load) or 'auto': ONNX Runtime on CPU, where ``bench/inference.py`` measured it
+    """Inference backend: 'torch' (eager), 'onnx' (ONNX Runtime, the checkpoint exported at its first
+    load and cached by its sha256 under ``$MATTING_CACHE_DIR/onnx``, :mod:`matting_lib.inference.export_cache`) or 'auto': ONNX Runtime on CPU, where ``bench/inference.py`` measured it
     faster, torch on CUDA (see :func:`matting_lib.inference.load.load_predictor`)."""
     num_threads: int = 1
     """Intra-op threads of each replica's forward pass (0 = the library default, one per core).
