@@ -249,7 +249,8 @@ async def list_models(svc: Service) -> dict[str, Any]:
         "X-Matting-Refine (the refinement mode that ran), X-Matting-Prior (true when "
         "the ImageNet subject prior found the subject the network missed), X-Matting-History-Id, X-Matting-Empty (true when the model found "
         "no subject: under 0.5% of pixels have alpha >= 0.5; then X-Matting-Notice says so), and Server-Timing (ms per stage: "
-        "upload (reading and parsing the request body), key, decode, model (the call to the model replica), "
+        "upload (reading and parsing the request body), key, admit (waiting for room in the replica's budget of "
+        "megapixels in flight; past `admission.wait_s` the answer is 503 `overloaded` with Retry-After), decode, model (the call to the model replica), "
         "forward (its forward pass), encode, and total from the cache lookup to the encoded result)."
     ),
     response_class=Response,
@@ -259,7 +260,7 @@ async def list_models(svc: Service) -> dict[str, Any]:
 async def matte(svc: Service, request: Request, query: Annotated[MatteParams, Query()]) -> Response:
     limits = svc.config.limits
     t_request = time.perf_counter()
-    body = await read_body(request, limits.max_upload_bytes + MULTIPART_OVERHEAD, limits.body_timeout_s)
+    body = await read_body(request, limits.max_upload_bytes + MULTIPART_OVERHEAD, limits.body_timeout_s, limits.body_total_timeout_s)
     upload = await parse_upload(request, body, max_files=2)
     upload_ms = (time.perf_counter() - t_request) * 1000
     params = svc.params(query, upload.fields)
@@ -322,12 +323,17 @@ async def matte(svc: Service, request: Request, query: Annotated[MatteParams, Qu
 )
 async def batch(svc: Service, request: Request, query: Annotated[MatteParams, Query()]) -> Response:
     limits = svc.config.limits
-    body = await read_body(request, limits.max_batch_upload_bytes + MULTIPART_OVERHEAD, limits.body_timeout_s)
+    body = await read_body(request, limits.max_batch_upload_bytes + MULTIPART_OVERHEAD, limits.body_timeout_s, limits.body_total_timeout_s)
     upload = await parse_upload(request, body, max_files=limits.max_batch_files)
     params = svc.params(query, upload.fields)
     files = expand_batch(upload.files, limits.max_batch_files, limits.max_upload_bytes, limits.max_zip_total_bytes)
     t0 = time.perf_counter()
     rows = await svc.batch_rows(files, params)
+    if rows and all(r.http_status == 503 for r in rows):  # the budget refused every file: say so as a whole
+        adm = svc.config.admission
+        raise ApiError(503, f"the server is busy: none of the {len(rows)} files was admitted within {adm.wait_s:g} s "
+                            f"(retry after {adm.retry_after_s} s)", "overloaded",
+                       headers={"Retry-After": str(adm.retry_after_s)})
     archive = await asyncio.to_thread(build_zip, rows)
     ok = [r for r in rows if r.status == "ok"]
     empty = sum(bool(r.empty) for r in ok)
@@ -446,7 +452,7 @@ def tenant(request: Request) -> str:
 )
 async def save_correction(svc: Service, request: Request) -> dict[str, Any]:
     limits = svc.config.limits
-    body = await read_body(request, 2 * limits.max_upload_bytes + MULTIPART_OVERHEAD, limits.body_timeout_s)
+    body = await read_body(request, 2 * limits.max_upload_bytes + MULTIPART_OVERHEAD, limits.body_timeout_s, limits.body_total_timeout_s)
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         raise ApiError(400, "send multipart/form-data with file fields 'file' (the image) and 'alpha' (the matte)")
     upload = await parse_upload(request, body, max_files=2)
@@ -478,9 +484,11 @@ async def list_corrections(
     return {"tenant": who, "count": len(items), "items": [c.to_json() for c in items[:limit]]}
 
 
-@router.get("/v1/stats", summary="This ingress replica's counters: cache and model calls", dependencies=[_only_query()])
+@router.get("/v1/stats", summary="This ingress replica's counters: cache, model calls, admission budget; the history's size", dependencies=[_only_query()])
 async def stats(svc: Service) -> dict[str, Any]:
-    return {"cache": svc.cache.stats(), "model_calls": svc.models.calls, "model_retries": svc.models.retries}
+    history = await asyncio.to_thread(svc.history.usage)
+    return {"cache": svc.cache.stats(), "model_calls": svc.models.calls, "model_retries": svc.models.retries,
+            "admission": svc.budget.stats(), "history": history}
 
 
 def build_api(svc: IngressService) -> FastAPI:

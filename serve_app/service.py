@@ -14,6 +14,7 @@ from typing import Any
 
 from matting_lib.data.corrections import Correction, CorrectionError, CorrectionStore
 from matting_lib.data.decode import ImageDecodeError, decode_image, decode_matte
+from serve_app.admission import PixelBudget
 from serve_app.batch import BatchRow
 from serve_app.cache import ResultCache
 from serve_app.config import ServeConfig
@@ -38,9 +39,11 @@ class IngressService:
         self.cache = ResultCache(int(config.cache.max_mb * 1_000_000))
         self.history = History(config.history)
         self.corrections = CorrectionStore(config.corrections.store_uri)
+        adm = config.admission
+        self.budget = PixelBudget(adm.max_megapixels, adm.wait_s, adm.retry_after_s)
         self.pipeline = MattingPipeline(
             models, config.routing, self.cache, max_pixels=config.limits.max_pixels,
-            versions={m.name: m.checkpoint for m in config.models},
+            versions={m.name: m.checkpoint for m in config.models}, budget=self.budget,
         )
 
     def params(self, query: MatteParams, fields: dict[str, str]) -> MatteParams:
