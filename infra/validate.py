@@ -248,9 +248,24 @@ def _load_sweep(path: str, overrides: list[str]) -> Any:
     return sweep
 
 
+def _load_learn(path: str, overrides: list[str]) -> Any:
+    """The learn-from-corrections config and the training config it names (with its overrides)."""
+    import dataclasses
+
+    from matting_lib.config import load_config
+    from ray_jobs.learn_corrections import LearnJobConfig, training_config
+
+    cfg = load_config(path, overrides, cls=LearnJobConfig)
+    if "://" not in cfg.train and not Path(cfg.train).is_absolute():
+        cfg = dataclasses.replace(cfg, train=str(REPO / cfg.train))  # the job runs from the repo root
+    training_config(cfg)
+    return cfg
+
+
 CONFIG_LOADERS: dict[str, Callable[[str, list[str]], Any]] = {
     "ray_jobs.train": _load_train,
     "ray_jobs.tune": _load_sweep,
+    "ray_jobs.learn_corrections": _load_learn,
 }
 """How each job module loads ``--config FILE key=value ...``; a job missing here is reported."""
 

@@ -33,6 +33,7 @@ __all__ = [
     "PostprocessParams",
     "apply",
     "foreground_fraction",
+    "clear_empty_haze",
     "is_empty_matte",
 ]
 
@@ -275,3 +276,14 @@ def is_empty_matte(alpha: np.ndarray, min_fraction: float = EMPTY_FRACTION, leve
     The service reports such results (``X-Matting-Empty``) instead of returning a silent
     transparent image."""
     return foreground_fraction(alpha, level) < min_fraction
+
+
+def clear_empty_haze(alpha: np.ndarray, level: float = EMPTY_LEVEL) -> tuple[np.ndarray, bool]:
+    """``(alpha, empty)``: for an essentially empty matte (:func:`is_empty_matte`), the alpha with
+    everything below ``level`` set to 0, so "no subject" is a clear image and not a faint haze (the
+    network's 0.06-0.10 over a plain background, issue 27); any other matte is returned as it is.
+    ``alpha``: uint8 (0-255) or float in [0, 1], (H, W)."""
+    if not is_empty_matte(alpha, level=level):
+        return alpha, False
+    cut = level * 255 if alpha.dtype == np.uint8 else level
+    return np.where(alpha >= cut, alpha, 0).astype(alpha.dtype, copy=False), True

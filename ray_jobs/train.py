@@ -27,11 +27,12 @@ from ray_jobs.common import fail, init_ray, job_parser, load_job_config
 from ray_jobs.trainer import build_datasets, export_best, make_trainer, prepare_data
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = job_parser(__doc__.splitlines()[0]).parse_intermixed_args(argv)
-    cfg: TrainConfig = absolute_paths(load_job_config(args.config, args.overrides))
+def run_training(cfg: TrainConfig, address: str | None = None) -> tuple[str, dict, float]:
+    """Train ``cfg`` on the cluster at ``address`` (see :func:`ray_jobs.common.init_ray`): returns the
+    best checkpoint's URI, its metrics and the seconds it took. Exits with one clear line on failure."""
+    cfg = absolute_paths(cfg)
     train_rows, val_rows, extra_env = prepare_data(cfg)
-    init_ray(args.address, env=extra_env)
+    init_ray(address, env=extra_env)
     trainer = make_trainer(cfg, build_datasets(cfg, train_rows, val_rows), env=extra_env)
     t0 = time.perf_counter()
     again = f"; relaunch the same command (run.name={cfg.run.name}) to resume from its last checkpoint"
@@ -44,8 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     best_uri, metrics = export_best(result, cfg)
     if result.return_value:
         io.write_text(io.join(run_uri(cfg.run.storage_path, cfg.run.name), "history.json"), json.dumps(result.return_value, indent=1))
-    print(f"finished in {time.perf_counter() - t0:.0f} s; run folder: {result.path}", flush=True)
+    seconds = time.perf_counter() - t0
+    print(f"finished in {seconds:.0f} s; run folder: {result.path}", flush=True)
     print(f"best checkpoint (val SAD {metrics.get('val_sad', float('nan')):.4f}, epoch {int(metrics.get('epoch', -1)) + 1}): {best_uri}", flush=True)
+    return best_uri, metrics, seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = job_parser(__doc__.splitlines()[0]).parse_intermixed_args(argv)
+    run_training(load_job_config(args.config, args.overrides), args.address)
     return 0
 
 

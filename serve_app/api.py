@@ -26,7 +26,8 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from matting_lib.routing import MEASURE_SIDE
-from serve_app.auth import api_key_dependency
+from matting_lib.data.corrections import tenant_of
+from serve_app.auth import api_key_dependency, bearer_token
 from serve_app.batch import build_zip
 from serve_app.errors import ApiError, install_handlers
 from serve_app.params import EXTENSIONS, MAX_SIDE, MatteParams
@@ -37,6 +38,8 @@ from serve_app.uploads import MULTIPART_OVERHEAD, expand_batch, parse_upload, re
 logger = logging.getLogger("ray.serve")
 
 STATIC_DIR = Path(__file__).resolve().with_name("static")
+HINTS_FIELD = "hints"
+"""The multipart file field of /v1/matte that carries a hints image (strokes)."""
 
 IMAGE_BODY = {
     "required": True,
@@ -44,7 +47,11 @@ IMAGE_BODY = {
         "multipart/form-data": {
             "schema": {
                 "type": "object",
-                "properties": {"file": {"type": "string", "format": "binary"}},
+                "properties": {
+                    "file": {"type": "string", "format": "binary"},
+                    "hints": {"type": "string", "format": "binary", "description": "optional strokes: white keep, "
+                              "black remove, grey or transparent no hint; the image's size"},
+                },
                 "required": ["file"],
             }
         },
@@ -234,12 +241,16 @@ async def list_models(svc: Service) -> dict[str, Any]:
     summary="Matte one image",
     description=(
         "Send the image as a multipart file (any field name, e.g. `file`) or as the raw body. "
+        "Corrections: `box=x0,y0,x1,y1` (image pixels; outside it the matte is 0) and, in a multipart upload, a file "
+        "field `hints`: a PNG of the image's size, white = keep, black = remove, grey or transparent = no hint. "
         "Parameters in the query string (or as multipart text fields). Returns the image; "
         "headers X-Matting-Model, X-Matting-Brightness, X-Matting-Cache (hit/miss), "
-        "X-Matting-Checkpoint, X-Matting-Ms, X-Matting-Refine (the refinement mode that ran), X-Matting-Prior (true when "
+        "X-Matting-Checkpoint, X-Matting-Ms, X-Matting-Hints (none, box, strokes or box+strokes: the corrections applied), "
+        "X-Matting-Refine (the refinement mode that ran), X-Matting-Prior (true when "
         "the ImageNet subject prior found the subject the network missed), X-Matting-History-Id, X-Matting-Empty (true when the model found "
         "no subject: under 0.5% of pixels have alpha >= 0.5; then X-Matting-Notice says so), and Server-Timing (ms per stage: "
-        "upload (reading and parsing the request body), key, decode, model (the call to the model replica), "
+        "upload (reading and parsing the request body), key, admit (waiting for room in the replica's budget of "
+        "megapixels in flight; past `admission.wait_s` the answer is 503 `overloaded` with Retry-After), decode, model (the call to the model replica), "
         "forward (its forward pass), encode, and total from the cache lookup to the encoded result)."
     ),
     response_class=Response,
@@ -249,17 +260,23 @@ async def list_models(svc: Service) -> dict[str, Any]:
 async def matte(svc: Service, request: Request, query: Annotated[MatteParams, Query()]) -> Response:
     limits = svc.config.limits
     t_request = time.perf_counter()
-    body = await read_body(request, limits.max_upload_bytes + MULTIPART_OVERHEAD, limits.body_timeout_s)
-    upload = await parse_upload(request, body, max_files=1)
+    body = await read_body(request, limits.max_upload_bytes + MULTIPART_OVERHEAD, limits.body_timeout_s, limits.body_total_timeout_s)
+    upload = await parse_upload(request, body, max_files=2)
     upload_ms = (time.perf_counter() - t_request) * 1000
     params = svc.params(query, upload.fields)
-    if not upload.files:
+    images = [u for u in upload.files if u.field != HINTS_FIELD]
+    hints = next((u.data for u in upload.files if u.field == HINTS_FIELD), None)
+    if not images:
         raise ApiError(400, "no image in the request: send a multipart file or the image as the body", "no_image")
-    f = upload.files[0]
-    if len(f.data) > limits.max_upload_bytes:
-        raise ApiError(413, f"image is {len(f.data) / 1e6:.1f} MB, the limit is {limits.max_upload_mb:g} MB")
+    if len(images) > 1:
+        raise ApiError(400, f"{len(images)} images in one request: /v1/matte takes one (and optionally a "
+                            f"'{HINTS_FIELD}' file); use /v1/batch for several", "too_many_files")
+    f = images[0]
+    for what, data in (("image", f.data), ("hints image", hints)):
+        if data is not None and len(data) > limits.max_upload_bytes:
+            raise ApiError(413, f"{what} is {len(data) / 1e6:.1f} MB, the limit is {limits.max_upload_mb:g} MB")
     del body, upload
-    out = await svc.pipeline.matte(f.data, f.name, params)
+    out = await svc.pipeline.matte(f.data, f.name, params, hints)
     res = out.result
     if res.width * res.height >= TRIM_AFTER_PIXELS:
         await asyncio.to_thread(release_memory)  # the decoded image and its matte are gone: give their memory back
@@ -273,6 +290,7 @@ async def matte(svc: Service, request: Request, query: Annotated[MatteParams, Qu
         "X-Matting-Ms": f"{out.ms:.1f}",
         "X-Matting-Refine": res.refine,
         "X-Matting-Prior": "true" if res.prior else "false",
+        "X-Matting-Hints": res.hints,
         "Server-Timing": server_timing({"upload": upload_ms, **out.timings, "total": out.ms}),
         "Content-Disposition": _disposition("inline", _stem(f.name), f"-matte.{ext}"),
     }
@@ -280,7 +298,8 @@ async def matte(svc: Service, request: Request, query: Annotated[MatteParams, Qu
         headers["X-Matting-Notice"] = EMPTY_NOTICE
     if params.history:
         entry_id = await svc.record(
-            kind="image", name=f.name, model=res.model, brightness=res.brightness, params=params.model_dump(),
+            kind="image", name=f.name, model=res.model, brightness=res.brightness,
+            params={**params.model_dump(), "hints": res.hints},
             width=res.width, height=res.height, media_type=res.media_type, ext=ext, body=res.body,
             thumbnail_source=res.body,
         )
@@ -304,12 +323,17 @@ async def matte(svc: Service, request: Request, query: Annotated[MatteParams, Qu
 )
 async def batch(svc: Service, request: Request, query: Annotated[MatteParams, Query()]) -> Response:
     limits = svc.config.limits
-    body = await read_body(request, limits.max_batch_upload_bytes + MULTIPART_OVERHEAD, limits.body_timeout_s)
+    body = await read_body(request, limits.max_batch_upload_bytes + MULTIPART_OVERHEAD, limits.body_timeout_s, limits.body_total_timeout_s)
     upload = await parse_upload(request, body, max_files=limits.max_batch_files)
     params = svc.params(query, upload.fields)
     files = expand_batch(upload.files, limits.max_batch_files, limits.max_upload_bytes, limits.max_zip_total_bytes)
     t0 = time.perf_counter()
     rows = await svc.batch_rows(files, params)
+    if rows and all(r.http_status == 503 for r in rows):  # the budget refused every file: say so as a whole
+        adm = svc.config.admission
+        raise ApiError(503, f"the server is busy: none of the {len(rows)} files was admitted within {adm.wait_s:g} s "
+                            f"(retry after {adm.retry_after_s} s)", "overloaded",
+                       headers={"Retry-After": str(adm.retry_after_s)})
     archive = await asyncio.to_thread(build_zip, rows)
     ok = [r for r in rows if r.status == "ok"]
     empty = sum(bool(r.empty) for r in ok)
@@ -386,9 +410,85 @@ async def history_delete(svc: Service, entry_id: str) -> dict[str, Any]:
     return {"deleted": entry.id}
 
 
-@router.get("/v1/stats", summary="This ingress replica's counters: cache and model calls", dependencies=[_only_query()])
+CORRECTIONS_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "file": {"type": "string", "format": "binary", "description": "the image, as sent to /v1/matte"},
+                    "alpha": {"type": "string", "format": "binary", "description": "the corrected matte, the image's "
+                              "size: its alpha channel when it has one (a cut-out), else its grey values"},
+                    "history_id": {"type": "string", "description": "X-Matting-History-Id of the corrected result"},
+                    "model": {"type": "string"},
+                    "box": {"type": "string"},
+                },
+                "required": ["file", "alpha"],
+            }
+        }
+    },
+}
+CORRECTION_FIELDS = ("history_id", "model", "box")
+
+
+def tenant(request: Request) -> str:
+    """Whose corrections these are: a hash of the request's API key (``public`` without one)."""
+    return tenant_of(bearer_token(request) if service(request).config.resolve_api_key() else "")
+
+
+@router.post(
+    "/v1/corrections",
+    summary="Save a corrected matte with its image as training data",
+    description=(
+        "Multipart: the image as file field `file`, the corrected matte as file field `alpha` (same size; its alpha "
+        "channel when it has one, else its grey values), optional text fields `history_id`, `model`, `box`. Stored in "
+        "the seed format under the service's corrections store, in the folder of the request's API key (its tenant), "
+        "for `python -m ray_jobs.learn_corrections`. Answers 201 {id, tenant, count}."
+    ),
+    status_code=201,
+    openapi_extra={"requestBody": CORRECTIONS_BODY},
+    dependencies=[_only_query()],
+)
+async def save_correction(svc: Service, request: Request) -> dict[str, Any]:
+    limits = svc.config.limits
+    body = await read_body(request, 2 * limits.max_upload_bytes + MULTIPART_OVERHEAD, limits.body_timeout_s, limits.body_total_timeout_s)
+    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        raise ApiError(400, "send multipart/form-data with file fields 'file' (the image) and 'alpha' (the matte)")
+    upload = await parse_upload(request, body, max_files=2)
+    files = {f.field: f for f in upload.files}
+    missing = [k for k in ("file", "alpha") if k not in files]
+    if missing:
+        raise ApiError(400, f"missing file field(s) {', '.join(missing)}: send 'file' (the image) and 'alpha' (the matte)")
+    unknown = sorted(set(upload.fields) - set(CORRECTION_FIELDS))
+    if unknown:
+        raise ApiError(422, f"{unknown[0]}: unknown field (accepted: {', '.join(CORRECTION_FIELDS)})")
+    for f in files.values():
+        if len(f.data) > limits.max_upload_bytes:
+            raise ApiError(413, f"{f.field} is {len(f.data) / 1e6:.1f} MB, the limit is {limits.max_upload_mb:g} MB")
+    who = tenant(request)
+    rec, count = await svc.save_correction(
+        who, files["file"].data, files["file"].name, files["alpha"].data,
+        history_id=upload.fields.get("history_id", ""), model=upload.fields.get("model", ""), box=upload.fields.get("box", ""),
+    )
+    return {"id": rec.id, "tenant": who, "count": count}
+
+
+@router.get("/v1/corrections", summary="This API key's saved corrections, newest first", dependencies=[_only_query("limit")])
+async def list_corrections(
+    svc: Service, request: Request,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Entries listed (the count is of all).")] = 100,
+) -> dict[str, Any]:
+    who = tenant(request)
+    items = await asyncio.to_thread(svc.corrections.list, who)
+    return {"tenant": who, "count": len(items), "items": [c.to_json() for c in items[:limit]]}
+
+
+@router.get("/v1/stats", summary="This ingress replica's counters: cache, model calls, admission budget; the history's size", dependencies=[_only_query()])
 async def stats(svc: Service) -> dict[str, Any]:
-    return {"cache": svc.cache.stats(), "model_calls": svc.models.calls, "model_retries": svc.models.retries}
+    history = await asyncio.to_thread(svc.history.usage)
+    return {"cache": svc.cache.stats(), "model_calls": svc.models.calls, "model_retries": svc.models.retries,
+            "admission": svc.budget.stats(), "history": history}
 
 
 def build_api(svc: IngressService) -> FastAPI:

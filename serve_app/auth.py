@@ -22,6 +22,12 @@ PROTECTED_PREFIX = "/v1"
 """Paths under this prefix need the key (when one is configured)."""
 
 
+def bearer_token(request: Request) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header ('' without one)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
 class ApiKeyAuth:
     """401 unless a /v1 request carries ``Authorization: Bearer <key>``; open when ``api_key`` is empty."""
 
@@ -37,8 +43,8 @@ class ApiKeyAuth:
         """Raise :class:`ApiError` 401 when ``request`` needs the key and lacks it."""
         if not self.api_key or not request.url.path.startswith(PROTECTED_PREFIX):
             return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
+        token = bearer_token(request)
+        if not token or not hmac.compare_digest(token.encode(), self.api_key.encode()):
             raise ApiError(
                 401, "missing or wrong API key: send 'Authorization: Bearer <key>'", headers={"WWW-Authenticate": "Bearer"}
             )

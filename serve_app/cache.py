@@ -32,6 +32,8 @@ class CachedResult:
     """The refinement mode that ran (``learned``, ``classical`` or ``off``)."""
     prior: bool = False
     """The subject prior stood in for the network's empty alpha."""
+    hints: str = "none"
+    """The user's hints that were applied: ``none``, ``box``, ``strokes`` or ``box+strokes``."""
 
     @property
     def cost(self) -> int:

@@ -97,8 +97,8 @@ class ModelDeploymentSettings:
     device: str = "auto"
     """Torch device: 'auto' (CUDA when present), 'cpu', 'cuda:0'..."""
     backend: str = "auto"
-    """Inference backend: 'torch' (eager), 'onnx' (ONNX Runtime, the checkpoint exported in
-    memory at load) or 'auto': ONNX Runtime on CPU, where ``bench/inference.py`` measured it
+    """Inference backend: 'torch' (eager), 'onnx' (ONNX Runtime, the checkpoint exported at its first
+    load and cached by its sha256 under ``$MATTING_CACHE_DIR/onnx``, :mod:`matting_lib.inference.export_cache`) or 'auto': ONNX Runtime on CPU, where ``bench/inference.py`` measured it
     faster, torch on CUDA (see :func:`matting_lib.inference.load.load_predictor`)."""
     num_threads: int = 1
     """Intra-op threads of each replica's forward pass (0 = the library default, one per core).
@@ -185,6 +185,10 @@ class LimitSettings:
     body_timeout_s: float = 10.0
     """Longest wait for the next piece of a request body; a client that sends nothing for longer
     (a ``Content-Length`` larger than what it sends, a stalled upload) gets 408 ``request_timeout``."""
+    body_total_timeout_s: float = 60.0
+    """Longest time a whole request body may take, however it trickles in (a client that sends a byte
+    every few seconds never trips ``body_timeout_s``): past it, 408 ``request_timeout``. Headers are read
+    by Ray Serve's proxy before the app sees the request: see ``serve_app/README.md`` for what bounds them."""
     max_pixels: int = 40_000_000
     """Largest width x height, checked from the header before decoding (decompression bombs).
     (The largest ``max_side`` a request may ask for is not a setting: it is
@@ -196,6 +200,7 @@ class LimitSettings:
         require(self.max_batch_files >= 1, "limits.max_batch_files", "must be >= 1")
         require(self.max_pixels >= 1, "limits.max_pixels", "must be >= 1")
         require(0 < self.body_timeout_s <= 600, "limits.body_timeout_s", "must be in (0, 600]")
+        require(0 < self.body_total_timeout_s <= 3600, "limits.body_total_timeout_s", "must be in (0, 3600]")
 
     @property
     def max_upload_bytes(self) -> int:
@@ -208,6 +213,29 @@ class LimitSettings:
     @property
     def max_zip_total_bytes(self) -> int:
         return int(self.max_zip_total_mb * 1_000_000)
+
+
+@dataclass(frozen=True)
+class AdmissionSettings:
+    """Admission control by cost, per ingress replica (:mod:`serve_app.admission`): the decoded
+    megapixels in flight are bounded, because memory grows with pixels, not with requests."""
+
+    max_megapixels: float = 48.0
+    """Budget of decoded megapixels in flight per ingress replica (cache misses, from decode to the
+    encoded result; each file of a batch too). A 6000x6000 photo takes 36 of it and about 0.9 GB at
+    peak, so the default (one such photo plus smaller ones beside it) keeps a replica that holds the
+    models (``placement: ingress``, ``make serve``) near 2 GB, and 2 replicas well inside 24 GB.
+    With ``placement: separate`` the model replicas only ever hold images that an ingress admitted,
+    so each is bounded by (ingress replicas) x this budget."""
+    wait_s: float = 5.0
+    """How long a request past the budget waits for room before it is answered 503 ``overloaded``."""
+    retry_after_s: int = 5
+    """The ``Retry-After`` (seconds) of that 503."""
+
+    def __post_init__(self) -> None:
+        require(self.max_megapixels > 0, "admission.max_megapixels", "must be > 0")
+        require(0 <= self.wait_s <= 600, "admission.wait_s", "must be in [0, 600]")
+        require(1 <= self.retry_after_s <= 3600, "admission.retry_after_s", "must be in [1, 3600]")
 
 
 @dataclass(frozen=True)
@@ -231,17 +259,40 @@ class HistorySettings:
     """Where result images go: a local folder or s3://bucket/prefix."""
     max_entries: int = 1000
     """Oldest entries beyond this are deleted with their files."""
+    max_mb: float = 2000.0
+    """Byte cap of the store (results + thumbnails, MB): past it the oldest entries are deleted with their
+    files, on every insert. An entry is stored before the oldest make room, so the store can exceed the
+    cap by at most the newest entry (a single entry larger than the cap is kept alone)."""
     max_age_days: float = 30.0
     """Entries older than this are deleted with their files."""
     thumbnail_side: int = 160
     """Long side (px) of the stored thumbnails."""
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.max_mb * 1_000_000)
 
     def __post_init__(self) -> None:
         require(bool(self.db_path) and "://" not in self.db_path, "history.db_path", "must be a local file path")
         require(bool(self.store_uri), "history.store_uri", "must not be empty")
         require(self.max_entries >= 1, "history.max_entries", "must be >= 1")
         require(self.max_age_days > 0, "history.max_age_days", "must be > 0")
+        require(self.max_mb > 0, "history.max_mb", "must be > 0")
         require(16 <= self.thumbnail_side <= 1024, "history.thumbnail_side", "must be in [16, 1024]")
+
+
+@dataclass(frozen=True)
+class CorrectionSettings:
+    """Corrected mattes users save as training data (``POST /v1/corrections``,
+    :mod:`matting_lib.data.corrections`): one seed-format dataset per tenant (API key)."""
+
+    enabled: bool = True
+    store_uri: str = ".serve_data/corrections"
+    """Where corrections go: a local folder (relative to the repository root) or s3://bucket/prefix;
+    ``python -m ray_jobs.learn_corrections`` reads them from there."""
+
+    def __post_init__(self) -> None:
+        require(bool(self.store_uri), "corrections.store_uri", "must not be empty")
 
 
 def _default_models() -> tuple[ModelSpec, ...]:
@@ -259,8 +310,10 @@ class ServeConfig:
     model_deployment: ModelDeploymentSettings = field(default_factory=ModelDeploymentSettings)
     ingress: IngressSettings = field(default_factory=IngressSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
+    admission: AdmissionSettings = field(default_factory=AdmissionSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     history: HistorySettings = field(default_factory=HistorySettings)
+    corrections: CorrectionSettings = field(default_factory=CorrectionSettings)
     api_key: str = ""
     """Bearer token required on every /v1 route; empty = read ``api_key_env``; both empty = open."""
     api_key_env: str = "MATTING_API_KEY"
@@ -293,12 +346,13 @@ def resolve_path(path: str, root: Path = REPO_ROOT) -> str:
 
 
 def with_resolved_paths(cfg: ServeConfig, root: Path = REPO_ROOT) -> ServeConfig:
-    """The config with every relative path (checkpoints, history) made absolute against ``root``."""
+    """The config with every relative path (checkpoints, history, corrections) made absolute against ``root``."""
     models = tuple(dataclasses.replace(m, checkpoint=resolve_path(m.checkpoint, root)) for m in cfg.models)
     history = dataclasses.replace(
         cfg.history, db_path=resolve_path(cfg.history.db_path, root), store_uri=resolve_path(cfg.history.store_uri, root)
     )
-    return dataclasses.replace(cfg, models=models, history=history)
+    corrections = dataclasses.replace(cfg.corrections, store_uri=resolve_path(cfg.corrections.store_uri, root))
+    return dataclasses.replace(cfg, models=models, history=history, corrections=corrections)
 
 
 def serve_config_from_args(args: Mapping[str, Any] | None, overrides: Sequence[str] = ()) -> ServeConfig:

@@ -8,7 +8,10 @@ Layout in the store (``store_uri``: a local folder or ``s3://bucket/prefix``)::
 Ids are 32 random hex characters (uuid4): they cannot be guessed, and anything else is
 refused before it reaches a path. Files are written before their row, rows are deleted
 before their files, so a row never points to a missing file. Retention: at most
-``max_entries`` rows and none older than ``max_age_days``, enforced on every insert.
+``max_entries`` rows, at most ``max_mb`` of results and thumbnails (oldest first), and none
+older than ``max_age_days``, enforced on every insert. A process that dies between deleting rows
+and their files leaves files no row names; the next start removes those (:meth:`History.sweep_orphans`),
+so the bytes the rows add up to are the bytes in the store.
 All methods are blocking; the ingress calls them in a worker thread.
 """
 
@@ -46,12 +49,16 @@ CREATE TABLE IF NOT EXISTS history (
     media_type TEXT NOT NULL,
     size INTEGER NOT NULL,
     ext TEXT NOT NULL,
-    summary TEXT NOT NULL DEFAULT '{}'
+    summary TEXT NOT NULL DEFAULT '{}',
+    thumb_size INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS history_created ON history (created);
 """
 
 COLUMNS = ("id", "created", "kind", "name", "model", "brightness", "params", "width", "height", "media_type", "size", "ext", "summary")
+ORPHAN_AGE_S = 3600.0
+"""A store file that no row names and is older than this is removed at start (a crash mid-eviction);
+younger ones may belong to an insert in progress in another replica (files are written before rows)."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,12 @@ class History:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+            if "thumb_size" not in {r[1] for r in db.execute("PRAGMA table_info(history)")}:  # a database from before the byte cap
+                db.execute("ALTER TABLE history ADD COLUMN thumb_size INTEGER NOT NULL DEFAULT 0")
+        try:
+            self.sweep_orphans()
+        except Exception:  # noqa: BLE001 - a store that cannot be listed must not stop the replica
+            pass
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -166,10 +179,11 @@ class History:
             io.write_bytes(self._thumb_uri(entry.id), thumb)
         row = (
             entry.id, entry.created, kind, entry.name, model, brightness, json.dumps(params), width, height,
-            media_type, entry.size, ext, json.dumps(entry.summary),
+            media_type, entry.size, ext, json.dumps(entry.summary), len(thumb or b""),
         )
+        cols = (*COLUMNS, "thumb_size")
         with self._connect() as db:
-            db.execute(f"INSERT INTO history ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})", row)
+            db.execute(f"INSERT INTO history ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", row)
         self.prune()
         return entry
 
@@ -215,14 +229,27 @@ class History:
         self._remove_files([entry])
         return True
 
+    def usage(self) -> dict[str, Any]:
+        """The store's size as its rows add up: entries, bytes (results + thumbnails) and the caps."""
+        with self._connect() as db:
+            n, nbytes = db.execute("SELECT COUNT(*), COALESCE(SUM(size + thumb_size), 0) FROM history").fetchone()
+        return {"entries": n, "bytes": nbytes, "max_entries": self.settings.max_entries,
+                "max_bytes": self.settings.max_bytes, "max_age_days": self.settings.max_age_days}
+
     def prune(self) -> int:
-        """Apply retention (count and age); returns how many entries were deleted."""
+        """Apply retention (count, bytes and age, oldest first); returns how many entries were deleted.
+
+        The newest entry is always kept, so the store exceeds ``max_mb`` by at most that one entry.
+        Rows go in one transaction, then their files (a crash in between leaves only orphan files,
+        which :meth:`sweep_orphans` removes at the next start)."""
         cutoff = time.time() - self.settings.max_age_days * 86400
+        cols = ", ".join(f"h.{c}" for c in COLUMNS)
         with self._connect() as db:
             rows = db.execute(
-                f"SELECT {', '.join(COLUMNS)} FROM history WHERE created < ? OR id NOT IN "
-                "(SELECT id FROM history ORDER BY created DESC, id LIMIT ?)",
-                (cutoff, self.settings.max_entries),
+                f"SELECT {cols} FROM (SELECT id, ROW_NUMBER() OVER w AS n, SUM(size + thumb_size) OVER w AS newer "
+                "FROM history WINDOW w AS (ORDER BY created DESC, id)) r JOIN history h ON h.id = r.id "
+                "WHERE r.n > 1 AND (h.created < ? OR r.n > ? OR r.newer > ?)",
+                (cutoff, self.settings.max_entries, self.settings.max_bytes),
             ).fetchall()
             old = [self._entry(r) for r in rows]
             db.executemany("DELETE FROM history WHERE id = ?", [(e.id,) for e in old])
@@ -237,3 +264,29 @@ class History:
                     fs.rm_file(path)
                 except FileNotFoundError:
                     pass
+
+    def sweep_orphans(self, min_age_s: float = ORPHAN_AGE_S) -> int:
+        """Remove store files older than ``min_age_s`` that no row names; returns how many."""
+        with self._connect() as db:
+            ids = {r[0] for r in db.execute("SELECT id FROM history")}
+        removed = 0
+        now = time.time()
+        for folder in ("results", "thumbs"):
+            fs, path = io.filesystem(io.join(self.settings.store_uri, folder))
+            try:
+                listing = fs.ls(path, detail=True)
+            except FileNotFoundError:
+                continue
+            for info in listing:
+                stem = os.path.basename(str(info["name"])).split(".", 1)[0]
+                if not ID_RE.fullmatch(stem) or stem in ids:
+                    continue
+                modified = info.get("mtime") or info.get("LastModified") or info.get("created")
+                stamp = modified.timestamp() if hasattr(modified, "timestamp") else float(modified or now)
+                if now - stamp >= min_age_s:
+                    try:
+                        fs.rm_file(info["name"])
+                        removed += 1
+                    except FileNotFoundError:
+                        pass
+        return removed

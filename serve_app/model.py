@@ -28,6 +28,7 @@ from matting_lib.inference.onnx_runtime import ShrinkingSession
 from matting_lib.inference.predictor import Predictor
 from matting_lib.refine import MODES as REFINE_MODES
 from matting_lib.refine import resolve_mode
+from matting_lib.refine.hints import HintError
 from serve_app.config import ModelDeploymentSettings
 from serve_app.replica import TRIM_AFTER_PIXELS, checkpoint_label, parse_user_config, release_memory
 
@@ -99,9 +100,11 @@ class MattingModel:
         self.swap_error = ""
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
-    async def predict(self, requests: list[tuple[np.ndarray, int | None, str]]) -> list[dict[str, Any]]:
-        """Alphas for ``(rgb, max_side, refine)`` requests; ``max_side`` None = the configured one,
-        ``refine`` a mode of :mod:`matting_lib.refine` or ``auto``.
+    async def predict(self, requests: list[tuple]) -> list[dict[str, Any]]:
+        """Alphas for ``(rgb, max_side, refine[, hints])`` requests; ``max_side`` None = the configured one,
+        ``refine`` a mode of :mod:`matting_lib.refine` or ``auto``, ``hints`` a user's box and strokes
+        (:class:`matting_lib.refine.hints.Hints`; such requests run one by one,
+        :meth:`matting_lib.inference.predictor.Predictor.matte_hinted`).
 
         Returns, per request, ``{"alpha": uint8 (H, W), 255 = opaque, "model", "checkpoint",
         "forward_ms", "refine", "prior"}``: ``forward_ms`` is the time of the forward pass and
@@ -113,17 +116,23 @@ class MattingModel:
         rest of its batch is served.
         """
         predictor, checkpoint = self.predictor, self.checkpoint  # one model for the whole batch
-        requests = [(r[0], r[1], r[2] if len(r) > 2 else "auto") for r in requests]
+        requests = [(r[0], r[1], r[2] if len(r) > 2 else "auto", r[3] if len(r) > 3 else None) for r in requests]
         modes: dict[str, str] = {}
-        errors: dict[str, str] = {}
+        errors: list[str] = [""] * len(requests)
         for mode in {r[2] for r in requests}:
             try:
                 modes[mode] = resolve_mode(mode, predictor.has_refiner)
             except ValueError as e:
-                errors[mode] = str(e)
+                for i, r in enumerate(requests):
+                    errors[i] = f"refine: {e}" if r[2] == mode else errors[i]
         groups: dict[tuple[int, str], list[int]] = {}
-        for i, (_, side, mode) in enumerate(requests):
-            if mode in modes:
+        hinted: list[int] = []
+        for i, (_, side, mode, hints) in enumerate(requests):
+            if errors[i]:
+                continue
+            if hints is not None:
+                hinted.append(i)
+            else:
                 groups.setdefault((side or self.settings.max_side, modes[mode]), []).append(i)
         alphas: list[np.ndarray | None] = [None] * len(requests)
         forward_ms = [0.0] * len(requests)
@@ -135,20 +144,29 @@ class MattingModel:
                 ms = (time.perf_counter() - t0) * 1000
                 for i, (a, info) in zip(idx, out):
                     alphas[i], forward_ms[i], priors[i] = to_uint8(a), ms, info.prior
+            for i in hinted:
+                rgb, side, mode, hints = requests[i]
+                t0 = time.perf_counter()
+                try:
+                    a, info = await asyncio.to_thread(predictor.matte_hinted, rgb, hints, side or self.settings.max_side, modes[mode])
+                except HintError as e:  # the ingress checked them; a direct caller may not have
+                    errors[i] = f"hints: {e}"
+                    continue
+                alphas[i], forward_ms[i], priors[i] = to_uint8(a), (time.perf_counter() - t0) * 1000, info.prior
         except Exception:
             self.consecutive_failures += 1
             raise
         finally:
             big = any(side > self.settings.max_side for side, _ in groups) or any(
-                rgb.shape[0] * rgb.shape[1] >= TRIM_AFTER_PIXELS for rgb, _, _ in requests)
+                r[0].shape[0] * r[0].shape[1] >= TRIM_AFTER_PIXELS for r in requests)
             if big:  # the working copies and float mattes are freed: hand the memory back
                 await asyncio.to_thread(release_memory)
         self.consecutive_failures = 0
         self.images += len(requests)
         self.batches += 1
-        return [{"error": errors[r[2]]} if r[2] in errors else
+        return [{"error": e} if e else
                 {"alpha": a, "model": self.name, "checkpoint": checkpoint, "forward_ms": f, "refine": modes[r[2]], "prior": p}
-                for a, f, r, p in zip(alphas, forward_ms, requests, priors)]
+                for a, f, r, p, e in zip(alphas, forward_ms, requests, priors, errors)]
 
     def info(self) -> dict[str, Any]:
         """What this replica serves: name, checkpoint, the checkpoint's metrics, counters."""

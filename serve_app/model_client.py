@@ -36,9 +36,10 @@ async def _bounded(awaitable: Awaitable[Any], timeout: float) -> Any:
 
 
 def refused(answer: dict[str, Any]) -> dict[str, Any]:
-    """A model's answer, or the 422 it asks for (``{"error": ...}``: a ``refine`` mode it cannot run)."""
+    """A model's answer, or the 422 it asks for (``{"error": "<parameter>: ..."}``: a ``refine`` mode it
+    cannot run, hints that do not fit the image)."""
     if "error" in answer:
-        raise ApiError(422, f"refine: {answer['error']}")
+        raise ApiError(422, answer["error"])
     return answer
 
 
@@ -83,17 +84,20 @@ class ModelClient:
 
         return dict(await asyncio.gather(*(one(n, h) for n, h in self.handles.items())))
 
-    async def call(self, model: str, rgb: np.ndarray, max_side: int | None, refine: str = "auto") -> dict[str, Any]:
-        """The model's answer; a replica that died is retried (matting is idempotent)."""
+    async def call(self, model: str, rgb: np.ndarray, max_side: int | None, refine: str = "auto",
+                   hints: Any = None) -> dict[str, Any]:
+        """The model's answer; a replica that died is retried (matting is idempotent). ``hints``: a
+        :class:`matting_lib.refine.hints.Hints`, or None."""
         timeout = self.config.ingress.model_timeout_s
+        request = (rgb, max_side, refine) if hints is None else (rgb, max_side, refine, hints)
         if self.local:
-            return await self._call_local(model, rgb, max_side, refine, timeout)
+            return await self._call_local(model, request, timeout)
         handle = self.handles[model]
         retries = self.config.ingress.model_retries
         for attempt in range(retries + 1):
             self.calls += 1
             try:
-                return refused(await _bounded(handle.predict.remote((rgb, max_side, refine)), timeout))
+                return refused(await _bounded(handle.predict.remote(request), timeout))
             except asyncio.TimeoutError:
                 raise ApiError(504, f"model {model!r} did not answer within {timeout:g} s") from None
             except BackPressureError:
@@ -108,12 +112,11 @@ class ModelClient:
                 raise ApiError(500, f"model {model!r} failed ({type(e.cause).__name__}); see the server log") from None
         raise AssertionError("unreachable")
 
-    async def _call_local(self, model: str, rgb: np.ndarray, max_side: int | None, refine: str,
-                          timeout: float) -> dict[str, Any]:
+    async def _call_local(self, model: str, request: tuple, timeout: float) -> dict[str, Any]:
         """An in-process model's answer (``placement: ingress``), with the same errors as a remote one."""
         self.calls += 1
         try:
-            answer = await asyncio.wait_for(self.local[model].predict((rgb, max_side, refine)), timeout)
+            answer = await asyncio.wait_for(self.local[model].predict(request), timeout)
         except asyncio.TimeoutError:
             raise ApiError(504, f"model {model!r} did not answer within {timeout:g} s") from None
         except Exception as e:  # noqa: BLE001 - a failed forward pass is this request's 500, logged

@@ -13,6 +13,7 @@ from typing import Any, Literal, Mapping, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from matting_lib.postprocess import MAX_EROSION, MAX_FEATHER, PostprocessParams, parse_color
+from matting_lib.refine.hints import parse_box
 from serve_app.errors import ApiError
 
 
@@ -53,7 +54,19 @@ class MatteParams(BaseModel):
         "when it has one, else 'off'), 'learned', 'classical' (colour segmentation + guided filter, slower) or 'off' "
         "(the working-size alpha upsampled). See models/README.md for quality and time of each.",
     )
+    box: Optional[str] = Field(
+        None, description="A box around the subject, 'x0,y0,x1,y1' in image pixels (x1, y1 exclusive): outside it the "
+        "matte is 0, and the network sees the box's crop at its working size, so a small subject gets as many pixels as "
+        "a large one. Strokes come as a second multipart file field 'hints' (see serve_app/README.md).",
+    )
     history: bool = Field(True, description="Record the result in the history.")
+
+    @field_validator("box")
+    @classmethod
+    def _box(cls, v: Optional[str]) -> Optional[str]:
+        if v in (None, ""):
+            return None
+        return ",".join(str(c) for c in parse_box(v))  # HintError (a ValueError) names the accepted form
 
     @field_validator("refine", mode="before")
     @classmethod
@@ -121,9 +134,11 @@ def check_against_limits(params: MatteParams, model_names: list[str]) -> MattePa
     return params if name == params.model else params.model_copy(update={"model": name})
 
 
-def content_key(data: bytes, params: MatteParams, versions: Mapping[str, str]) -> str:
-    """Cache key: the image's SHA-256, the result parameters, and the checkpoint each model serves now."""
+def content_key(data: bytes, params: MatteParams, versions: Mapping[str, str], hints: bytes | None = None) -> str:
+    """Cache key: the image's SHA-256, the result parameters, the hints image (strokes), and the
+    checkpoint each model serves now."""
     h = hashlib.sha256(data)
     h.update(b"\0" + params.result_key().encode())
+    h.update(b"\0" + (hashlib.sha256(hints).digest() if hints is not None else b"-"))
     h.update(b"\0" + json.dumps(dict(versions), sort_keys=True).encode())
     return h.hexdigest()

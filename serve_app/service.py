@@ -12,10 +12,13 @@ import logging
 import time
 from typing import Any
 
+from matting_lib.data.corrections import Correction, CorrectionError, CorrectionStore
+from matting_lib.data.decode import ImageDecodeError, decode_image, decode_matte
+from serve_app.admission import PixelBudget
 from serve_app.batch import BatchRow
 from serve_app.cache import ResultCache
 from serve_app.config import ServeConfig
-from serve_app.errors import ApiError
+from serve_app.errors import ApiError, decode_error_to_api
 from serve_app.history import Entry, History
 from serve_app.params import EXTENSIONS, MatteParams, check_against_limits, merge_params
 from serve_app.pipeline import MattingPipeline, Models
@@ -35,9 +38,12 @@ class IngressService:
         self.models = models
         self.cache = ResultCache(int(config.cache.max_mb * 1_000_000))
         self.history = History(config.history)
+        self.corrections = CorrectionStore(config.corrections.store_uri)
+        adm = config.admission
+        self.budget = PixelBudget(adm.max_megapixels, adm.wait_s, adm.retry_after_s)
         self.pipeline = MattingPipeline(
             models, config.routing, self.cache, max_pixels=config.limits.max_pixels,
-            versions={m.name: m.checkpoint for m in config.models},
+            versions={m.name: m.checkpoint for m in config.models}, budget=self.budget,
         )
 
     def params(self, query: MatteParams, fields: dict[str, str]) -> MatteParams:
@@ -52,6 +58,31 @@ class IngressService:
             logger.exception("could not record history")
             return None
         return entry.id
+
+    async def save_correction(self, tenant: str, image: bytes, image_name: str, matte: bytes,
+                              history_id: str = "", model: str = "", box: str = "") -> tuple[Correction, int]:
+        """Store a corrected matte with its image as training data; returns the record and the
+        tenant's count. 4xx for an undecodable file, sizes that differ, or an unknown history entry."""
+        if not self.config.corrections.enabled:
+            raise ApiError(403, "saving corrections is disabled in this service's config (corrections.enabled)")
+        if history_id and await asyncio.to_thread(self.history.get, history_id) is None:
+            raise ApiError(422, f"history_id: no history entry {history_id!r}")
+        if model and model not in self.config.model_names:
+            raise ApiError(422, f"model: unknown model {model!r}; one of {', '.join(self.config.model_names)}")
+
+        def work() -> tuple[Correction, int]:
+            try:
+                rgb = decode_image(image, name=image_name, max_pixels=self.config.limits.max_pixels)
+                alpha = decode_matte(matte, name="alpha", max_pixels=self.config.limits.max_pixels)
+            except ImageDecodeError as e:
+                raise decode_error_to_api(e) from None
+            try:
+                rec = self.corrections.add(tenant, rgb, alpha, name=image_name, history_id=history_id, model=model, box=box)
+            except CorrectionError as e:
+                raise ApiError(422, f"alpha: {e}") from None
+            return rec, len(self.corrections.list(tenant))
+
+        return await asyncio.to_thread(work)
 
     async def entry(self, entry_id: str) -> Entry:
         entry = await asyncio.to_thread(self.history.get, entry_id)

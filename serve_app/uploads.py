@@ -35,6 +35,8 @@ class UploadedFile:
 
     name: str
     data: bytes
+    field: str = ""
+    """The multipart field it came in (empty for a raw body or a zip entry)."""
 
 
 @dataclass
@@ -49,12 +51,14 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
-async def read_body(request: Request, limit: int, timeout_s: float | None = None) -> bytes:
+async def read_body(request: Request, limit: int, timeout_s: float | None = None, total_s: float | None = None) -> bytes:
     """The whole request body, or 413 once it exceeds ``limit`` bytes.
 
     ``timeout_s``: the longest wait for the next piece of the body; a client that stalls longer
     (a ``Content-Length`` larger than what it sends, a stalled upload) gets 408
-    ``request_timeout`` instead of holding the connection. A client that hangs up mid-upload
+    ``request_timeout`` instead of holding the connection. ``total_s``: the longest the whole body
+    may take, however it trickles in (one byte every few seconds resets no clock here): past it, 408
+    ``request_timeout`` with ``Connection: close``. A client that hangs up mid-upload
     raises starlette's ``ClientDisconnect`` (answered 499 and logged as such, see
     :func:`serve_app.errors.install_handlers`), also when Ray Serve's proxy noticed first and
     cancelled the task that streams the body to this replica (``TaskCancelledError``).
@@ -64,22 +68,40 @@ async def read_body(request: Request, limit: int, timeout_s: float | None = None
         raise ApiError(413, f"request body is {_mb(int(declared))}, the limit is {_mb(limit)}")
     buf = bytearray()
     chunks = request.stream().__aiter__()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + total_s if total_s is not None else None
     while True:
+        wait = timeout_s
+        if deadline is not None:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise _too_slow(buf, declared, total_s)
+            wait = left if wait is None else min(wait, left)
         try:
-            chunk = await asyncio.wait_for(chunks.__anext__(), timeout_s)
+            chunk = await asyncio.wait_for(chunks.__anext__(), wait)
         except StopAsyncIteration:
             break
         except TaskCancelledError:
             # Serve's proxy cancels the call that fetches the body for us when its client hangs up.
             raise ClientDisconnect() from None
         except asyncio.TimeoutError:
-            got = f"{len(buf)} of {declared} bytes" if declared.isdigit() else f"{len(buf)} bytes"
-            raise ApiError(408, f"the request body stalled: no data for {timeout_s:g} s after {got}",
+            if deadline is not None and loop.time() >= deadline - 1e-3:
+                raise _too_slow(buf, declared, total_s) from None
+            raise ApiError(408, f"the request body stalled: no data for {timeout_s:g} s after {_got(buf, declared)}",
                            headers={"Connection": "close"}) from None
         buf += chunk
         if len(buf) > limit:
             raise ApiError(413, f"request body is over the {_mb(limit)} limit")
     return bytes(buf)
+
+
+def _got(buf: bytearray, declared: str) -> str:
+    return f"{len(buf)} of {declared} bytes" if declared.isdigit() else f"{len(buf)} bytes"
+
+
+def _too_slow(buf: bytearray, declared: str, total_s: float | None) -> ApiError:
+    return ApiError(408, f"the request body took too long: not complete within {total_s:g} s "
+                         f"(got {_got(buf, declared)})", headers={"Connection": "close"})
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
@@ -122,7 +144,7 @@ async def parse_upload(request: Request, body: bytes, max_files: int) -> Upload:
         for key, value in form.multi_items():
             if isinstance(value, UploadFile):
                 data = await value.read()
-                upload.files.append(UploadedFile(_basename(value.filename) or key, data))
+                upload.files.append(UploadedFile(_basename(value.filename) or key, data, key))
             else:
                 upload.fields[key] = value
     finally:

@@ -74,7 +74,7 @@ SHORT_WINDOWS = {
 def serve_yaml_for_test(
     tmp: Path, checkpoints: dict[str, str], port: int, args: dict[str, Any] | None = None, fast_scaling: str = ""
 ) -> dict[str, Any]:
-    """serve_app/config.yaml with test checkpoints, a free port, history under ``tmp``, small limits,
+    """serve_app/config.yaml with test checkpoints, a free port, history and corrections under ``tmp``, small limits,
     and ``args`` merged over the application's args (one level deep).
 
     Models do not scale up during tests (upscale delay 600 s), except ``fast_scaling`` (a model
@@ -86,6 +86,7 @@ def serve_yaml_for_test(
     a = app["args"]
     a["models"] = [{"name": n, "checkpoint": c} for n, c in checkpoints.items()]
     a["history"] = {**a["history"], "db_path": str(tmp / "history.sqlite"), "store_uri": str(tmp / "results")}
+    a["corrections"] = {**a.get("corrections", {}), "store_uri": str(tmp / "corrections")}
     a["model_deployment"] = {
         **a["model_deployment"],
         "max_side": 256,

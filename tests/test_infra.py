@@ -134,7 +134,7 @@ def _containers(doc: dict) -> list[dict]:
 def test_rayjob_entrypoints_name_modules_and_configs_that_load():
     jobs = resources("RayJob")
     modules = {shlex.split(doc["spec"]["entrypoint"])[2] for _, doc in jobs}
-    assert modules == {"ray_jobs.train", "ray_jobs.tune"}
+    assert modules == {"ray_jobs.train", "ray_jobs.tune", "ray_jobs.learn_corrections"}
     for name, doc in jobs:
         assert v.manifest_entrypoint_errors(doc, name) == []
         assert doc["spec"]["clusterSelector"]["ray.io/cluster"] == one("RayCluster")["metadata"]["name"]

@@ -167,3 +167,35 @@ def test_the_models_working_side_caps_what_the_network_sees(tmp_path, backend):
     p.predict(image, max_side=48)  # a smaller max_side still wins
     assert seen[-1] == (24, 48)
     assert p.effective_side(2048) == 64 and p.effective_side(None) == 64
+
+
+def test_the_onnx_backend_exports_a_checkpoint_once_and_reuses_it_by_its_sha256(tmp_path, monkeypatch, rng):
+    """Issue 27: every replica start paid for an export. The export is cached by the checkpoint's
+    bytes: a second load exports nothing and answers the same; another checkpoint is a new export."""
+    import matting_lib.inference.onnx_runtime as ort_mod
+    from matting_lib.inference.load import load_predictor
+
+    monkeypatch.setenv("MATTING_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("MATTING_ONNX_CACHE", raising=False)
+    torch.manual_seed(0)
+    uri = save_checkpoint(str(tmp_path / "a.pt"), build_model(TINY).eval())
+    image, _ = synthetic_pair(rng, 64, 48)
+    exports = []
+    real_export = ort_mod.export_onnx
+
+    def counting_export(*args, **kwargs):
+        exports.append(1)
+        return real_export(*args, **kwargs)
+
+    monkeypatch.setattr(ort_mod, "export_onnx", counting_export)
+    first = load_predictor(uri, backend="onnx", device="cpu").predict(image)
+    again = load_predictor(uri, backend="onnx", device="cpu").predict(image)
+    assert len(exports) == 1 and np.array_equal(first, again)
+    assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 1
+    torch.manual_seed(1)
+    save_checkpoint(uri, build_model(TINY).eval())  # same path, new weights: a new key, not a stale graph
+    other = load_predictor(uri, backend="onnx", device="cpu").predict(image)
+    assert len(exports) == 2 and not np.array_equal(first, other)
+    monkeypatch.setenv("MATTING_ONNX_CACHE", "off")
+    load_predictor(uri, backend="onnx", device="cpu")
+    assert len(exports) == 3

@@ -15,6 +15,7 @@ import json
 import os
 import struct
 import threading
+import uuid
 import zipfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -42,17 +43,24 @@ API_KEY = "test-key-0123456789"
 
 
 @pytest.fixture(scope="module")
-def svc(ray_cluster, serve_port, tmp_path_factory):
-    """The deployed app: ``url``, the Serve ``config`` it runs, its checkpoints, and ``tmp``."""
+def svc(ray_cluster, serve_port, s3_server, tmp_path_factory):
+    """The deployed app: ``url``, the Serve ``config`` it runs, its checkpoints, ``tmp``, and
+    ``bucket``: the moto S3 bucket that holds its corrections (as on a cluster)."""
+    import boto3
+
     tmp = tmp_path_factory.mktemp("serve_app")
+    bucket = f"s3://serve-app-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket[len("s3://"):])
     checkpoints = {name: make_checkpoint(tmp / f"{name}.pt", seed) for seed, name in enumerate(("base", "lowlight", "spare"), 1)}
-    config = serve_yaml_for_test(tmp, checkpoints, serve_port, fast_scaling="spare")  # only spare autoscales quickly
+    config = serve_yaml_for_test(tmp, checkpoints, serve_port, fast_scaling="spare",  # only spare autoscales quickly
+                                 args={"corrections": {"store_uri": f"{bucket}/corrections"}})
     config["applications"][0]["args"]["models"][2]["backend"] = "torch"  # the others: auto = ONNX Runtime on CPU
     # Batching is off in the shipped CPU config; on here, so the batched path stays tested.
     config["applications"][0]["args"]["model_deployment"].update(max_batch_size=4, batch_wait_timeout_s=0.1)
     url = deploy_and_wait(ray_cluster["dashboard"], config)
     try:
-        yield SimpleNamespace(url=url, config=config, checkpoints=checkpoints, tmp=tmp, dashboard=ray_cluster["dashboard"])
+        yield SimpleNamespace(url=url, config=config, checkpoints=checkpoints, tmp=tmp, dashboard=ray_cluster["dashboard"],
+                              bucket=bucket)
     finally:
         remove_app(config)
 
@@ -472,12 +480,16 @@ CHROMIUM_ARGS = [
 ]
 
 
-def test_web_ui_in_headless_chromium(svc, tmp_path):
+def _require_chromium() -> None:
     if not os.path.exists(CHROMIUM):
         # CI installs it (.ci/run) and sets MATTING_REQUIRE_BROWSER=1, so there a missing browser fails.
         if os.environ.get("MATTING_REQUIRE_BROWSER") == "1":
             pytest.fail(f"{CHROMIUM} is absent but MATTING_REQUIRE_BROWSER=1")
         pytest.skip(f"Debian's chromium is absent ({CHROMIUM}): apt-get install -y chromium")
+
+
+def test_web_ui_in_headless_chromium(svc, tmp_path):
+    _require_chromium()
     from playwright.sync_api import expect, sync_playwright
 
     picture = tmp_path / "portrait.png"
@@ -528,6 +540,259 @@ def test_web_ui_in_headless_chromium(svc, tmp_path):
             assert dl.value.suggested_filename.endswith(".zip")  # the newest entry is the batch
         finally:
             browser.close()
+
+
+def _alpha_of(data: bytes) -> np.ndarray:
+    """The alpha channel of an RGBA result, or the grey values of a matte."""
+    im = decode(data)
+    return np.asarray(im.getchannel("A") if "A" in im.getbands() else im.convert("L"))
+
+
+def _saved_correction(svc, tenant: str, correction_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """The image and the mask the service stored for a correction (seed format, under the
+    corrections store of the config it runs)."""
+    from matting_lib import io as mio
+    from matting_lib.data.corrections import CorrectionStore
+    from serve_app.config import CorrectionSettings, resolve_path
+
+    uri = svc.config["applications"][0]["args"].get("corrections", {}).get("store_uri", CorrectionSettings().store_uri)
+    root = CorrectionStore(resolve_path(uri)).folder(tenant)
+    assert root.startswith(svc.bucket + "/"), f"the test service saves corrections outside its S3 bucket: {root}"
+    image, mask = (decode(mio.read_bytes(mio.join(root, kind, f"{correction_id}.png"))) for kind in ("images", "masks"))
+    assert mask.mode == "L", mask.mode
+    return np.asarray(image.convert("RGB")), np.asarray(mask)
+
+
+@pytest.mark.timeout(300)
+def test_web_ui_corrects_a_matte_with_a_box_and_strokes_and_saves_it(svc, tmp_path):
+    """Issue 26 in a real browser against the real service. On a photo shown scaled down (so
+    screen pixels are not image pixels), the user drags a box, paints a keep and a remove stroke
+    back to back, and the server's answer has alpha 0 outside the box, 255 on the keep stroke and
+    0 on the remove stroke; strokes made while a request is on its way wait (never two requests
+    at once). Before/After shows the result without hints, Save stores the matte that is shown as
+    a correction, and Undo and Reset take the hints back."""
+    _require_chromium()
+    from playwright.sync_api import expect, sync_playwright
+
+    h, w = 480, 640
+    picture = tmp_path / "subject.png"
+    picture.write_bytes(encode(photo(h, w, "bright", seed=62)))
+    mattes = {"now": 0, "max": 0, "sent": 0}  # POST /v1/matte requests of the page
+
+    def sent(req):
+        if req.method == "POST" and "/v1/matte" in req.url:
+            mattes.update(now=mattes["now"] + 1, sent=mattes["sent"] + 1)
+            mattes["max"] = max(mattes["max"], mattes["now"])
+
+    def ended(req):
+        if req.method == "POST" and "/v1/matte" in req.url:
+            mattes["now"] -= 1
+
+    def result_alpha(page) -> tuple[str, np.ndarray]:
+        """The history id of the result on screen and the alpha the SERVER stored for it."""
+        entry_id = page.locator("#result-info").get_attribute("data-history-id")
+        r = get(f"{svc.url}/v1/history/{entry_id}/result")
+        assert r.status_code == 200, r.text
+        return entry_id, _alpha_of(r.content)
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(accept_downloads=True, viewport={"width": 1280, "height": 720})
+            page.on("request", sent)
+            page.on("requestfinished", ended)
+            page.on("requestfailed", ended)
+            page.goto(svc.url + "/")
+            expect(page.locator("#p-model option")).to_have_count(4, timeout=30_000)
+            page.set_input_files("#file-single", str(picture))
+            info = page.locator("#result-info")
+            expect(info).to_have_attribute("data-state", "done", timeout=60_000)
+            expect(info).to_have_attribute("data-hints", "none")
+            expect(page.locator("#tool-box")).to_be_enabled()
+            expect(page.locator("#before-after")).to_be_disabled()
+            expect(page.locator("#undo")).to_be_disabled()
+            page.wait_for_function("document.getElementById('result-img').naturalWidth === 640", timeout=30_000)
+            _, plain = result_alpha(page)
+
+            shown = page.locator("#result-img").bounding_box()
+            sx, sy = w / shown["width"], h / shown["height"]
+            assert sx > 1.2 and sy == pytest.approx(sx, rel=0.02), shown  # displayed scaled down
+            over = page.locator("#overlay-result").bounding_box()
+            assert all(abs(over[k] - shown[k]) <= 1 for k in ("x", "y", "width", "height")), (over, shown)
+
+            def drag(*points: tuple[float, float]) -> None:
+                """A drag through ``points`` (image pixels) on the result pane, where it is now (the page may have scrolled)."""
+                at = page.locator("#result-img").bounding_box()
+                assert at["width"] == pytest.approx(shown["width"]), at
+                screen = [(at["x"] + x / sx, at["y"] + y / sy) for x, y in points]
+                page.mouse.move(*screen[0])
+                page.mouse.down()
+                for pt in screen[1:]:
+                    page.mouse.move(*pt, steps=8)
+                page.mouse.up()
+
+            # box: drawn on the result pane, sent in image pixels
+            page.click("#tool-box")
+            expect(page.locator("#tool-box")).to_have_attribute("aria-pressed", "true")
+            drag((120, 70), (520, 410))
+            expect(info).to_have_attribute("data-hints", "box", timeout=60_000)
+            expect(info).to_have_attribute("data-state", "done", timeout=60_000)
+            x0, y0, x1, y1 = map(int, info.get_attribute("data-box").split(","))
+            assert max(abs(x0 - 120), abs(y0 - 70), abs(x1 - 520), abs(y1 - 410)) <= 2, (x0, y0, x1, y1)
+            _, boxed = result_alpha(page)
+            outside = np.ones((h, w), bool)
+            outside[y0:y1, x0:x1] = False
+            assert plain[outside].max() > 0  # so the box is what makes it 0 below
+            assert boxed[outside].max() == 0
+
+            # the overlays follow the image at full size too
+            page.check("#full-size")
+            page.wait_for_function("document.getElementById('result-img').getBoundingClientRect().width === 640")
+            full, over = page.locator("#result-img").bounding_box(), page.locator("#overlay-result").bounding_box()
+            assert all(abs(over[k] - full[k]) <= 1 for k in ("x", "y", "width", "height")), (over, full)
+            page.uncheck("#full-size")
+            page.wait_for_function(f"document.getElementById('result-img').getBoundingClientRect().width === {shown['width']}")
+
+            # a keep and a remove stroke, back to back: the second waits for the first's answer
+            page.locator("#brush-size").evaluate("(el) => { el.value = '20'; el.dispatchEvent(new Event('input')); }")
+            expect(page.locator("#o-brush-size")).to_have_text("20")
+            count0 = mattes["sent"]
+            page.click("#tool-keep")
+            drag((220, 240), (320, 240), (420, 240))
+            page.click("#tool-remove")
+            drag((260, 150), (380, 150))
+            expect(info).to_have_attribute("data-strokes", "2", timeout=60_000)
+            expect(info).to_have_attribute("data-state", "done", timeout=60_000)
+            expect(info).to_have_attribute("data-hints", "box+strokes")
+            assert mattes["max"] == 1, mattes
+            assert 1 <= mattes["sent"] - count0 <= 2, mattes  # at most one request per stroke
+            assert info.get_attribute("data-box") == f"{x0},{y0},{x1},{y1}"
+            corrected_id, alpha = result_alpha(page)
+            assert alpha[outside].max() == 0
+            assert plain[240, 222:419].min() < 255 and plain[150, 262:379].max() > 0  # the strokes change these
+            assert alpha[240, 222:419].min() == 255, alpha[240, 222:419]  # keep: the stroke's centre line
+            assert alpha[150, 262:379].max() == 0, alpha[150, 262:379]  # remove
+            with page.expect_download() as dl:
+                page.click("#download")
+            assert Path(dl.value.path()).read_bytes() == get(f"{svc.url}/v1/history/{corrected_id}/result").content
+
+            # before/after: before is the result without hints
+            page.click("#before-after")
+            expect(page.locator("#before-after")).to_have_attribute("data-view", "before")
+            data = page.evaluate("async () => Array.from(new Uint8Array(await (await fetch("
+                                 "document.getElementById('result-img').src)).arrayBuffer()))")
+            assert np.array_equal(_alpha_of(bytes(data)), plain)
+            page.click("#before-after")
+            expect(page.locator("#before-after")).to_have_attribute("data-view", "after")
+            assert page.locator("#result-img").get_attribute("src") == page.locator("#download").get_attribute("href")
+
+            # save: the matte on screen, with its history entry and model
+            saved_before = get(f"{svc.url}/v1/corrections").json()["count"]
+            page.click("#save-correction")
+            note = page.locator("#correction-info")
+            expect(note).to_have_attribute("data-state", "saved", timeout=60_000)
+            saved_id = note.get_attribute("data-id")
+            listing = get(f"{svc.url}/v1/corrections").json()
+            assert listing["count"] == saved_before + 1 and note.get_attribute("data-count") == str(listing["count"])
+            item = listing["items"][0]
+            assert item["id"] == saved_id and item["history_id"] == corrected_id and item["model"] == "base"
+            image, mask = _saved_correction(svc, listing["tenant"], saved_id)
+            assert np.array_equal(image, as_array(picture.read_bytes()))  # the original, as uploaded
+            assert mask.shape == (h, w) and np.abs(mask.astype(int) - alpha).max() <= 1  # the matte shown
+            assert mattes["max"] == 1, mattes
+
+            # undo: the remove stroke, then the keep stroke; reset: the box
+            page.click("#undo")
+            expect(note).to_have_attribute("data-state", "")  # a note for the matte before
+            expect(info).to_have_attribute("data-strokes", "1", timeout=60_000)
+            expect(info).to_have_attribute("data-state", "done", timeout=60_000)
+            expect(info).to_have_attribute("data-hints", "box+strokes")
+            _, undone = result_alpha(page)
+            assert undone[240, 222:419].min() == 255 and undone[150, 262:379].max() > 0
+            page.click("#undo")
+            expect(info).to_have_attribute("data-hints", "box", timeout=60_000)
+            expect(info).to_have_attribute("data-state", "done", timeout=60_000)
+            page.click("#reset")
+            expect(info).to_have_attribute("data-hints", "none", timeout=60_000)
+            expect(info).to_have_attribute("data-state", "done", timeout=60_000)
+            assert info.get_attribute("data-box") == ""
+            _, again = result_alpha(page)
+            assert np.abs(again.astype(int) - plain).max() <= 1
+            expect(page.locator("#undo")).to_be_disabled()
+            expect(page.locator("#before-after")).to_be_disabled()
+            assert mattes["max"] == 1, mattes
+        finally:
+            browser.close()
+
+
+# --------------------------------------------------------------------------- learning from corrections
+
+
+def _disc_correction(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A photo of a bright disc on a textured background and its true matte."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    rgb = photo(96, 128, "bright", seed=300 + seed)
+    alpha = np.zeros((96, 128), np.uint8)
+    cv2.circle(alpha, (int(rng.integers(40, 90)), int(rng.integers(35, 60))), int(rng.integers(18, 28)), 255, -1)
+    rgb[alpha > 0] = (230, 210, 60)
+    return rgb, alpha
+
+
+@pytest.mark.timeout(420)
+def test_saved_corrections_train_a_model_the_service_swaps_to_with_no_failed_request(svc, tmp_path):
+    """Issue 26's loop, closed on the running service: the corrections saved in the browser above
+    and three more through the API (photos of a disc, with their true mattes) are read from the S3
+    store by ``ray_jobs.learn_corrections``, which fine-tunes the served base (tiny, DDP on two
+    workers of this cluster), scores it against the base it replaces on the held-out corrections,
+    publishes it to S3 only because it is better there, and redeploys the app with it while
+    requests keep coming: none fails, and the service then answers with the published checkpoint."""
+    from ray_jobs.learn_corrections import main as learn
+
+    before = get(f"{svc.url}/v1/corrections").json()["count"]
+    for seed in range(3):
+        rgb, alpha = _disc_correction(seed)
+        r = post(f"{svc.url}/v1/corrections", files={"file": ("disc.png", encode(rgb)), "alpha": ("a.png", encode(alpha))},
+                 data={"model": "base"})
+        assert r.status_code == 201, r.text
+    listing = get(f"{svc.url}/v1/corrections").json()
+    assert listing["count"] == before + 3 and listing["tenant"] == "public"
+
+    stop, results = threading.Event(), []
+    threads = [threading.Thread(target=_load, args=(svc.url, stop, results, s, {"model": "base"})) for s in range(400, 402)]
+    for t in threads:
+        t.start()
+    try:
+        rc = learn([
+            "--config", "configs/corrections.yaml", f"corrections.store={svc.bucket}/corrections",
+            f"current={svc.checkpoints['base']}", "train=configs/tiny.yaml", "corrections.repeat=6",
+            # DDP on 2 workers, sized to fit beside the running app (0.85 CPU) on a 2-CPU cluster
+            "train_overrides=[stages.0.epochs=1, data.image_size=64, data.batch_size=4, scaling.cpus_per_worker=0.25, "
+            "scaling.data_cpus=0.1]",
+            f"out={tmp_path}/runs", "run_name=learn", f"publish.dir={svc.bucket}/published",
+            f"publish.serve_address={svc.dashboard}", "max_side=256", "subject_prior=false",
+        ])
+        results_file = json.loads((tmp_path / "runs" / "learn" / "results.json").read_text())
+        published = results_file.get("publish", {}).get("checkpoint", "")
+        wait_until(lambda: sum(1 for _, c in results if c == checkpoint_label(published)) >= 3, 90,
+                   "requests answered by the published checkpoint")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert rc == 0
+    c = results_file["corrections"]
+    assert c["total"] == before + 3 and len(c["held_out"]) >= 1 and not set(c["held_in"]) & set(c["held_out"])
+    scores = results_file["scores"]
+    assert scores["candidate"]["corrections"]["mad"] < scores["current"]["corrections"]["mad"]
+    assert results_file["decision"]["publish"] is True
+    assert published.startswith(f"{svc.bucket}/published/base-") and "serves it" in results_file["publish"]["swap"]
+    assert (tmp_path / "runs" / "learn" / "results.md").read_text().count("| corrections |") == 3
+    assert results and all(status == 200 for status, _ in results), [s for s, _ in results if s != 200][:5]
+    info = next(m for m in get(f"{svc.url}/v1/models").json()["models"] if m["name"] == "base")
+    assert info["checkpoint"] == checkpoint_label(published) and info["swap_error"] == ""
+    svc.checkpoints["base"] = published
 
 
 # --------------------------------------------------------------------------- restart: models in the ingress, an API key (last)

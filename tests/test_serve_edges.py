@@ -30,6 +30,7 @@ pytestmark = pytest.mark.timeout(240)
 
 ROOT = Path(__file__).resolve().parents[1]
 BODY_TIMEOUT_S = 2.0
+BODY_TOTAL_S = 4.0
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -44,7 +45,7 @@ def svc(ray_cluster, serve_port, tmp_path_factory):
         "base": make_checkpoint(tmp / "base.pt", 1, head_bias=8.0),
         "lowlight": make_checkpoint(tmp / "lowlight.pt", 2, head_bias=-8.0),
     }
-    config = serve_yaml_for_test(tmp, checkpoints, serve_port, args={"limits": {"body_timeout_s": BODY_TIMEOUT_S}})
+    config = serve_yaml_for_test(tmp, checkpoints, serve_port, args={"limits": {"body_timeout_s": BODY_TIMEOUT_S, "body_total_timeout_s": BODY_TOTAL_S}})
     url = deploy_and_wait(ray_cluster["dashboard"], config)
     try:
         yield SimpleNamespace(url=url, port=config["http_options"]["port"], temp_dir=ray_cluster["temp_dir"])
@@ -181,6 +182,31 @@ def test_body_shorter_than_its_content_length_times_out_with_408(svc):
     assert status == 408 and body == {"error": "request_timeout", "status": 408, "detail": body["detail"]}
     assert "10 of 1000 bytes" in body["detail"]
     assert BODY_TIMEOUT_S <= elapsed < BODY_TIMEOUT_S + 20
+
+
+@pytest.mark.timeout(120)
+def test_a_drip_fed_body_gets_408_at_the_total_deadline(svc):
+    """One byte every half second never trips the idle timeout; the total deadline still ends it (issue 27)."""
+    with socket.create_connection(("127.0.0.1", svc.port), timeout=60) as s:
+        s.sendall(upload_head("/v1/matte", 1000))
+        s.settimeout(0.5)
+        reply, sent = b"", 0
+        while sent < 200 and not reply:  # 100 s of dripping at most: far past the deadline
+            s.sendall(b"x")
+            sent += 1
+            try:
+                reply = s.recv(65536)
+            except socket.timeout:
+                continue
+        s.settimeout(5)
+        try:
+            while chunk := s.recv(65536):
+                reply += chunk
+        except (socket.timeout, ConnectionResetError):
+            pass
+    status, body = _status_and_json(reply)
+    assert status == 408 and body["error"] == "request_timeout", body
+    assert f"not complete within {BODY_TOTAL_S:g} s" in body["detail"] and sent < 200
 
 
 # --------------------------------------------------------------------------- errors as documented (item 6)

@@ -24,10 +24,12 @@ class StubModels:
         self.checkpoints = dict(checkpoints)
         self.calls: list[tuple[str, tuple[int, int], int | None]] = []
         self.refines: list[str] = []
+        self.hints: list = []
 
-    async def call(self, model: str, rgb: np.ndarray, max_side: int | None, refine: str = "auto") -> dict:
+    async def call(self, model: str, rgb: np.ndarray, max_side: int | None, refine: str = "auto", hints=None) -> dict:
         self.calls.append((model, rgb.shape[:2], max_side))
         self.refines.append(refine)
+        self.hints.append(hints)
         return {"alpha": np.full(rgb.shape[:2], 200, np.uint8), "checkpoint": self.checkpoints[model], "forward_ms": 1.0,
                 "refine": "off" if refine == "auto" else refine}
 
@@ -180,13 +182,18 @@ def _app(tmp_path, checkpoints: dict[str, str], **config):
     from serve_app.config import HistorySettings
     from serve_app.service import IngressService
 
-    cfg = ServeConfig(api_key="", api_key_env="", **config,
+    cfg = ServeConfig(**{"api_key": "", "api_key_env": "", **config},
                       history=HistorySettings(db_path=str(tmp_path / "h.sqlite"), store_uri=str(tmp_path / "results")))
     return build_api(IngressService(cfg, StubModels(checkpoints)))
 
 
 def _call(app, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None):
     """One request through the ASGI app: (status, headers, body)."""
+    return asyncio.run(_acall(app, method, path, body, headers))
+
+
+async def _acall(app, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None):
+    """:func:`_call` in the running event loop (requests at once share one loop, as in a replica)."""
     path, _, query = path.partition("?")
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
              "path": path, "raw_path": path.encode(), "query_string": query.encode(), "root_path": "",
@@ -207,7 +214,7 @@ def _call(app, method: str, path: str, body: bytes = b"", headers: dict[str, str
         elif message["type"] == "http.response.body":
             out["body"] += message.get("body", b"")
 
-    asyncio.run(app(scope, receive, send))
+    await app(scope, receive, send)
     return out["status"], out["headers"], out["body"]
 
 
@@ -327,3 +334,253 @@ def test_a_file_that_is_no_image_is_described_without_a_python_bytes_repr(tmp_pa
     error = json.loads(body)
     assert status == 415 and error["error"] == "not_an_image"
     assert 'starts with the text "this is "' in error["detail"] and "b'" not in error["detail"], error["detail"]
+
+
+# --------------------------------------------------------------------------- corrections and hints at the ingress
+
+
+def _multipart(files: dict[str, tuple[str, bytes]], fields: dict[str, str] | None = None) -> tuple[bytes, dict[str, str]]:
+    parts = [f'--B\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in (fields or {}).items()]
+    parts += [f'--B\r\nContent-Disposition: form-data; name="{k}"; filename="{n}"\r\nContent-Type: image/png\r\n\r\n'.encode()
+              + data + b"\r\n" for k, (n, data) in files.items()]
+    return b"".join(parts) + b"--B--\r\n", {"content-type": "multipart/form-data; boundary=B"}
+
+
+def test_hints_that_do_not_fit_the_image_are_refused_before_the_model(tmp_path):
+    import json
+
+    app = _app(tmp_path, {"base": "b1.pt", "lowlight": "l1.pt"})
+    models = app.state.service.models
+    image = encode(photo(40, 60, "bright"))
+    cases = [
+        ({"file": ("a.png", image)}, {"box": "0,0,61,40"}, 422, "box: box 0,0,61,40 must satisfy"),
+        ({"file": ("a.png", image)}, {"box": "1,2,3"}, 422, "box: Value error, box must be 'x0,y0,x1,y1'"),
+        ({"file": ("a.png", image), "hints": ("h.png", encode(np.zeros((40, 61), np.uint8)))}, {}, 422,
+         "hints: the hints image is 61x40, the image 60x40"),
+        ({"file": ("a.png", image), "hints": ("h.png", b"junk")}, {}, 422, "hints: hints image: not a recognised"),
+        ({"file": ("a.png", image), "other": ("b.png", image)}, {}, 400, "2 images in one request"),
+    ]
+    for files, fields, status, start in cases:
+        body, headers = _multipart(files, fields)
+        got, _, answer = _call(app, "POST", "/v1/matte", body, headers)
+        detail = json.loads(answer)["detail"]
+        assert (got, detail[:len(start)]) == (status, start), detail
+    assert models.calls == []  # nothing reached a model
+    marks = np.full((40, 60), 128, np.uint8)
+    marks[5:10, 5:10] = 255
+    body, headers = _multipart({"file": ("a.png", image), "hints": ("h.png", encode(marks))}, {"box": "2,3,50,38"})
+    status, headers, _ = _call(app, "POST", "/v1/matte", body, headers)
+    assert status == 200 and headers["x-matting-hints"] == "box+strokes"
+    sent = models.hints[-1]
+    assert sent.box == (2, 3, 50, 38) and sent.marks.sum() == 25 and sent.marks[5:10, 5:10].min() == 1
+    status, headers, _ = _call(app, "POST", "/v1/matte", *_multipart({"file": ("a.png", image)}))
+    assert status == 200 and headers["x-matting-hints"] == "none" and models.hints[-1] is None
+
+
+def test_corrections_are_stored_per_api_key_in_the_seed_format(tmp_path):
+    import json
+
+    from matting_lib.data.corrections import CorrectionStore, tenant_of
+    from matting_lib.data.dataset import load_sample, read_split
+    from serve_app.config import CorrectionSettings
+
+    store = str(tmp_path / "corrections")
+    rgb = photo(40, 60, "bright", seed=3)
+    cutout = np.dstack([rgb, np.zeros((40, 60), np.uint8)])
+    cutout[10:30, 15:45, 3] = 255
+    cutout[10:30, 15, 3] = 128
+    apps = {key: _app(tmp_path, {"base": "b1.pt", "lowlight": "l1.pt"}, api_key=key,
+                      corrections=CorrectionSettings(store_uri=store)) for key in ("", "k-one")}
+    body, headers = _multipart({"file": ("cat.png", encode(rgb)), "alpha": ("m.png", encode(cutout))}, {"model": "base"})
+    status, _, answer = _call(apps[""], "POST", "/v1/corrections", body, headers)
+    saved = json.loads(answer)
+    assert status == 201 and saved["tenant"] == "public" and saved["count"] == 1
+    root = CorrectionStore(store).folder("public")
+    assert read_split(root, "train") == [saved["id"]]
+    sample = load_sample(root, saved["id"])
+    np.testing.assert_array_equal(sample.image, rgb)
+    np.testing.assert_array_equal(sample.alpha, cutout[..., 3])  # a cut-out's alpha channel is the matte
+    assert sample.trimap[20, 15] == 128 and sample.trimap[20, 30] == 255 and sample.trimap[0, 0] == 0
+
+    auth = {**headers, "authorization": "Bearer k-one"}
+    status, _, answer = _call(apps["k-one"], "POST", "/v1/corrections", body, auth)
+    assert status == 201 and json.loads(answer)["tenant"] == tenant_of("k-one") != "public"
+    assert json.loads(answer)["count"] == 1  # its own folder: the public one is not counted
+    status, _, answer = _call(apps[""], "GET", "/v1/corrections")
+    listed = json.loads(answer)
+    assert status == 200 and listed["count"] == 1 and listed["items"][0]["id"] == saved["id"]
+    assert listed["items"][0]["name"] == "cat.png" and listed["items"][0]["model"] == "base"
+    stored = [p.read_bytes() for p in (tmp_path / "corrections" / tenant_of("k-one")).rglob("*") if p.is_file()]
+    assert len(stored) == 5 and not any(b"k-one" in b for b in stored)  # the key itself is never stored
+    for key_files, fields, status_want, start in [
+        ({"file": ("a.png", encode(rgb))}, {}, 400, "missing file field(s) alpha"),
+        ({"file": ("a.png", encode(rgb)), "alpha": ("m.png", encode(np.zeros((40, 61), np.uint8)))}, {}, 422,
+         "alpha: the corrected matte is 61x40, the image 60x40"),
+        ({"file": ("a.png", encode(rgb)), "alpha": ("m.png", encode(cutout))}, {"history_id": "f" * 32}, 422,
+         "history_id: no history entry"),
+        ({"file": ("a.png", encode(rgb)), "alpha": ("m.png", encode(cutout))}, {"colour": "red"}, 422, "colour: unknown field"),
+        ({"file": ("a.png", b"junk"), "alpha": ("m.png", encode(cutout))}, {}, 415, "a.png: not a recognised"),
+    ]:
+        body, headers = _multipart(key_files, fields)
+        status, _, answer = _call(apps[""], "POST", "/v1/corrections", body, headers)
+        detail = json.loads(answer)["detail"]
+        assert (status, detail[:len(start)]) == (status_want, start), (status, detail)
+    assert CorrectionStore(store).tenants() == sorted(["public", tenant_of("k-one")])
+    assert len(CorrectionStore(store).list("public")) == 1  # the refused ones stored nothing
+
+
+# --------------------------------------------------------------------------- admission by decoded megapixels (issue 27)
+
+
+def test_the_pixel_budget_admits_in_order_refuses_with_retry_after_and_caps_one_image_at_the_whole_budget():
+    from serve_app.admission import PixelBudget
+
+    async def scenario():
+        budget = PixelBudget(capacity_mp=2.0, wait_s=0.05, retry_after_s=7)
+        a = await budget.acquire(1_500_000)
+        with pytest.raises(ApiError) as refused:
+            await budget.acquire(1_000_000)  # 1.5 + 1.0 > 2.0, and nobody gives back within wait_s
+        assert refused.value.status == 503 and refused.value.code == "overloaded"
+        assert refused.value.headers == {"Retry-After": "7"} and "megapixels" in refused.value.detail
+        assert budget.in_flight == 1.5  # the refused request holds nothing
+        budget.wait_s = 30
+        order: list[str] = []
+
+        async def take(name: str, pixels: int) -> None:
+            async with budget.hold(pixels):
+                order.append(name)
+                assert budget.in_flight <= budget.capacity
+                await asyncio.sleep(0)
+
+        waiting = [asyncio.create_task(take("big", 2_000_000)), asyncio.create_task(take("small", 100_000))]
+        await asyncio.sleep(0.01)
+        assert order == [] and budget.stats()["waiting"] == 2  # the small one does not overtake the big one
+        budget.release(a)
+        await asyncio.gather(*waiting)
+        assert order == ["big", "small"] and budget.in_flight == 0
+        huge = await budget.acquire(50_000_000)  # larger than the whole budget: runs alone instead of never
+        assert huge == 2.0
+        budget.release(huge)
+        return budget.stats()
+
+    stats = asyncio.run(scenario())
+    assert stats["refused"] == 1 and stats["admitted"] == 4 and stats["peak_mp"] <= 2.0
+
+
+class SlowModels(StubModels):
+    """A stub whose calls take a while and which records how many images it holds at once."""
+
+    def __init__(self, checkpoints):
+        super().__init__(checkpoints)
+        self.holding = 0
+        self.most = 0
+        self.retries = 0  # /v1/stats shows it
+
+    async def call(self, *args, **kwargs):
+        self.holding += 1
+        self.most = max(self.most, self.holding)
+        try:
+            await asyncio.sleep(0.02)
+            return await super().call(*args, **kwargs)
+        finally:
+            self.holding -= 1
+
+
+def test_concurrent_requests_past_the_budget_wait_their_turn_and_the_budget_is_shown_in_stats(tmp_path):
+    import json
+
+    from serve_app.api import build_api
+    from serve_app.config import AdmissionSettings, HistorySettings
+    from serve_app.service import IngressService
+
+    cfg = ServeConfig(api_key="", api_key_env="", admission=AdmissionSettings(max_megapixels=0.005, wait_s=60),
+                      history=HistorySettings(db_path=str(tmp_path / "h.sqlite"), store_uri=str(tmp_path / "results")))
+    models = SlowModels({"base": "b1.pt", "lowlight": "l1.pt"})
+    svc = IngressService(cfg, models)
+    app = build_api(svc)
+    images = [encode(photo(50, 60, "bright", seed=i)) for i in range(4)]  # 3000 px each: one at a time fits 5000
+
+    async def all_at_once():
+        return await asyncio.gather(*(_acall(app, "POST", "/v1/matte?history=false", d,
+                                             {"content-type": "image/png", "x-filename": "a.png"}) for d in images))
+
+    statuses = [s for s, _, _ in asyncio.run(all_at_once())]
+    assert statuses == [200] * 4 and models.most == 1  # admitted one by one, none refused
+    _, _, body = _call(app, "GET", "/v1/stats")
+    adm = json.loads(body)["admission"]
+    assert adm["admitted"] == 4 and adm["refused"] == 0 and adm["in_flight_mp"] == 0 and adm["peak_mp"] <= 0.005
+
+
+def test_past_the_budget_a_request_and_a_batch_get_503_with_retry_after_then_200(tmp_path):
+    import json
+
+    from serve_app.config import AdmissionSettings
+
+    app = _app(tmp_path, {"base": "b1.pt", "lowlight": "l1.pt"},
+               admission=AdmissionSettings(max_megapixels=1, wait_s=0.1, retry_after_s=3))
+    budget = app.state.service.budget
+    held = asyncio.run(budget.acquire(1_000_000))  # another request holds the whole budget
+    data = encode(photo(32, 32, "bright"))
+    status, headers, body = _matte(app, "history=false", data)
+    assert status == 503 and headers["retry-after"] == "3", body
+    assert json.loads(body) == {"error": "overloaded", "status": 503, "detail": json.loads(body)["detail"]}
+    form, form_headers = _multipart({"a": ("a.png", data), "b": ("b.png", encode(photo(32, 32, "dark")))})
+    status, headers, body = _call(app, "POST", "/v1/batch?history=false", form, form_headers)
+    assert status == 503 and headers["retry-after"] == "3" and json.loads(body)["error"] == "overloaded"
+    budget.release(held)
+    assert _matte(app, "history=false", data)[0] == 200
+    assert _call(app, "POST", "/v1/batch?history=false", form, form_headers)[0] == 200
+    assert budget.stats()["refused"] == 3 and budget.in_flight == 0
+
+
+# --------------------------------------------------------------------------- a total deadline per request body (issue 27)
+
+
+def test_a_drip_fed_body_gets_408_at_the_total_deadline_though_no_gap_trips_the_idle_timeout():
+    from starlette.requests import Request
+
+    from serve_app.uploads import read_body
+
+    sent = []
+
+    async def drip():  # one byte at a time, well inside the idle timeout, never finishing
+        await asyncio.sleep(0.01)
+        sent.append(1)
+        return {"type": "http.request", "body": b"x", "more_body": True}
+
+    async def whole():
+        return {"type": "http.request", "body": b"x" * 100, "more_body": False}
+
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": [(b"content-length", b"1000")], "query_string": b""}
+
+    async def read(receive, **kw):
+        return await read_body(Request(scope, receive), 10_000, **kw)
+
+    with pytest.raises(ApiError) as late:
+        asyncio.run(read(drip, timeout_s=5.0, total_s=0.3))
+    assert late.value.status == 408 and late.value.code == "request_timeout"
+    assert "not complete within 0.3 s" in late.value.detail and " of 1000 bytes" in late.value.detail
+    assert late.value.headers == {"Connection": "close"} and len(sent) > 3  # it was fed, slowly, the whole time
+    assert asyncio.run(read(whole, timeout_s=5.0, total_s=0.3)) == b"x" * 100
+
+
+class HazyModels(StubModels):
+    """A model that finds no subject: a faint 0.08 haze everywhere (what the shipped ones give on a plain wall)."""
+
+    async def call(self, model, rgb, max_side, refine="auto", hints=None):
+        answer = await super().call(model, rgb, max_side, refine, hints)
+        return {**answer, "alpha": np.full(rgb.shape[:2], 20, np.uint8)}
+
+
+def test_an_empty_result_is_clear_not_a_faint_haze_and_a_real_matte_keeps_its_soft_values(tmp_path):
+    import cv2
+
+    def alpha_of(models) -> tuple[np.ndarray, bool]:
+        pipe = MattingPipeline(models, BrightnessRouter(), ResultCache(0), max_pixels=1_000_000, versions=models.checkpoints)
+        out = asyncio.run(pipe.matte(encode(photo(40, 50, "bright")), "a.png", MatteParams(output="alpha")))
+        return cv2.imdecode(np.frombuffer(out.result.body, np.uint8), cv2.IMREAD_UNCHANGED), out.result.empty
+
+    alpha, empty = alpha_of(HazyModels({"base": "b.pt", "lowlight": "l.pt"}))
+    assert empty and alpha.max() == 0  # was 20 (0.08) everywhere
+    alpha, empty = alpha_of(StubModels({"base": "b.pt", "lowlight": "l.pt"}))
+    assert not empty and alpha.min() == alpha.max() == 200

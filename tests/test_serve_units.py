@@ -136,6 +136,66 @@ def test_history_age_retention(tmp_path):
     assert h.get(first) is None
 
 
+def _store_bytes(root) -> int:
+    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+
+
+def test_history_never_exceeds_its_byte_cap_by_more_than_the_newest_entry(tmp_path):
+    import numpy as np
+
+    store = tmp_path / "r"
+    h = History(HistorySettings(db_path=str(tmp_path / "h.sqlite"), store_uri=str(store), max_mb=0.2, max_entries=1000))
+    rng = np.random.default_rng(0)
+    evicted = 0
+    for i in range(40):
+        side = int(rng.integers(20, 120))  # noise PNGs of 1-45 KB: entries of very different sizes
+        body = encode(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
+        entry = h.add(kind="image", name=f"{i}.png", model="base", brightness=0.5, params={}, width=side, height=side,
+                      media_type="image/png", ext="png", body=body, thumbnail_source=body)
+        newest = (store / "results" / f"{entry.id}.png").stat().st_size + (store / "thumbs" / f"{entry.id}.png").stat().st_size
+        on_disk = _store_bytes(store)
+        usage = h.usage()
+        assert usage["bytes"] == on_disk, i  # the rows add up to what the store holds
+        assert on_disk <= 200_000 or usage["entries"] == 1, (i, on_disk)  # at most the cap after each insert...
+        assert on_disk - newest <= 200_000  # ...and never over it by more than one entry while inserting
+        evicted = i + 1 - usage["entries"]
+    assert evicted > 10  # the cap was reached many times over
+    _, total = h.list(100, 0)
+    assert total == h.usage()["entries"] == len(list((store / "results").iterdir()))
+
+
+def test_history_files_left_by_a_crash_mid_eviction_are_removed_at_the_next_start(tmp_path):
+    import os
+    import sqlite3
+
+    settings = HistorySettings(db_path=str(tmp_path / "h.sqlite"), store_uri=str(tmp_path / "r"))
+    h = History(settings)
+    gone, young, kept = _add(h, "a.png"), _add(h, "b.png"), _add(h, "c.png")
+    with sqlite3.connect(settings.db_path) as db:  # rows deleted, then the process died before the files went
+        db.execute("DELETE FROM history WHERE id IN (?, ?)", (gone, young))
+    old = time.time() - 2 * 3600
+    for folder in ("results", "thumbs"):
+        os.utime(tmp_path / "r" / folder / f"{gone}.png", (old, old))
+    History(settings)  # the next start
+    left = {p.name for p in (tmp_path / "r" / "results").iterdir()}
+    assert left == {f"{young}.png", f"{kept}.png"}  # a young orphan may be another replica's insert in progress
+    assert not (tmp_path / "r" / "thumbs" / f"{gone}.png").exists()
+
+
+def test_a_history_database_from_before_the_byte_cap_is_upgraded_in_place(tmp_path):
+    import sqlite3
+
+    from serve_app.history import SCHEMA
+
+    db_path = str(tmp_path / "h.sqlite")
+    with sqlite3.connect(db_path) as db:
+        db.executescript(SCHEMA.replace(",\n    thumb_size INTEGER NOT NULL DEFAULT 0", ""))
+        assert "thumb_size" not in {r[1] for r in db.execute("PRAGMA table_info(history)")}
+    h = History(HistorySettings(db_path=db_path, store_uri=str(tmp_path / "r")))
+    _add(h, "a.png")
+    assert h.usage()["entries"] == 1 and h.usage()["bytes"] > 0
+
+
 # --------------------------------------------------------------------------- uploads
 
 

@@ -206,6 +206,43 @@ def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXEL
         raise UnsupportedImageError(f"{name}: cannot convert mode {im.mode!r} to RGB ({e})") from None
 
 
+def decode_rgba(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode image bytes to RGBA, keeping transparency (opaque files get alpha 255).
+
+    Returns:
+        ``uint8`` array of shape ``(H, W, 4)``, upright.
+
+    Raises:
+        ImageDecodeError: as :func:`decode_image`.
+    """
+    im = _open(data, name, max_pixels)
+    if im.mode in ("L", "1") or im.mode.startswith("I"):
+        grey = _to_uint8_gray(im, name)
+        return np.dstack([grey, grey, grey, np.full_like(grey, 255)])
+    try:
+        return np.asarray(im.convert("RGBA"), dtype=np.uint8).copy()
+    except Exception as e:  # noqa: BLE001
+        raise UnsupportedImageError(f"{name}: cannot convert mode {im.mode!r} to RGBA ({e})") from None
+
+
+def decode_matte(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """A matte as a client sends it: the alpha channel of a file that has one (a cut-out, RGBA or
+    grey+alpha PNG), else its grey values (an alpha matte). Returns ``uint8`` (H, W), 255 = opaque.
+
+    Raises:
+        ImageDecodeError: as :func:`decode_image`.
+    """
+    im = _open(data, name, max_pixels)
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (im.mode == "P" and "transparency" in im.info):
+        return np.asarray(im.convert("RGBA"), dtype=np.uint8)[..., 3].copy()
+    if im.mode in ("L", "1") or im.mode.startswith("I"):
+        return _to_uint8_gray(im, name)
+    try:
+        return np.asarray(im.convert("L"), dtype=np.uint8).copy()
+    except Exception as e:  # noqa: BLE001
+        raise UnsupportedImageError(f"{name}: cannot read a matte of mode {im.mode!r} ({e})") from None
+
+
 def decode_mask(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode an alpha mask to single-channel 8-bit.
 

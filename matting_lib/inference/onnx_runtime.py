@@ -29,7 +29,8 @@ import torch
 from matting_lib import io
 from matting_lib.config import ModelConfig, from_dict
 from matting_lib.inference.export import (INPUT_NAME, META_PREFIX, OUTPUT_NAME, REFINER_INPUTS, REFINER_META,
-                                          REFINER_OUTPUT, export_onnx)
+                                          OPSET, REFINER_OUTPUT, export_onnx)
+from matting_lib.inference.export_cache import cached_export, export_key
 from matting_lib.inference.predictor import Predictor, load_parts
 from matting_lib.refine import resolve_mode
 from matting_lib.nets.unet import crop, pad_to_multiple
@@ -136,15 +137,25 @@ class OnnxPredictor(Predictor):
         cls, model: torch.nn.Module, device: str | torch.device = "auto", num_threads: int | None = None, **kwargs: Any
     ) -> "OnnxPredictor":
         """Export ``model`` (and ``refiner=``, a learned refiner, if given) to FP32 ONNX in memory and run it on ORT."""
-        session = make_session(export_onnx(model, refiner=kwargs.pop("refiner", None)), device, num_threads)
+        return cls.from_serialized(export_onnx(model, refiner=kwargs.pop("refiner", None)), device, num_threads, **kwargs)
+
+    @classmethod
+    def from_serialized(
+        cls, onnx: bytes, device: str | torch.device = "auto", num_threads: int | None = None, **kwargs: Any
+    ) -> "OnnxPredictor":
+        """An export's bytes (from :func:`export_onnx`) on ORT; ``metadata=`` adds to what the graph stores."""
+        session = make_session(onnx, device, num_threads)
         meta = {**session_metadata(session), **kwargs.pop("metadata", {})}
         return cls(session, device=device, num_threads=num_threads, metadata=meta, **kwargs)
 
     @classmethod
     def from_checkpoint(cls, uri: str, **kwargs: Any) -> "OnnxPredictor":
         """A matting checkpoint, exported to FP32 ONNX in memory (see :meth:`from_torch`)."""
-        model, refiner, meta = load_parts(uri, kwargs.pop("refiner_uri", ""))
-        return cls.from_torch(model, metadata=meta, refiner=refiner, **kwargs)
+        refiner_uri = kwargs.pop("refiner_uri", "")
+        model, refiner, meta = load_parts(uri, refiner_uri)
+        # The export is cached on disk by the checkpoint's (and refiner's) sha256 (export_cache).
+        onnx = cached_export(export_key(uri, refiner_uri, OPSET), lambda: export_onnx(model, refiner=refiner))
+        return cls.from_serialized(onnx, metadata=meta, **kwargs)
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         """uint8 (N, h, w, 3) -> float32 (N, h, w) alpha in [0, 1], through the ORT session."""

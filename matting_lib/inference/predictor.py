@@ -35,6 +35,7 @@ from torch import nn
 from matting_lib.data.decode import MAX_PIXELS, decode_image
 from matting_lib.resize import downscale_long_side
 from matting_lib.refine import RefineInfo, RefineParams, refine_alpha, resolve_mode
+from matting_lib.refine.hints import Hints, StrokeParams, apply_strokes, shrink_mask
 
 ImageInput = Union[np.ndarray, bytes, bytearray, memoryview]
 """A uint8 RGB array (H, W, 3), a grey (H, W) array, or an encoded image file."""
@@ -204,6 +205,38 @@ class Predictor:
         prior = self._prior() if self.subject_prior else None
         return [refine_alpha(rgb, lr, a, mode, coefficients, prior, self.refine_params)
                 for rgb, lr, a in zip(rgbs, work, small)]
+
+    def matte_hinted(self, image: ImageInput, hints: Hints, max_side: int | None = -1, refine: str | None = None,
+                     strokes: StrokeParams = StrokeParams()) -> tuple[np.ndarray, RefineInfo]:
+        """One image's alpha with a user's corrections (:mod:`matting_lib.refine.hints`): the network
+        sees the box's crop (the whole image without a box) at its working size, strokes correct its
+        alpha there, the refinement stage decides every pixel of the crop at full size, then the
+        stroked pixels are set (keep 1, remove 0) and everything outside the box is 0.
+
+        Raises:
+            matting_lib.refine.hints.HintError: hints that do not fit the image (a ValueError).
+        """
+        rgb = as_rgb(image)
+        h, w = rgb.shape[:2]
+        hints.check(h, w)
+        mode = self.refine if refine is None else resolve_mode(refine, self.has_refiner)
+        y0, y1, x0, x1 = hints.crop(h, w)
+        crop = np.ascontiguousarray(rgb[y0:y1, x0:x1])
+        lr = to_working_size(crop, self.effective_side(max_side))
+        coarse = self._forward(lr[None])[0]
+        marks = hints.marks[y0:y1, x0:x1] if hints.marks is not None else np.zeros(crop.shape[:2], np.int8)
+        keep, remove, outside = marks > 0, marks < 0, hints.outside_box(h, w)[y0:y1, x0:x1]
+        lh, lw = lr.shape[:2]
+        coarse = apply_strokes(lr, coarse, shrink_mask(keep, lh, lw), shrink_mask(remove, lh, lw), strokes,
+                               outside=shrink_mask(outside, lh, lw))
+        coefficients = self._refiner_coefficients if self.has_refiner else None
+        prior = self._prior() if self.subject_prior and not keep.any() else None
+        alpha_crop, info = refine_alpha(crop, lr, coarse, mode, coefficients, prior, self.refine_params)
+        alpha_crop[keep] = 1.0
+        alpha_crop[remove | outside] = 0.0
+        alpha = np.zeros((h, w), np.float32)
+        alpha[y0:y1, x0:x1] = alpha_crop
+        return alpha, info
 
     def predict_batch(self, images: Sequence[ImageInput], max_side: int | None = -1,
                       refine: str | None = None) -> list[np.ndarray]:
