@@ -222,7 +222,7 @@ class Predictor:
         mode = self.refine if refine is None else resolve_mode(refine, self.has_refiner)
         y0, y1, x0, x1 = hints.crop(h, w)
         crop = np.ascontiguousarray(rgb[y0:y1, x0:x1])
-        lr = to_working_size(crop, self.effective_side(max_side))
+        lr = downscale_long_side(crop, self.effective_side(max_side))
         coarse = self._forward(lr[None])[0]
         marks = hints.marks[y0:y1, x0:x1] if hints.marks is not None else np.zeros(crop.shape[:2], np.int8)
         keep, remove, outside = marks > 0, marks < 0, hints.outside_box(h, w)[y0:y1, x0:x1]
