@@ -10,10 +10,11 @@ import cv2
 import numpy as np
 import pytest
 
-from matting_lib.inference.predictor import Predictor, working_size
+from matting_lib.inference.predictor import Predictor
 from matting_lib.refine.hints import (
     HintError, Hints, apply_strokes, marks_from_image, parse_box, simulated_stroke, truth_box,
 )
+from matting_lib.resize import fit_long_side
 from testkit.serve import encode, make_checkpoint, photo
 
 
@@ -137,7 +138,7 @@ def test_the_box_sets_the_scale_the_network_sees(predictor):
     rec.matte_hinted(rgb, Hints(box=(300, 200, 340, 240)))
     rec.predict(rgb)
     (crop_h, crop_w), whole = rec.seen
-    assert whole == working_size(400, 600, 64)  # the whole photo at 64 px: the box would be 4 px wide
+    assert whole == fit_long_side(400, 600, 64)  # the whole photo at 64 px: the box would be 4 px wide
     assert (crop_h, crop_w) == (56, 56)  # the 40 px box plus 8 px margins, at its own size (under 64)
 
 
