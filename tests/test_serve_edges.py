@@ -248,7 +248,8 @@ def test_what_uvicorn_answers_itself_is_as_documented(svc):
 
 def test_error_table_matches_the_hostile_corpus():
     """Every (status, error) the hostile corpus expects is a row of the README's table, and every row
-    of the table is produced by the corpus or by a test of this module (408, 401, 503/504 elsewhere)."""
+    of the table is produced by the corpus or by a test of this module (408, 401, 503/504 elsewhere; 503
+    ``overloaded``, the admission budget, in tests/test_serve_pipeline.py)."""
     from serve_app.config import LimitSettings
     from testkit.hostile import corpus
 
@@ -266,7 +267,7 @@ def test_error_table_matches_the_hostile_corpus():
     expected = {(c.expect, c.error) for c in corpus(LimitSettings(max_upload_mb=2, max_pixels=4_000_000, max_batch_files=8,
                                                                   max_zip_total_mb=3)) if c.expect != 200}
     assert expected <= documented, expected - documented
-    elsewhere = {(408, "request_timeout"), (401, "unauthorized"), (503, "unavailable"), (504, "timeout")}
+    elsewhere = {(408, "request_timeout"), (401, "unauthorized"), (503, "unavailable"), (503, "overloaded"), (504, "timeout")}
     assert documented - expected == elsewhere
 
 
