@@ -31,6 +31,7 @@ from matting_lib import io
 from matting_lib.data.dataset import load_sample, read_split
 from matting_lib.data.folds import read_folds
 from matting_lib.evaluation.scoring import score
+from matting_lib.inference.load import load_predictor
 from matting_lib.inference.predictor import Predictor
 from matting_lib.refine.hints import Hints, simulated_stroke, truth_box
 
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--split", default="train")
     p.add_argument("--folds", default="", help="folds.json: each photo scored by its fold's model")
     p.add_argument("--max-side", type=int, default=320)
+    p.add_argument("--backend", default="auto", help="auto (ONNX Runtime on CPU, as the service), torch or onnx")
     p.add_argument("--stroke-radius", type=float, default=0.02, help="largest stroke radius, share of the long side")
     p.add_argument("--repeats", type=int, default=5, help="timed runs of the 1024 x 1024 stroke update")
     p.add_argument("--out", required=True)
@@ -58,9 +60,8 @@ def main(argv: list[str] | None = None) -> None:
 
     def predictor(fold: int) -> Predictor:
         if fold not in predictors:
-            predictors[fold] = Predictor.from_checkpoint(args.checkpoint.replace("{fold}", str(fold)),
-                                                         refiner_uri=args.refiner.replace("{fold}", str(fold)),
-                                                         max_side=args.max_side)
+            predictors[fold] = load_predictor(args.checkpoint.replace("{fold}", str(fold)), backend=args.backend,
+                                              refiner_uri=args.refiner.replace("{fold}", str(fold)), max_side=args.max_side)
         return predictors[fold]
 
     rows = []

@@ -51,6 +51,7 @@ from matting_lib.data.corrections import CorrectionError, CorrectionStore
 from matting_lib.data.dataset import DatasetError, load_sample
 from matting_lib.data.manifest import build_manifest, ensure_manifest, read_manifest
 from matting_lib.evaluation.scoring import score
+from matting_lib.inference.load import load_predictor
 from matting_lib.inference.predictor import Predictor
 from ray_jobs.common import fail, job_parser, load_job_config
 from ray_jobs.train import run_training
@@ -330,10 +331,11 @@ def main(argv: list[str] | None = None) -> int:
             sets["real"] = [(n, load_sample(cfg.real_photos, n)) for n in read_split(cfg.real_photos, cfg.real_split)]
     except (DatasetError, OSError) as e:
         fail(f"scoring data: {e}", code=2)
+    # Both as the service runs them (load_predictor's backend choice), the candidate with the current's refiner.
     preds = {
-        "current": Predictor.from_checkpoint(cfg.current, max_side=cfg.max_side, subject_prior=cfg.subject_prior),
-        "candidate": Predictor.from_checkpoint(candidate_uri, refiner_uri=cfg.current if current.refiner else "",
-                                               max_side=cfg.max_side, subject_prior=cfg.subject_prior),
+        "current": load_predictor(cfg.current, max_side=cfg.max_side, subject_prior=cfg.subject_prior),
+        "candidate": load_predictor(candidate_uri, refiner_uri=cfg.current if current.refiner else "",
+                                    max_side=cfg.max_side, subject_prior=cfg.subject_prior),
         "background": None,
     }
     scores = {name: {s: mean_scores(p, samples) for s, samples in sets.items()} for name, p in preds.items()}
