@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 
 import cv2
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         times.append((time.perf_counter() - t0) * 1000)
     means = {s: float(np.mean([r[f"mad_{s}"] for r in rows])) for s in STEPS}
     means_unk = {s: float(np.nanmean([r[f"sad_unknown_{s}"] for r in rows])) for s in STEPS}
-    result = {"command": "python -m bench.hints " + " ".join(argv or []), "n": len(rows), "mad": means,
+    result = {"command": "python -m bench.hints " + " ".join(sys.argv[1:] if argv is None else argv), "n": len(rows), "mad": means,
               "sad_unknown": means_unk, "stroke_ms_1024": {"median": statistics.median(times), "runs": times},
               "refine": pred.refine, "max_side": args.max_side, "rows": rows}
     io.makedirs(args.out)
