@@ -34,6 +34,7 @@ __all__ = [
     "apply",
     "foreground_fraction",
     "clear_empty_haze",
+    "HAZE_LEVEL",
     "is_empty_matte",
 ]
 
@@ -278,12 +279,17 @@ def is_empty_matte(alpha: np.ndarray, min_fraction: float = EMPTY_FRACTION, leve
     return foreground_fraction(alpha, level) < min_fraction
 
 
-def clear_empty_haze(alpha: np.ndarray, level: float = EMPTY_LEVEL) -> tuple[np.ndarray, bool]:
+HAZE_LEVEL = 0.15
+"""In an empty matte, alpha below this is haze (the shipped networks give 0.06-0.10 over a plain
+wall); values at or above it are kept: a see-through subject (glass at 0.3) is not haze."""
+
+
+def clear_empty_haze(alpha: np.ndarray, haze: float = HAZE_LEVEL) -> tuple[np.ndarray, bool]:
     """``(alpha, empty)``: for an essentially empty matte (:func:`is_empty_matte`), the alpha with
-    everything below ``level`` set to 0, so "no subject" is a clear image and not a faint haze (the
-    network's 0.06-0.10 over a plain background, issue 27); any other matte is returned as it is.
-    ``alpha``: uint8 (0-255) or float in [0, 1], (H, W)."""
-    if not is_empty_matte(alpha, level=level):
+    everything below ``haze`` set to 0, so "no subject" is a clear image and not a faint haze (the
+    network's 0.06-0.10 over a plain background, issue 27), while faint but real transparency
+    stays; any other matte is returned as it is. ``alpha``: uint8 (0-255) or float in [0, 1], (H, W)."""
+    if not is_empty_matte(alpha):
         return alpha, False
-    cut = level * 255 if alpha.dtype == np.uint8 else level
+    cut = haze * 255 if alpha.dtype == np.uint8 else haze
     return np.where(alpha >= cut, alpha, 0).astype(alpha.dtype, copy=False), True

@@ -270,7 +270,7 @@ async def matte(svc: Service, request: Request, query: Annotated[MatteParams, Qu
         raise ApiError(400, "no image in the request: send a multipart file or the image as the body", "no_image")
     if len(images) > 1:
         raise ApiError(400, f"{len(images)} images in one request: /v1/matte takes one (and optionally a "
-                            f"'{HINTS_FIELD}' file); use /v1/batch for several", "too_many_files")
+                            f"'{HINTS_FIELD}' file); use /v1/batch for several")
     f = images[0]
     for what, data in (("image", f.data), ("hints image", hints)):
         if data is not None and len(data) > limits.max_upload_bytes:

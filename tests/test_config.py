@@ -31,6 +31,14 @@ def test_shipped_configs_load():
 
             assert isinstance(load_config(p, cls=RefinerJobConfig), RefinerJobConfig)
             continue
+        if p.name == "corrections.yaml":  # learning from corrections: its config names a training config
+            from ray_jobs.learn_corrections import LearnJobConfig, training_config
+
+            learn = load_config(p, cls=LearnJobConfig)
+            assert training_config(learn).total_epochs >= 1 and learn.corrections.tenants == ("public",)
+            with pytest.raises(ConfigError, match="corrections.holdout"):
+                load_config(p, ["corrections.holdout=1.5"], cls=LearnJobConfig)
+            continue
         cfg = load_config(p)
         assert isinstance(cfg, TrainConfig)
         assert cfg.total_epochs >= 1

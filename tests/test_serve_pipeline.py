@@ -584,3 +584,13 @@ def test_an_empty_result_is_clear_not_a_faint_haze_and_a_real_matte_keeps_its_so
     assert empty and alpha.max() == 0  # was 20 (0.08) everywhere
     alpha, empty = alpha_of(StubModels({"base": "b.pt", "lowlight": "l.pt"}))
     assert not empty and alpha.min() == alpha.max() == 200
+
+    class GlassModels(StubModels):  # no opaque pixel, but a see-through subject at 0.3 on a clear background
+        async def call(self, model, rgb, max_side, refine="auto", hints=None):
+            answer = await super().call(model, rgb, max_side, refine, hints)
+            a = np.full(rgb.shape[:2], 20, np.uint8)
+            a[10:30, 10:40] = 77
+            return {**answer, "alpha": a}
+
+    alpha, empty = alpha_of(GlassModels({"base": "b.pt", "lowlight": "l.pt"}))
+    assert empty and alpha[10:30, 10:40].min() == 77 and alpha.sum() == 77 * 20 * 30  # the glass stays, the haze goes
