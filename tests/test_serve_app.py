@@ -354,7 +354,7 @@ def test_concurrent_requests_share_batches_and_keep_their_own_alpha(svc):
         want = np.rint(local_alpha(svc.checkpoints["base"], rgb) * 255)
         assert np.abs(as_array(r.content).astype(int) - want).max() <= 1
         t = parse_server_timing(r.headers["Server-Timing"])
-        assert set(t) == {"upload", "key", "decode", "model", "forward", "encode", "total"}, t
+        assert set(t) == {"upload", "key", "admit", "decode", "model", "forward", "encode", "total"}, t
         assert 0 < t["forward"] <= t["model"] + 0.2 and t["model"] < t["total"]
     assert after["images"] - before["images"] == 8
     assert after["batches"] - before["batches"] < 8
