@@ -49,7 +49,7 @@ from matting_lib.checkpoint import CheckpointError, load_checkpoint, save_checkp
 from matting_lib.config import ConfigError, TrainConfig, from_dict, load_yaml, apply_overrides, to_dict
 from matting_lib.data.corrections import CorrectionError, CorrectionStore
 from matting_lib.data.dataset import DatasetError, load_sample
-from matting_lib.data.manifest import build_manifest, ensure_manifest, read_manifest
+from matting_lib.data.manifest import build_manifest, ensure_manifest, hold_out, read_manifest
 from matting_lib.evaluation.scoring import score
 from matting_lib.inference.load import load_predictor
 from matting_lib.inference.predictor import Predictor
@@ -138,14 +138,11 @@ def log(step: str, message: str) -> None:
 
 def split_corrections(ids: list[str], holdout: float, seed: int) -> tuple[list[str], list[str]]:
     """(held in, held out): ``holdout`` of ``ids`` (at least one, and at least one left), chosen by
-    ``seed`` and the ids alone."""
+    ``seed`` and the ids alone (:func:`matting_lib.data.manifest.hold_out`, the training jobs' rule)."""
     if len(ids) < 2:
         raise CorrectionError(f"{len(ids)} correction(s): at least 2 are needed (one to learn from, one to judge by)")
-    names = sorted(ids)
-    n_out = min(len(names) - 1, max(1, round(holdout * len(names))))
-    order = np.random.default_rng(seed).permutation(len(names))
-    out = {names[i] for i in order[:n_out]}
-    return [n for n in names if n not in out], [n for n in names if n in out]
+    held_in, held_out = hold_out([{"name": i} for i in sorted(ids)], fraction=holdout, seed=seed)
+    return [r["name"] for r in held_in], [r["name"] for r in held_out]
 
 
 def mean_scores(pred: Predictor | None, samples: list[tuple[str, Any]]) -> dict[str, float]:

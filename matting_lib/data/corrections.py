@@ -29,15 +29,17 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 
-import cv2
 import numpy as np
 
 from matting_lib import io
+from matting_lib.data.encode import encode_png
+from matting_lib.data.synthesis import trimap_from_alpha
 
 PUBLIC_TENANT = "public"
 """The tenant of corrections saved on a service without an API key."""
 TRIMAP_BAND = 7
-"""Pixels around every soft (0 < alpha < 255) or edge pixel that the derived trimap marks unknown."""
+"""Pixels around every soft (0 < alpha < 255) or edge pixel that the derived trimap marks unknown
+(:func:`matting_lib.data.synthesis.trimap_from_alpha`, the dataset writer's own)."""
 ID_RE = re.compile(r"^[0-9a-f]{32}$")
 TENANT_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -52,18 +54,6 @@ def tenant_of(api_key: str) -> str:
     if not api_key:
         return PUBLIC_TENANT
     return "key-" + hashlib.sha256(api_key.encode()).hexdigest()[:16]
-
-
-def trimap_from_alpha(alpha: np.ndarray, band: int = TRIMAP_BAND) -> np.ndarray:
-    """uint8 trimap of a uint8 alpha: 255 solid, 0 background, 128 within ``band`` px of any soft
-    pixel or of the solid region's outline."""
-    solid, clear = alpha == 255, alpha == 0
-    k = np.ones((2 * band + 1, 2 * band + 1), np.uint8)
-    unknown = cv2.dilate((~solid & ~clear).astype(np.uint8), k) > 0
-    unknown |= (cv2.dilate(solid.astype(np.uint8), k) > 0) & (cv2.dilate(clear.astype(np.uint8), k) > 0)
-    tri = np.where(solid, 255, 0).astype(np.uint8)
-    tri[unknown] = 128
-    return tri
 
 
 @dataclass(frozen=True)
@@ -84,13 +74,6 @@ class Correction:
         d = asdict(self)
         d["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.created))
         return d
-
-
-def _png(arr: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(arr, cv2.COLOR_RGB2BGR) if arr.ndim == 3 else arr)
-    if not ok:
-        raise CorrectionError("could not encode PNG")
-    return buf.tobytes()
 
 
 class CorrectionStore:
@@ -118,9 +101,9 @@ class CorrectionStore:
         root = self.folder(tenant)
         rec = Correction(uuid.uuid4().hex, tenant, time.time(), name[:255], int(rgb.shape[1]), int(rgb.shape[0]),
                          history_id[:64], model[:64], box[:64])
-        io.write_bytes(io.join(root, "images", f"{rec.id}.png"), _png(rgb))
-        io.write_bytes(io.join(root, "masks", f"{rec.id}.png"), _png(alpha))
-        io.write_bytes(io.join(root, "trimaps", f"{rec.id}.png"), _png(trimap_from_alpha(alpha)))
+        io.write_bytes(io.join(root, "images", f"{rec.id}.png"), encode_png(rgb))
+        io.write_bytes(io.join(root, "masks", f"{rec.id}.png"), encode_png(alpha))
+        io.write_bytes(io.join(root, "trimaps", f"{rec.id}.png"), encode_png(trimap_from_alpha(alpha, radius=TRIMAP_BAND)))
         io.write_text(io.join(root, "records", f"{rec.id}.json"), json.dumps(asdict(rec)) + "\n")
         self.write_list(tenant)
         return rec
