@@ -51,6 +51,7 @@ from matting_lib.postprocess import decontaminate_foreground, encode_image, to_r
 from matting_lib.inference.load import BACKENDS, backend_name, load_predictor
 from matting_lib.inference.predictor import DEFAULT_MAX_SIDE, Predictor, as_rgb
 from matting_lib.refine import MODES as REFINE_MODES
+from matting_lib.resize import side_from_flag
 from ray_jobs.common import SetupError, check_output, fail
 
 INPUT_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -264,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail(f"--batch-size must be >= 1, got {args.batch_size}", code=2)
     try:
         predictor = load_predictor(
-            args.checkpoint, backend=args.backend, refiner_uri=args.refiner, device=args.device, max_side=args.max_side or None,
+            args.checkpoint, backend=args.backend, refiner_uri=args.refiner, device=args.device, max_side=side_from_flag(args.max_side),
             batch_size=args.batch_size, refine=args.refine, subject_prior=not args.no_subject_prior,
         )
         jobs = output_names(list_inputs(args.input), args.output)
@@ -277,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:  # Predictor options: device, max-side, backend; a refiner with an export
         fail(f"invalid option: {e}", code=2)
     print(f"{len(jobs)} image(s) from {args.input} -> {args.output}{f' ({len(skipped)} already done)' if skipped else ''} "
-          f"(model {args.checkpoint} on {backend_name(predictor)}, device {predictor.device}, max side {args.max_side or 'full'}, "
+          f"(model {args.checkpoint} on {backend_name(predictor)}, device {predictor.device}, max side {predictor.max_side or 'full'}, "
           f"refine {predictor.refine})", flush=True)
     log_uri = args.log or io.join(args.output, LOG_NAME)
     t0 = time.perf_counter()

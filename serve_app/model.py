@@ -29,7 +29,9 @@ from matting_lib.inference.predictor import Predictor
 from matting_lib.refine import MODES as REFINE_MODES
 from matting_lib.refine import resolve_mode
 from matting_lib.refine.hints import HintError
+from matting_lib.resize import KEEP, MaxSide
 from serve_app.config import ModelDeploymentSettings
+from serve_app.params import MAX_SIDE, MIN_SIDE
 from serve_app.replica import TRIM_AFTER_PIXELS, checkpoint_label, parse_user_config, release_memory
 
 logger = logging.getLogger("ray.serve")
@@ -75,6 +77,17 @@ class MattingModel:
             predictor.model = ShrinkingSession(predictor.model, s.max_side * s.max_side)
         return predictor
 
+    def _side(self, max_side: MaxSide) -> int:
+        """A request's working long side: :data:`~matting_lib.resize.KEEP` = the configured
+        ``max_side``; an int in [MIN_SIDE, MAX_SIDE] as it is. None (no cap) is refused: MAX_SIDE
+        bounds a replica's memory (the ingress never sends it; a direct caller gets the message)."""
+        if max_side is KEEP:
+            return self.settings.max_side
+        if isinstance(max_side, bool) or not isinstance(max_side, int) or not MIN_SIDE <= max_side <= MAX_SIDE:
+            raise ValueError(f"max_side: must be an int in [{MIN_SIDE}, {MAX_SIDE}] or KEEP (the configured "
+                             f"{self.settings.max_side}); this service has no uncapped size, got {max_side!r}")
+        return max_side
+
     async def reconfigure(self, user_config: Mapping[str, Any] | None) -> None:
         """Hot swap to ``user_config['checkpoint']`` if it differs from the one served.
 
@@ -101,7 +114,8 @@ class MattingModel:
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
     async def predict(self, requests: list[tuple]) -> list[dict[str, Any]]:
-        """Alphas for ``(rgb, max_side, refine[, hints])`` requests; ``max_side`` None = the configured one,
+        """Alphas for ``(rgb, max_side, refine[, hints])`` requests; ``max_side`` an int in
+        [MIN_SIDE, MAX_SIDE] or :data:`~matting_lib.resize.KEEP` = the configured one (:meth:`_side`),
         ``refine`` a mode of :mod:`matting_lib.refine` or ``auto``, ``hints`` a user's box and strokes
         (:class:`matting_lib.refine.hints.Hints`; such requests run one by one,
         :meth:`matting_lib.inference.predictor.Predictor.matte_hinted`).
@@ -111,8 +125,8 @@ class MattingModel:
         refinement that computed it (the whole group it ran in); ``refine`` the mode that ran,
         ``prior`` whether the subject prior stood in for an empty alpha.
 
-        A request whose ``refine`` this model cannot run (unknown, or ``learned`` without a
-        refiner) gets ``{"error": message}`` instead, which the ingress answers with a 422; the
+        A request whose ``refine`` or ``max_side`` this model cannot run (unknown, or ``learned``
+        without a refiner; a side out of range) gets ``{"error": message}`` instead, which the ingress answers with a 422; the
         rest of its batch is served.
         """
         predictor, checkpoint = self.predictor, self.checkpoint  # one model for the whole batch
@@ -125,15 +139,21 @@ class MattingModel:
             except ValueError as e:
                 for i, r in enumerate(requests):
                     errors[i] = f"refine: {e}" if r[2] == mode else errors[i]
+        sides: list[int] = [0] * len(requests)
+        for i, r in enumerate(requests):
+            try:
+                sides[i] = self._side(r[1])
+            except ValueError as e:
+                errors[i] = errors[i] or str(e)
         groups: dict[tuple[int, str], list[int]] = {}
         hinted: list[int] = []
-        for i, (_, side, mode, hints) in enumerate(requests):
+        for i, (_, _, mode, hints) in enumerate(requests):
             if errors[i]:
                 continue
             if hints is not None:
                 hinted.append(i)
             else:
-                groups.setdefault((side or self.settings.max_side, modes[mode]), []).append(i)
+                groups.setdefault((sides[i], modes[mode]), []).append(i)
         alphas: list[np.ndarray | None] = [None] * len(requests)
         forward_ms = [0.0] * len(requests)
         priors = [False] * len(requests)
@@ -145,10 +165,10 @@ class MattingModel:
                 for i, (a, info) in zip(idx, out):
                     alphas[i], forward_ms[i], priors[i] = to_uint8(a), ms, info.prior
             for i in hinted:
-                rgb, side, mode, hints = requests[i]
+                rgb, _, mode, hints = requests[i]
                 t0 = time.perf_counter()
                 try:
-                    a, info = await asyncio.to_thread(predictor.matte_hinted, rgb, hints, side or self.settings.max_side, modes[mode])
+                    a, info = await asyncio.to_thread(predictor.matte_hinted, rgb, hints, sides[i], modes[mode])
                 except HintError as e:  # the ingress checked them; a direct caller may not have
                     errors[i] = f"hints: {e}"
                     continue

@@ -17,6 +17,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
+from matting_lib.resize import KEEP, MaxSide
 from serve_app.config import ServeConfig
 from serve_app.errors import ApiError
 
@@ -84,9 +85,10 @@ class ModelClient:
 
         return dict(await asyncio.gather(*(one(n, h) for n, h in self.handles.items())))
 
-    async def call(self, model: str, rgb: np.ndarray, max_side: int | None, refine: str = "auto",
+    async def call(self, model: str, rgb: np.ndarray, max_side: MaxSide = KEEP, refine: str = "auto",
                    hints: Any = None) -> dict[str, Any]:
-        """The model's answer; a replica that died is retried (matting is idempotent). ``hints``: a
+        """The model's answer; a replica that died is retried (matting is idempotent). ``max_side``:
+        pixels or :data:`~matting_lib.resize.KEEP` (the model's configured one). ``hints``: a
         :class:`matting_lib.refine.hints.Hints`, or None."""
         timeout = self.config.ingress.model_timeout_s
         request = (rgb, max_side, refine) if hints is None else (rgb, max_side, refine, hints)

@@ -49,6 +49,8 @@ class MatteParams(BaseModel):
         None, ge=MIN_SIDE, le=MAX_SIDE,
         description=f"Long side (px) the network works at, in [{MIN_SIDE}, {MAX_SIDE}]; default from the server config.",
     )
+    """Absent (None) = the server's configured side: the pipeline sends :data:`matting_lib.resize.KEEP`
+    to the model for it. The HTTP API has no "no cap" (MAX_SIDE bounds memory)."""
     refine: Literal["auto", "learned", "classical", "off"] = Field(
         "auto", description="Full-resolution refinement of the network's alpha: 'auto' (the model's learned refiner "
         "when it has one, else 'off'), 'learned', 'classical' (colour segmentation + guided filter, slower) or 'off' "
@@ -126,7 +128,8 @@ def check_against_limits(params: MatteParams, model_names: list[str]) -> MattePa
     """Checks that need the server config: a known model, named in any case (``BASE`` as ``format=PNG``
     is). Returns the parameters with the model's configured name (or ``auto``), which is what routing,
     the cache key, the headers and the history then use. (``max_side`` is checked against
-    :data:`MAX_SIDE` by the model itself, so every value over it gets the same message.)"""
+    :data:`MAX_SIDE` by :class:`MatteParams`' pydantic field bounds when the request is parsed, so
+    every value over it gets the same message.)"""
     wanted = params.model.casefold()
     name = "auto" if wanted == "auto" else next((n for n in model_names if n.casefold() == wanted), None)
     if name is None:

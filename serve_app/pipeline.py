@@ -23,6 +23,7 @@ import numpy as np
 from matting_lib import postprocess
 from matting_lib.data.decode import ImageDecodeError, decode_image
 from matting_lib.refine.hints import HintError, Hints
+from matting_lib.resize import KEEP, MaxSide
 from matting_lib.routing import BrightnessRouter, measure_brightness
 from serve_app.admission import PixelBudget
 from serve_app.cache import CachedResult, ResultCache
@@ -36,7 +37,7 @@ VERSION_TTL_S = 2.0
 class Models(Protocol):
     """What the pipeline needs of the models."""
 
-    async def call(self, model: str, rgb: np.ndarray, max_side: int | None, refine: str = "auto",
+    async def call(self, model: str, rgb: np.ndarray, max_side: MaxSide = KEEP, refine: str = "auto",
                    hints: Hints | None = None) -> dict[str, Any]:
         """``{"alpha": uint8 (H, W), "checkpoint": URI, "forward_ms"?: float, "refine"?: mode that ran,
         "prior"?: bool}``; raises :class:`ApiError`."""
@@ -151,10 +152,11 @@ class MattingPipeline:
         user_hints = await asyncio.to_thread(read_hints, rgb, params.box, hints, self.max_pixels)
         t = lap("decode", t)
         model = self.router.pick(brightness) if params.model == "auto" else params.model
+        side = KEEP if params.max_side is None else params.max_side  # HTTP: absent = the server's
         if user_hints is None:  # the plain call, batched with others on the model's side
-            answer = await self.models.call(model, rgb, params.max_side, params.refine)
+            answer = await self.models.call(model, rgb, side, params.refine)
         else:
-            answer = await self.models.call(model, rgb, params.max_side, params.refine, user_hints)
+            answer = await self.models.call(model, rgb, side, params.refine, user_hints)
         t = lap("model", t)
         if "forward_ms" in answer:
             timings["forward"] = answer["forward_ms"]

@@ -13,7 +13,7 @@ from matting_lib.data.decode import ImageDecodeError
 from matting_lib.data.encode import encode_png
 from matting_lib.data.darken import LowlightParams, simulate_lowlight
 from matting_lib.nets import build_model
-from matting_lib.resize import fit_long_side
+from matting_lib.resize import KEEP, fit_long_side
 from matting_lib.inference.predictor import Predictor
 from matting_lib.routing import BrightnessRouter, measure_brightness
 from testkit.data import synthetic_pair
@@ -106,6 +106,24 @@ def test_max_side_policy_is_downscale_predict_upsample(model, rng):
     finally:
         hook.remove()
     assert seen == [(300, 200)]
+
+
+def test_max_side_means_one_thing_keep_none_or_pixels(model, rng):
+    """The predictor follows matting_lib.resize's convention: KEEP (the default) = its own
+    max_side, None = no cap, an int = pixels; 0 and -1 are refused, not read as 'full' or 'keep'."""
+    image = rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)
+    capped, uncapped = Predictor(model, max_side=96), Predictor(model, max_side=None)
+    assert capped.effective_side() == capped.effective_side(KEEP) == 96 and capped.working_side is None
+    assert capped.effective_side(None) is None and uncapped.effective_side() is None
+    np.testing.assert_array_equal(capped.predict(image, KEEP), capped.predict(image))
+    np.testing.assert_array_equal(capped.predict(image, None), uncapped.predict(image))
+    np.testing.assert_array_equal(uncapped.predict(image, 96), capped.predict(image))
+    for bad in (0, -1, 8, True):
+        with pytest.raises(ValueError, match=r"max_side must be an int \[32, 8192\] or None \(no cap\)"):
+            capped.predict(image, bad)
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="max_side"):
+            Predictor(model, max_side=bad)
 
 
 def test_bad_inputs_and_settings(model):

@@ -62,6 +62,19 @@ def test_routes_by_brightness_caches_and_postprocesses():
     assert forced.result.model == "base" and not forced.cache_hit
 
 
+def test_an_absent_max_side_reaches_the_model_as_keep():
+    """HTTP's absent ``max_side`` (None in MatteParams) is the server's configured side: the
+    pipeline translates it to matting_lib.resize.KEEP, the one value that means that."""
+    from matting_lib.resize import KEEP
+
+    models = StubModels({"base": "b1.pt", "lowlight": "l1.pt"})
+    pipe = _pipeline(models)
+    data = encode(photo(32, 32, "bright"))
+    asyncio.run(pipe.matte(data, "a.png", MatteParams()))
+    asyncio.run(pipe.matte(data, "a.png", MatteParams(max_side=64)))
+    assert [c[2] for c in models.calls] == [KEEP, 64]
+
+
 def test_a_swapped_checkpoint_is_a_new_cache_entry():
     models = StubModels({"base": "b1.pt", "lowlight": "l1.pt"})
     pipe = _pipeline(models)

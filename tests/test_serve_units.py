@@ -316,6 +316,7 @@ def test_model_replica_refines_by_request_and_lets_the_prior_find_a_missed_subje
     import numpy as np
     import skimage.data
 
+    from matting_lib.resize import KEEP
     from serve_app.config import ModelDeploymentSettings
     from serve_app.model import MattingModel
     from testkit.serve import make_checkpoint
@@ -327,11 +328,38 @@ def test_model_replica_refines_by_request_and_lets_the_prior_find_a_missed_subje
         model = MattingModel.func_or_class("base", ckpt, ModelDeploymentSettings(max_side=256, device="cpu", subject_prior=prior))
         assert model.info()["refine_modes"] == ["auto", "classical", "off"]  # no learned refiner in this checkpoint
         batch = MattingModel.func_or_class.predict.__wrapped__
-        answers[prior], refused = asyncio.run(batch(model, [(rgb, None, "auto"), (rgb, None, "learned")]))
+        answers[prior], refused = asyncio.run(batch(model, [(rgb, KEEP, "auto"), (rgb, KEEP, "learned")]))
         assert "refiner" in refused["error"] and "alpha" not in refused
     assert answers[False]["refine"] == "off" and not answers[False]["prior"]
     assert (answers[False]["alpha"] >= 128).mean() < 0.005  # empty
     assert answers[True]["prior"] and 0.05 < (answers[True]["alpha"] >= 128).mean() < 0.6
+
+
+def test_model_replica_reads_max_side_as_the_predictor_does(tmp_path):
+    """KEEP = the deployment's configured max_side, the same alpha as asking for it by number and
+    as the predictor's own default; None (no cap) and sides outside [MIN_SIDE, MAX_SIDE] get an
+    error of their own (MAX_SIDE bounds memory) while the rest of the batch is served."""
+    import asyncio
+
+    import numpy as np
+
+    from matting_lib.resize import KEEP
+    from serve_app.config import ModelDeploymentSettings
+    from serve_app.model import MattingModel, to_uint8
+    from serve_app.params import MAX_SIDE
+    from testkit.serve import make_checkpoint
+
+    model = MattingModel.func_or_class("base", make_checkpoint(tmp_path / "a.pt", 1), ModelDeploymentSettings(max_side=64, device="cpu"))
+    rgb = photo(150, 100, "bright")
+    batch = MattingModel.func_or_class.predict.__wrapped__
+    keep, by_number, bigger, none, over = asyncio.run(batch(model, [(rgb, KEEP, "off"), (rgb, 64, "off"), (rgb, 128, "off"),
+                                                                    (rgb, None, "off"), (rgb, MAX_SIDE + 1, "off")]))
+    expected = to_uint8(model.predictor.predict(rgb, refine="off"))
+    np.testing.assert_array_equal(keep["alpha"], expected)
+    np.testing.assert_array_equal(by_number["alpha"], expected)
+    assert not np.array_equal(bigger["alpha"], expected)  # an explicit side is used
+    for refused in (none, over):
+        assert "alpha" not in refused and "max_side" in refused["error"] and str(MAX_SIDE) in refused["error"]
 
 
 # --------------------------------------------------------------------------- memory of a large request

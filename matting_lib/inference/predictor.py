@@ -11,7 +11,9 @@ resizing and batching policy below. :func:`matting_lib.inference.load.load_predi
 entry point that chooses.
 
 Policy for big inputs: the network sees the image resized (area averaging) so its long side
-is at most ``max_side`` and at most the model's own ``working_side`` (its config: the scale it
+is at most ``max_side`` (the convention of :mod:`matting_lib.resize`: None = no cap, and in a
+call :data:`~matting_lib.resize.KEEP`, the default, = the predictor's own) and at most the
+model's own ``working_side`` (its config: the scale it
 was trained to see; the smaller wins). Its coarse alpha then goes through the refinement stage,
 :func:`matting_lib.refine.refine_alpha`, which decides every pixel at the input's own size:
 ``learned`` (the checkpoint's attached refiner, the default when there is one), ``classical``,
@@ -33,7 +35,7 @@ import torch
 from torch import nn
 
 from matting_lib.data.decode import MAX_PIXELS, decode_image
-from matting_lib.resize import downscale_long_side
+from matting_lib.resize import KEEP, MaxSide, check_side, downscale_long_side
 from matting_lib.refine import RefineInfo, RefineParams, refine_alpha, resolve_mode
 from matting_lib.refine.hints import Hints, StrokeParams, apply_strokes, shrink_mask
 
@@ -41,6 +43,7 @@ ImageInput = Union[np.ndarray, bytes, bytearray, memoryview]
 """A uint8 RGB array (H, W, 3), a grey (H, W) array, or an encoded image file."""
 
 DEFAULT_MAX_SIDE = 1024
+MAX_SIDE_RANGE = (32, 8192)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -98,7 +101,8 @@ class Predictor:
     model: nn.Module
     device: torch.device = field(default_factory=lambda: resolve_device("auto"))
     max_side: int | None = DEFAULT_MAX_SIDE
-    """Long side the network works at; larger inputs are downscaled, their alpha upsampled."""
+    """Long side the network works at; larger inputs are downscaled, their alpha upsampled
+    (None = no cap: the network sees the full size, unless the model's own ``working_side`` caps it)."""
     batch_size: int = 4
     """Largest forward pass."""
     precision: str = "off"
@@ -139,21 +143,23 @@ class Predictor:
         return self.refiner is not None
 
     @property
-    def working_side(self) -> int:
-        """The model's own working long side (``ModelConfig.working_side``; 0 = none)."""
+    def working_side(self) -> int | None:
+        """The model's own working long side, None when it has none (``ModelConfig.working_side``,
+        whose YAML key keeps its ``0`` = none, is translated here)."""
         cfg = self.metadata.get("model_config") or getattr(self.model, "config", None)
-        return int(getattr(cfg, "working_side", 0) or 0)
+        return int(getattr(cfg, "working_side", 0) or 0) or None
 
-    def effective_side(self, max_side: int | None = -1) -> int | None:
-        """The long side the network works at for a call with ``max_side`` (-1 = the predictor's)."""
-        side = self.max_side if max_side == -1 else max_side
-        own = self.working_side
-        return (min(side, own) if side else own) if own else side
+    def effective_side(self, max_side: MaxSide = KEEP) -> int | None:
+        """The long side the network works at for a call with ``max_side`` (:data:`KEEP` = the
+        predictor's, None = no cap of the call's own): the smaller of it and :attr:`working_side`,
+        None when neither caps."""
+        side = self.max_side if max_side is KEEP else check_side(max_side, "max_side", *MAX_SIDE_RANGE)
+        caps = [c for c in (side, self.working_side) if c is not None]
+        return min(caps) if caps else None
 
     def _check_policy(self) -> None:
         """Validate the backend-independent settings (``max_side``, ``batch_size``)."""
-        if self.max_side is not None and not (32 <= int(self.max_side) <= 8192):
-            raise ValueError(f"max_side must be in [32, 8192] or None, got {self.max_side}")
+        self.max_side = check_side(self.max_side, "max_side", *MAX_SIDE_RANGE)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
@@ -184,7 +190,7 @@ class Predictor:
 
         return shared_prior()
 
-    def matte_batch(self, images: Sequence[ImageInput], max_side: int | None = -1,
+    def matte_batch(self, images: Sequence[ImageInput], max_side: MaxSide = KEEP,
                     refine: str | None = None) -> list[tuple[np.ndarray, RefineInfo]]:
         """Like :meth:`predict_batch`, with what the refinement stage did for each image."""
         mode = self.refine if refine is None else resolve_mode(refine, self.has_refiner)
@@ -206,7 +212,7 @@ class Predictor:
         return [refine_alpha(rgb, lr, a, mode, coefficients, prior, self.refine_params)
                 for rgb, lr, a in zip(rgbs, work, small)]
 
-    def matte_hinted(self, image: ImageInput, hints: Hints, max_side: int | None = -1, refine: str | None = None,
+    def matte_hinted(self, image: ImageInput, hints: Hints, max_side: MaxSide = KEEP, refine: str | None = None,
                      strokes: StrokeParams = StrokeParams()) -> tuple[np.ndarray, RefineInfo]:
         """One image's alpha with a user's corrections (:mod:`matting_lib.refine.hints`): the network
         sees the box's crop (the whole image without a box) at its working size, strokes correct its
@@ -238,16 +244,16 @@ class Predictor:
         alpha[y0:y1, x0:x1] = alpha_crop
         return alpha, info
 
-    def predict_batch(self, images: Sequence[ImageInput], max_side: int | None = -1,
+    def predict_batch(self, images: Sequence[ImageInput], max_side: MaxSide = KEEP,
                       refine: str | None = None) -> list[np.ndarray]:
         """Alpha mattes, float32 (H, W) in [0, 1] at each input's own size, in input order.
 
-        ``max_side``: override the predictor's working long side for this call (-1 = keep); the
-        model's own ``working_side`` still caps it. ``refine``: the refinement mode for this
+        ``max_side``: override the predictor's working long side for this call (:data:`KEEP`, the
+        default, = the predictor's; None = no cap); the model's own ``working_side`` still caps it. ``refine``: the refinement mode for this
         call (None = the predictor's :attr:`refine`).
         """
         return [a for a, _ in self.matte_batch(images, max_side, refine)]
 
-    def predict(self, image: ImageInput, max_side: int | None = -1, refine: str | None = None) -> np.ndarray:
+    def predict(self, image: ImageInput, max_side: MaxSide = KEEP, refine: str | None = None) -> np.ndarray:
         """Alpha matte of one image, float32 (H, W) in [0, 1] at the input's size."""
         return self.predict_batch([image], max_side=max_side, refine=refine)[0]

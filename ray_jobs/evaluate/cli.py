@@ -27,6 +27,7 @@ from matting_lib.inference.load import BACKENDS, backend_name, parameter_count
 from matting_lib.inference.predictor import DEFAULT_MAX_SIDE
 from matting_lib.refine import MODES as REFINE_MODES
 from matting_lib.refine import resolve_mode
+from matting_lib.resize import side_from_flag
 from matting_lib.report import save_grid
 from matting_lib.routing import DEFAULT_THRESHOLD, BrightnessRouter
 from ray_jobs.common import SetupError, check_output, fail
@@ -191,7 +192,7 @@ def make_spec(args: argparse.Namespace) -> tuple[EvalSpec, list[str], dict[str, 
     spec = EvalSpec(
         data=args.data, models=models, conditions=conditions, routed=args.routed,
         router_threshold=args.router_threshold, baseline=None if args.no_baseline else GrabCutParams(),
-        max_side=args.max_side or None, device=args.device, backend=args.backend, grid_names=frozenset(names[: args.grid]),
+        max_side=side_from_flag(args.max_side), device=args.device, backend=args.backend, grid_names=frozenset(names[: args.grid]),
         alphas_uri=io.join(args.out, "alphas") if args.save_alphas else "", folds=folds,
         refine=tuple(args.refine), refiner=args.refiner, subject_prior=not args.no_subject_prior,
     )
