@@ -23,7 +23,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from matting_lib.resize import fit_long_side
+from matting_lib.resize import downscale_long_side, fit_long_side
 
 
 @dataclass(frozen=True)
@@ -156,21 +156,19 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray, max_side: int | No
     a = np.asarray(alpha, np.float64)
     img = image.astype(np.float64) / 255.0
     h, w = a.shape
-    downscaled = max_side is not None and max(h, w) > max_side
+    downscaled = fit_long_side(h, w, max_side) != (h, w)
     if not downscaled:
         fg = estimate_foreground_ml(img, a)  # float32
         if policy.upsample == "correction":
             fg = np.asarray(fg, np.float64)  # serving rounds in float64; synthesis keeps the estimate's float32
     else:
-        sh, sw = fit_long_side(h, w, max_side)
-        size = (sw, sh)  # cv2 wants (w, h)
-        a_s = cv2.resize(a, size, interpolation=cv2.INTER_AREA)
+        a_s = downscale_long_side(a, max_side)
         if policy.upsample == "correction":
-            img_s = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+            img_s = downscale_long_side(img, max_side)
             corr = estimate_foreground_ml(img_s, a_s) - img_s
             fg = img + cv2.resize(corr, (w, h), interpolation=cv2.INTER_LINEAR)
         else:
-            img_s = cv2.resize(image, size, interpolation=cv2.INTER_AREA).astype(np.float64) / 255.0
+            img_s = downscale_long_side(image, max_side).astype(np.float64) / 255.0
             small = np.ascontiguousarray(estimate_foreground_ml(img_s, a_s), dtype=np.float32)
             fg = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float64)
         fg = np.asarray(fg, np.float64)

@@ -31,6 +31,7 @@ import numpy as np
 
 from matting_lib import io
 from matting_lib.postprocess import encode_image
+from matting_lib.resize import resize_long_side
 
 __all__ = ["ReportRow", "grid_columns", "render_grid", "save_grid", "checkerboard", "cutout_on_checkerboard", "alpha_to_grey"]
 
@@ -101,11 +102,8 @@ def _check_rgb(image: np.ndarray, name: str) -> np.ndarray:
 
 def _fit(tile_img: np.ndarray, tile: int) -> np.ndarray:
     """Fit an RGB image into a ``tile`` x ``tile`` box (centred, aspect kept) on BACKGROUND."""
-    h, w = tile_img.shape[:2]
-    s = tile / max(h, w)
-    nh, nw = max(1, round(h * s)), max(1, round(w * s))
-    interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
-    small = tile_img if (nh, nw) == (h, w) else cv2.resize(tile_img, (nw, nh), interpolation=interp)
+    small = resize_long_side(tile_img, tile)
+    nh, nw = small.shape[:2]
     box = np.empty((tile, tile, 3), np.uint8)
     box[:] = BACKGROUND
     y0, x0 = (tile - nh) // 2, (tile - nw) // 2

@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 
 from matting_lib import io
+from matting_lib.resize import downscale_long_side
 from serve_app.config import HistorySettings
 
 ID_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -103,11 +104,7 @@ def make_thumbnail(encoded: bytes, side: int) -> bytes | None:
     arr = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None or arr.size == 0:
         return None
-    h, w = arr.shape[:2]
-    scale = side / max(h, w)
-    if scale < 1:
-        arr = cv2.resize(arr, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    ok, buf = cv2.imencode(".png", arr)
+    ok, buf = cv2.imencode(".png", downscale_long_side(arr, side))
     return buf.tobytes() if ok else None
 
 

@@ -18,11 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-import cv2
 import numpy as np
 
 from matting_lib import io
 from matting_lib.data.decode import decode_image, decode_mask
+from matting_lib.resize import resize_long_side
 
 
 def fetch_pair(row: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -39,12 +39,8 @@ def letterbox(image: np.ndarray, alpha: np.ndarray, size: int) -> tuple[np.ndarr
 
     Returns (image, alpha, valid) with valid = 1 on real pixels.
     """
-    h, w = alpha.shape[:2]
-    scale = size / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    im = cv2.resize(image, (nw, nh), interpolation=interp)
-    al = cv2.resize(alpha, (nw, nh), interpolation=interp)
+    im, al = resize_long_side(image, size), resize_long_side(alpha, size)
+    nh, nw = al.shape[:2]
     out_im = np.zeros((size, size, 3), np.uint8)
     out_al = np.zeros((size, size), np.uint8)
     valid = np.zeros((size, size), np.uint8)

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from matting_lib.foreground import SYNTHESIS, estimate_foreground as _foreground
+from matting_lib.resize import resize_to
 
 
 def _alpha01(alpha: np.ndarray) -> np.ndarray:
@@ -32,10 +33,8 @@ def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
 
 
 def _resize(x: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """cv2 resize to (h, w): area filter to shrink, bilinear to enlarge."""
-    h, w = hw
-    shrink = h * w < x.shape[0] * x.shape[1]
-    return cv2.resize(x, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    """Resize to (h, w): :func:`matting_lib.resize.resize_to` (area to shrink, bilinear to enlarge)."""
+    return resize_to(x, *hw)
 
 
 # --------------------------------------------------------------------------- foreground

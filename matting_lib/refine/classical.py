@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from matting_lib.refine.apply import apply_coefficients, upsample_alpha
+from matting_lib.resize import downscale_long_side, fit_long_side
 
 
 @dataclass(frozen=True)
@@ -127,9 +128,8 @@ def classical_refine(image: np.ndarray, coarse: np.ndarray, params: ClassicalPar
     (float32 (h, w) in [0, 1], any size). See the module docstring."""
     p = params or ClassicalParams()
     h, w = image.shape[:2]
-    s = min(1.0, p.work_side / max(h, w))
-    wh, ww = max(1, round(h * s)), max(1, round(w * s))
-    work = image if (wh, ww) == (h, w) else cv2.resize(image, (ww, wh), interpolation=cv2.INTER_AREA)
+    wh, ww = fit_long_side(h, w, p.work_side)
+    work = downscale_long_side(image, p.work_side)
     prior = upsample_alpha(coarse, wh, ww) if coarse.shape[0] <= wh else cv2.resize(coarse, (ww, wh), interpolation=cv2.INTER_AREA)
     seg = segment_from_prior(work, prior, p)
     return apply_coefficients(guided_coefficients(work, seg, p.radius, p.eps), image)

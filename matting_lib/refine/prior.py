@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from matting_lib.refine.classical import grabcut_labels, prior_labels
+from matting_lib.resize import downscale_long_side
 
 
 SCENE_CLASSES = (970, 972, 973, 974, 975, 976, 977, 978, 979, 980)
@@ -100,15 +101,14 @@ class SubjectPrior:
         The segmentation runs at a long side of at most ``params.side``."""
         p = self.params
         h, w = image.shape[:2]
-        s = min(1.0, p.side / max(h, w))
-        small = image if s == 1.0 else cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+        small = downscale_long_side(image, p.side)
         cam, belief = self.activation(small)
         if belief < p.min_probability:
             return np.zeros((h, w), np.float32)
         hard = grabcut_labels(small, prior_labels(cam, p.sure, p.probable, p.background), p.iterations, 0)
         if hard is None:
             return np.zeros((h, w), np.float32)
-        return hard if s == 1.0 else (cv2.resize(hard, (w, h), interpolation=cv2.INTER_LINEAR) >= 0.5).astype(np.float32)
+        return hard if small is image else (cv2.resize(hard, (w, h), interpolation=cv2.INTER_LINEAR) >= 0.5).astype(np.float32)
 
 
 _SHARED: SubjectPrior | None = None
