@@ -29,6 +29,8 @@ import math
 import numpy as np
 from scipy import ndimage
 
+from matting_lib.alpha import alpha_to_unit
+
 __all__ = [
     "sad",
     "mse",
@@ -44,35 +46,12 @@ UNKNOWN = 128  # trimap value of the scored (unknown) region
 
 
 # ----------------------------------------------------------------------------- input handling
-def _to_unit(alpha: np.ndarray, name: str) -> np.ndarray:
-    """(H, W) uint8 0..255 or float [0, 1] -> float64 [0, 1]."""
-    a = np.asarray(alpha)
-    if a.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (H, W) alpha matte, got shape {a.shape}")
-    if a.dtype == np.uint8:
-        return a.astype(np.float64) / 255.0
-    if a.dtype == np.bool_:
-        return a.astype(np.float64)
-    if not np.issubdtype(a.dtype, np.floating):
-        raise ValueError(f"{name} must be uint8 (0..255) or float (0..1), got dtype {a.dtype}")
-    a = a.astype(np.float64)
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} contains NaN or inf")
-    lo, hi = float(a.min()), float(a.max())
-    if lo < -1e-3 or hi > 1 + 1e-3:
-        raise ValueError(
-            f"{name} float values must lie in [0, 1], got [{lo:.4g}, {hi:.4g}]; "
-            "pass uint8 for 0..255 mattes"
-        )
-    return np.clip(a, 0.0, 1.0)
-
-
 def _prepare(pred, gt, trimap) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Convert and check inputs; returns (pred, gt, mask) with mask the scored pixels (bool)."""
     p_shape, g_shape = np.shape(pred), np.shape(gt)
     if p_shape != g_shape:
         raise ValueError(f"pred shape {p_shape} != gt shape {g_shape}")
-    p, g = _to_unit(pred, "pred"), _to_unit(gt, "gt")
+    p, g = alpha_to_unit(pred, "pred"), alpha_to_unit(gt, "gt")
     if trimap is None:
         mask = np.ones(p.shape, dtype=bool)
     else:

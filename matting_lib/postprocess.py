@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from matting_lib.alpha import alpha_to_unit
 from matting_lib.data.encode import FORMATS, encode_image
 from matting_lib.foreground import DECONTAMINATE, estimate_foreground
 
@@ -53,16 +54,7 @@ which a person sees as a transparent image."""
 # ----------------------------------------------------------------------------- input checks
 def _as_alpha(alpha: np.ndarray) -> np.ndarray:
     """(H, W) uint8 0..255 or float [0, 1] -> float32 [0, 1] (a new array)."""
-    a = np.asarray(alpha)
-    if a.ndim != 2:
-        raise ValueError(f"alpha must be (H, W), got shape {a.shape}")
-    if a.dtype == np.uint8:
-        return a.astype(np.float32) / 255.0
-    if not np.issubdtype(a.dtype, np.floating):
-        raise ValueError(f"alpha must be uint8 or float, got dtype {a.dtype}")
-    if not np.all(np.isfinite(a)) or a.min() < -1e-3 or a.max() > 1 + 1e-3:
-        raise ValueError("float alpha must be finite and in [0, 1]")
-    return np.clip(a, 0.0, 1.0).astype(np.float32)
+    return alpha_to_unit(alpha, "alpha", np.float32)
 
 
 def _check_image(image: np.ndarray, alpha: np.ndarray | None = None) -> np.ndarray:

@@ -278,3 +278,30 @@ def test_empty_unknown_region():
     r = M.evaluate_all(pred, gt, trimap)
     assert r["sad"] == r["grad"] == r["conn"] == 0.0
     assert all(math.isnan(r[k]) for k in ("mse", "mad", "psnr", "ssim"))
+
+
+def test_metrics_post_processing_and_synthesis_read_a_matte_by_one_rule(rng):
+    """matting_lib.alpha.alpha_to_unit is the one uint8-or-float -> [0, 1] rule: the metrics,
+    the serving chain and synthesis convert and refuse the same inputs the same way."""
+    from matting_lib import postprocess
+    from matting_lib.alpha import alpha_to_unit
+    from matting_lib.data.synthesis import composite
+
+    a8 = rng.integers(0, 256, (12, 9), dtype=np.uint8)
+    af = a8.astype(np.float32) / 255.0
+    np.testing.assert_array_equal(alpha_to_unit(a8), a8 / 255.0)
+    np.testing.assert_allclose(alpha_to_unit(af), a8 / 255.0, atol=1e-7)
+    zeros = np.zeros_like(af)
+    assert M.mad(a8, zeros) == pytest.approx(float((a8 / 255.0).mean()), abs=1e-12)
+    np.testing.assert_array_equal(postprocess.threshold_alpha(a8, 0.0), (a8 / np.float32(255)).astype(np.float32))
+    fg, bg = np.full((12, 9, 3), 255, np.uint8), np.zeros((12, 9, 3), np.uint8)
+    np.testing.assert_array_equal(composite(fg, a8, bg), composite(fg, af, bg))
+    nan = af.copy()
+    nan[3, 4] = np.nan
+    for bad, message in ((af * 2, r"\[0, 1\]"), (af.astype(np.int32), "dtype"), (nan, "NaN")):
+        for call in (lambda x: M.mad(x, zeros), lambda x: postprocess.threshold_alpha(x, 0.0), lambda x: composite(fg, x, bg)):
+            with pytest.raises(ValueError, match=message):
+                call(bad)
+    for call in (lambda x: M.mad(x, x), lambda x: postprocess.threshold_alpha(x, 0.0)):
+        with pytest.raises(ValueError, match="2-D"):
+            call(af[None])

@@ -35,6 +35,7 @@ from typing import Union
 
 import numpy as np
 
+from matting_lib.alpha import alpha_to_unit
 from matting_lib.data.luma import luminance
 
 Range = Union[float, tuple[float, float]]
@@ -168,7 +169,7 @@ def lowlight_composite(
     _check_image(bg, "bg")
     if not 0 < ratio[0] <= ratio[1]:
         raise ValueError(f"ratio: expected 0 < low <= high, got {ratio}")
-    a = alpha.astype(np.float64) / 255.0 if alpha.dtype == np.uint8 else alpha.astype(np.float64)
+    a = alpha_to_unit(alpha)
     p = (params or LowlightParams()).sample(rng)
     _, scale_max = _as_range((params or LowlightParams()).scale, "scale")
     x = bg.astype(np.float64) / 255.0

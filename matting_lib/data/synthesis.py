@@ -17,15 +17,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from matting_lib.alpha import alpha_to_unit
 from matting_lib.foreground import SYNTHESIS, estimate_foreground as _foreground
 from matting_lib.resize import resize_to
-
-
-def _alpha01(alpha: np.ndarray) -> np.ndarray:
-    """uint8 [0, 255] or float [0, 1] alpha -> float64 [0, 1]."""
-    if alpha.dtype == np.uint8:
-        return alpha.astype(np.float64) / 255.0
-    return np.clip(alpha.astype(np.float64), 0.0, 1.0)
 
 
 def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
@@ -57,7 +51,7 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray, max_side: int | No
         raise ValueError(f"image: expected uint8 (H, W, 3), got {image.dtype} {image.shape}")
     if alpha.shape != image.shape[:2]:
         raise ValueError(f"alpha: shape {alpha.shape} != image shape {image.shape[:2]}")
-    return _foreground(image, _alpha01(alpha), max_side, SYNTHESIS)
+    return _foreground(image, alpha_to_unit(alpha), max_side, SYNTHESIS)
 
 
 # --------------------------------------------------------------------------- compositing
@@ -72,7 +66,7 @@ def composite(fg: np.ndarray, alpha: np.ndarray, bg: np.ndarray) -> np.ndarray:
     """
     if fg.shape != bg.shape or fg.shape[:2] != alpha.shape:
         raise ValueError(f"composite: shapes differ: fg {fg.shape}, alpha {alpha.shape}, bg {bg.shape}")
-    a = _alpha01(alpha)[..., None]
+    a = alpha_to_unit(alpha)[..., None]
     out = a * fg.astype(np.float64) + (1.0 - a) * bg.astype(np.float64)
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
@@ -121,7 +115,7 @@ def touching_sides(alpha: np.ndarray, min_frac: float = 0.03) -> frozenset[str]:
     A foreground cut by the photo frame (a plush toy standing on the bottom edge) looks cut
     off in mid-air when pasted anywhere; :func:`random_composite` keeps such sides on the canvas border.
     """
-    a = _alpha01(alpha) >= 0.5
+    a = alpha_to_unit(alpha) >= 0.5
     borders = {"top": a[0], "bottom": a[-1], "left": a[:, 0], "right": a[:, -1]}
     return frozenset(k for k, v in borders.items() if v.mean() >= min_frac and v.sum() >= 3)
 
@@ -217,7 +211,7 @@ def random_composite(
     anchor = frozenset(anchor)
     if not anchor <= set(SIDES):
         raise ValueError(f"anchor: unknown sides {sorted(anchor - set(SIDES))}; valid: {', '.join(SIDES)}")
-    a8 = alpha if alpha.dtype == np.uint8 else np.round(_alpha01(alpha) * 255).astype(np.uint8)
+    a8 = alpha if alpha.dtype == np.uint8 else np.round(alpha_to_unit(alpha) * 255).astype(np.uint8)
     fg, a8 = crop_to_alpha(fg, a8)
     s = rng.uniform(*scale_range) * max(H, W) / max(a8.shape)
     if {"top", "bottom"} <= anchor:  # cut by both frame sides: must span the canvas on that axis
@@ -247,7 +241,7 @@ def random_composite(
 def harmonize_colour(fg: np.ndarray, alpha: np.ndarray, bg: np.ndarray, strength: float) -> np.ndarray:
     """``fg`` (uint8 RGB) shifted by ``strength`` x (mean colour of ``bg`` - alpha-weighted mean
     colour of ``fg``): the subject takes on some of the scene's light. strength 0 = unchanged."""
-    a = _alpha01(alpha)
+    a = alpha_to_unit(alpha)
     total = a.sum()
     if total <= 0 or strength <= 0:
         return fg
@@ -274,7 +268,7 @@ def photo_crop(
     that does, else the whole photo). Returns (image uint8 (H, W, 3), alpha uint8 (H, W)).
     """
     oh, ow = _hw(out_size)
-    a8 = alpha if alpha.dtype == np.uint8 else np.round(_alpha01(alpha) * 255).astype(np.uint8)
+    a8 = alpha if alpha.dtype == np.uint8 else np.round(alpha_to_unit(alpha) * 255).astype(np.uint8)
     h, w = a8.shape
     mass = cv2.integral(a8.astype(np.float64) / 255.0)
     total = mass[-1, -1]
