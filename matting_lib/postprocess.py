@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import numbers
 import re
-from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Optional
 
 import cv2
 import numpy as np
+from pydantic import AfterValidator, ConfigDict, Field, field_validator
+from pydantic.dataclasses import dataclass
 
 from matting_lib.alpha import alpha_to_unit
 from matting_lib.data.encode import FORMATS, encode_image
@@ -192,43 +194,45 @@ def replace_background(fg: np.ndarray, alpha: np.ndarray, color: str | tuple[int
 
 
 # ----------------------------------------------------------------------------- the chain
-@dataclass(frozen=True)
+def _colour(value: str) -> str:
+    parse_color(value)  # ValueError naming the accepted forms
+    return value
+
+
+Colour = Annotated[str, AfterValidator(_colour)]
+"""A background colour: '#rrggbb' or '#rgb' (:func:`parse_color`)."""
+
+
+@dataclass(frozen=True, config=ConfigDict(strict=True, extra="forbid", allow_inf_nan=False))
 class PostprocessParams:
-    """Serving-time post-processing settings; validated on construction."""
+    """Serving-time post-processing settings; validated on construction (pydantic, strict: no
+    ``"5"`` for 5, no ``True`` for 1; NumPy scalars count as their Python values).
 
-    output: str = "rgba"
-    """'rgba' (cut-out with alpha), 'alpha' (grey matte) or 'composite' (on ``background``)."""
-    background: str | None = None
-    """Background colour '#rrggbb'/'#rgb' for 'composite', and for 'rgba' saved as JPEG; None = white."""
-    format: str = "png"
-    """'png', 'jpeg' or 'webp'. JPEG with output 'rgba' composites onto ``background``."""
-    threshold: float = 0.0
-    """Alpha below this becomes 0, in [0, 1] (a 0..255 UI value v is v/255, e.g. 20 -> 0.078)."""
-    erosion: int = 0
-    """Erosion kernel diameter in pixels, [0, 51]; 0 or 1 = off."""
-    feather: int = 0
-    """Feathering radius in pixels, [0, 50]; 0 = off."""
-    decontaminate: bool = False
-    """Estimate foreground colours (multilevel estimate, :mod:`matting_lib.foreground`) to remove background colour bleed."""
-    quality: int = 90
-    """JPEG/WebP quality, [1, 100]; ignored for PNG."""
+    The one declaration of these eight fields: :class:`serve_app.params.MatteParams` takes its
+    request parameters (bounds, defaults, descriptions) from here; pydantic's ValidationError is
+    a ValueError that names the field."""
 
-    def __post_init__(self) -> None:
-        if self.output not in OUTPUTS:
-            raise ValueError(f"output must be one of {OUTPUTS}, got {self.output!r}")
-        if self.format not in FORMATS:
-            raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
-        if self.background is not None:
-            try:
-                parse_color(self.background)
-            except ValueError as e:
-                raise ValueError(f"background: {e}") from None
-        _check_unit("threshold", self.threshold)
-        _check_int("erosion", self.erosion, 0, MAX_EROSION)
-        _check_int("feather", self.feather, 0, MAX_FEATHER)
-        if not isinstance(self.decontaminate, bool):
-            raise ValueError(f"decontaminate must be a bool, got {self.decontaminate!r}")
-        _check_int("quality", self.quality, 1, 100)
+    output: Literal[OUTPUTS] = Field(
+        "rgba", description="'rgba' cut-out, bare 'alpha' matte, or 'composite' on the background colour."
+    )
+    background: Optional[Colour] = Field(
+        None, description="Background colour '#rrggbb' or '#rgb' for 'composite' (and 'rgba' as JPEG); default white."
+    )
+    format: Literal[FORMATS] = Field("png", description="Encoding of the result ('jpg' = 'jpeg').")
+    threshold: float = Field(
+        0.0, ge=0.0, le=1.0, description="Alpha below this becomes 0, in [0, 1]."
+    )
+    """(a 0..255 UI value v is v/255, e.g. 20 -> 0.078)"""
+    erosion: int = Field(0, ge=0, le=MAX_EROSION, description="Erosion kernel diameter in px (0 or 1 = off).")
+    feather: int = Field(0, ge=0, le=MAX_FEATHER, description="Feathering radius in px (0 = off).")
+    decontaminate: bool = Field(False, description="Remove background colour bleed from the foreground (slower).")
+    """(multilevel foreground estimate, :mod:`matting_lib.foreground`)"""
+    quality: int = Field(90, ge=1, le=100, description="JPEG/WebP quality.")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _python_scalars(cls, value: Any) -> Any:
+        return value.item() if isinstance(value, np.generic) else value
 
 
 def apply(image: np.ndarray, alpha: np.ndarray, params: PostprocessParams) -> bytes:

@@ -10,9 +10,9 @@ import hashlib
 import json
 from typing import Any, Literal, Mapping, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, create_model, field_validator
 
-from matting_lib.postprocess import MAX_EROSION, MAX_FEATHER, PostprocessParams, parse_color
+from matting_lib.postprocess import PostprocessParams
 from matting_lib.refine.hints import parse_box
 from serve_app.errors import ApiError
 
@@ -25,26 +25,29 @@ It bounds a model replica's memory: one 6000x6000 request at 2048 peaks at about
 4096 took 5.6-5.8 GB (``bench/memory.py``; ``bench/RELIABILITY.md``, "Memory of the largest request")."""
 
 
-class MatteParams(BaseModel):
-    """What to compute and how to deliver it."""
+_PARAMS_CONFIG = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+# allow_inf_nan=False: 'nan' or 'inf' for a float is refused as "Input should be a finite number",
+# not with a range message ("should be <= 1") that a NaN cannot act on. Not strict: query strings
+# and form fields arrive as text ("5", "true").
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-    # allow_inf_nan=False: 'nan' or 'inf' for a float is refused as "Input should be a finite number",
-    # not with a range message ("should be <= 1") that a NaN cannot act on.
+_POSTPROCESS_FIELDS = tuple(PostprocessParams.__pydantic_fields__)
+
+_PostprocessFields = create_model(
+    "_PostprocessFields", __config__=_PARAMS_CONFIG, __module__=__name__,
+    **{name: (f.annotation, f) for name, f in PostprocessParams.__pydantic_fields__.items()},
+)
+"""matting_lib's :class:`~matting_lib.postprocess.PostprocessParams` as a pydantic model: its eight
+fields (types, bounds, defaults, descriptions, the colour check) are declared there, once."""
+
+
+class MatteParams(_PostprocessFields):
+    """What to compute and how to deliver it: the post-processing fields of
+    :class:`matting_lib.postprocess.PostprocessParams`, then the model, size, refinement, hints
+    and history of this request."""
+
+    model_config = _PARAMS_CONFIG
 
     model: str = Field("auto", description="'auto' (brightness routing) or a model name from /v1/models to force it.")
-    output: Literal["rgba", "alpha", "composite"] = Field(
-        "rgba", description="'rgba' cut-out, bare 'alpha' matte, or 'composite' on the background colour."
-    )
-    background: Optional[str] = Field(
-        None, description="Background colour '#rrggbb' or '#rgb' for 'composite' (and 'rgba' as JPEG); default white."
-    )
-    format: Literal["png", "jpeg", "webp"] = Field("png", description="Encoding of the result ('jpg' = 'jpeg').")
-    threshold: float = Field(0.0, ge=0.0, le=1.0, description="Alpha below this becomes 0, in [0, 1].")
-    erosion: int = Field(0, ge=0, le=MAX_EROSION, description="Erosion kernel diameter in px (0 or 1 = off).")
-    feather: int = Field(0, ge=0, le=MAX_FEATHER, description="Feathering radius in px (0 = off).")
-    decontaminate: bool = Field(False, description="Remove background colour bleed from the foreground (slower).")
-    quality: int = Field(90, ge=1, le=100, description="JPEG/WebP quality.")
     max_side: Optional[int] = Field(
         None, ge=MIN_SIDE, le=MAX_SIDE,
         description=f"Long side (px) the network works at, in [{MIN_SIDE}, {MAX_SIDE}]; default from the server config.",
@@ -80,26 +83,14 @@ class MatteParams(BaseModel):
     def _jpg(cls, v: Any) -> Any:
         return "jpeg" if isinstance(v, str) and v.lower() in ("jpg", "jpeg") else (v.lower() if isinstance(v, str) else v)
 
-    @field_validator("background")
+    @field_validator("background", mode="before")
     @classmethod
-    def _colour(cls, v: Optional[str]) -> Optional[str]:
-        if v in (None, ""):
-            return None
-        parse_color(v)  # raises ValueError with the accepted forms
-        return v
+    def _blank_colour(cls, v: Any) -> Any:
+        return None if v == "" else v  # an empty form field = the default (white)
 
     def postprocess(self) -> PostprocessParams:
         """The matting_lib post-processing settings."""
-        return PostprocessParams(
-            output=self.output,
-            background=self.background,
-            format=self.format,
-            threshold=self.threshold,
-            erosion=self.erosion,
-            feather=self.feather,
-            decontaminate=self.decontaminate,
-            quality=self.quality,
-        )
+        return PostprocessParams(**self.model_dump(include=set(_POSTPROCESS_FIELDS)))
 
     def result_key(self) -> str:
         """Everything that changes the result bytes, as a stable string (for the cache)."""

@@ -484,3 +484,22 @@ def test_web_ui_fills_the_batch_table_from_the_archive_log():
     assert html.index('src="/static/batchlog.js"') < html.index('src="/static/app.js"')
     app = (static / "app.js").read_text()
     assert "showBatchLog(blob)" in app and "readBatchLog(" in app and "zipEntries(" in app
+
+
+def test_request_parameters_take_the_post_processing_fields_from_matting_lib():
+    """One declaration of the eight post-processing fields (matting_lib.postprocess.PostprocessParams):
+    the HTTP parameters show the same types, bounds, defaults and descriptions, and convert into it
+    with no field-by-field copy; only HTTP's text forms ('3', 'jpg', '') are translated on the way."""
+    from pydantic import TypeAdapter
+
+    from matting_lib.postprocess import PostprocessParams
+    from serve_app.params import MatteParams
+
+    lib = TypeAdapter(PostprocessParams).json_schema()["properties"]
+    http = MatteParams.model_json_schema()["properties"]
+    assert len(lib) == 8 and {k: http[k] for k in lib} == lib
+    assert MatteParams(erosion="3", format="jpg", background="").postprocess() == PostprocessParams(erosion=3, format="jpeg")
+    with pytest.raises(ValueError, match="background"):
+        MatteParams(background="blue")
+    with pytest.raises(ValueError, match="erosion"):
+        PostprocessParams(erosion="3")  # the library is strict: text is HTTP's business
