@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from matting_lib import tables
+
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADER = (
     "# Benchmark results\n\n"
@@ -81,9 +83,7 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
             return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
         return str(v)
 
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    return tables.markdown_table(header, rows, fmt=cell)
 
 
 def update_results(section: str, markdown: str, path: Path = RESULTS) -> Path:

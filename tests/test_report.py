@@ -114,3 +114,19 @@ def test_bad_inputs_raise_clear_errors(rng):
         render_grid([ReportRow("bad", np.zeros((8, 8, 3), np.float32))])
     with pytest.raises(ValueError, match=r"\(H, W\)"):
         alpha_to_grey(np.zeros((4, 4, 3), np.float32))
+
+
+def test_markdown_table_is_the_one_writer_of_the_reports_tables():
+    """matting_lib.tables.markdown_table: the evaluation summary, the sweep report and the
+    benchmarks all write their tables with it (alignment per column, cells through ``fmt``)."""
+    from bench.results import markdown_table as bench_table
+    from matting_lib.tables import markdown_table
+    from ray_jobs.tune.report import to_markdown
+
+    assert markdown_table(["a", "b"], [[1, None], ["x", 2.5]], align="r") == (
+        "| a | b |\n|---:|---|\n| 1 | None |\n| x | 2.5 |\n")
+    assert bench_table(["t"], [[0.123456], [12345.6]]) == "| t |\n|---|\n| 0.123 |\n| 12346 |\n"
+    assert to_markdown([{"trial": "t1", "lr": None, "sad": 0.0123456}]) == (
+        "| trial | lr | sad |\n|---|---|---|\n| t1 |  | 0.01235 |\n")
+    with pytest.raises(ValueError, match="2 cells for 1 columns"):
+        markdown_table(["a"], [[1, 2]])

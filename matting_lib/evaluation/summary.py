@@ -17,6 +17,7 @@ import numpy as np
 from matting_lib import io
 from matting_lib.evaluation.scoring import BACKGROUND, BASELINE, CSV_COLUMNS, METRICS, ROUTED, UNITS, EvalSpec, ImageResult
 from matting_lib.report import save_grid
+from matting_lib.tables import markdown_table
 
 
 def _mean(values: list[float]) -> float | None:
@@ -155,23 +156,20 @@ def markdown(summary: dict[str, Any]) -> str:
     heads = [c.upper().replace("_UNKNOWN", " (unk.)") if c != "ms" else "ms/img" for c in cols]
     heads.append(f"SAD vs {summary['reference_model']}")
     for cond, models in summary["means"].items():
-        lines += [f"## {cond}", "", "| model | n | " + " | ".join(heads) + " |", "|---|---:|" + "---:|" * len(heads)]
-        for model, m in models.items():
-            rel = "-" if m["sad_vs_reference_pct"] is None else f"{m['sad_vs_reference_pct']:+.1f}%"
-            lines.append(f"| {model} | {m['n']} | " + " | ".join(_fmt(m[c], c) for c in cols) + f" | {rel} |")
-        lines.append("")
+        rows = [[model, m["n"], *(_fmt(m[c], c) for c in cols),
+                 "-" if m["sad_vs_reference_pct"] is None else f"{m['sad_vs_reference_pct']:+.1f}%"]
+                for model, m in models.items()]
+        lines += [f"## {cond}", "", *markdown_table(["model", "n", *heads], rows, align="lr" + "r" * len(heads)).splitlines(), ""]
     if summary["router"]:
         r = summary["router"]
         lines += ["## Router", "", f"BrightnessRouter threshold {r['threshold']}: overall accuracy "
-                  f"{_pct(r['accuracy'])} ({r['bright_model']} for normal light, {r['dark_model']} for low light).", "",
-                  "| condition | accuracy | routed to | best single model | its SAD | routed SAD | gap |",
-                  "|---|---:|---|---|---:|---:|---:|"]
-        for cond, c in r["per_condition"].items():
-            to = ", ".join(f"{m}: {k}" for m, k in c["routed_to"].items())
-            gap = "-" if c["routed_sad_gap_pct"] is None else f"{c['routed_sad_gap_pct']:+.1f}%"
-            lines.append(f"| {cond} | {_pct(c['accuracy'])} | {to} | {c['best_single_model']} | "
-                         f"{_fmt(c['best_single_sad'], 'sad')} | {_fmt(c['routed_sad'], 'sad')} | {gap} |")
-        lines.append("")
+                  f"{_pct(r['accuracy'])} ({r['bright_model']} for normal light, {r['dark_model']} for low light).", ""]
+        rows = [[cond, _pct(c["accuracy"]), ", ".join(f"{m}: {k}" for m, k in c["routed_to"].items()), c["best_single_model"],
+                 _fmt(c["best_single_sad"], "sad"), _fmt(c["routed_sad"], "sad"),
+                 "-" if c["routed_sad_gap_pct"] is None else f"{c['routed_sad_gap_pct']:+.1f}%"]
+                for cond, c in r["per_condition"].items()]
+        header = ["condition", "accuracy", "routed to", "best single model", "its SAD", "routed SAD", "gap"]
+        lines += [*markdown_table(header, rows, align="lr  rrr").splitlines(), ""]
     if summary["failed"]:
         lines += ["## Failed images", ""] + [f"- {n}: {e}" for n, e in summary["failed"].items()] + [""]
     return "\n".join(lines)

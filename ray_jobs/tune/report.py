@@ -15,6 +15,7 @@ import numpy as np
 from matting_lib import io
 from matting_lib.config import TrainConfig, dump_config
 from matting_lib.io import run_uri
+from matting_lib.tables import markdown_table
 from ray_jobs.common import storage_args
 from ray_jobs.trainer import export_best
 from ray_jobs.tune.space import METRIC, TIME_ATTR, SweepConfig, _plain, trial_config
@@ -95,9 +96,7 @@ def to_csv(table: list[dict[str, Any]]) -> str:
 
 def to_markdown(table: list[dict[str, Any]]) -> str:
     cols = list(table[0])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join("" if row[c] is None else _fmt(row[c]) for c in cols) + " |" for row in table]
-    return "\n".join(lines) + "\n"
+    return markdown_table(cols, [[row[c] for c in cols] for row in table], fmt=lambda v: "" if v is None else _fmt(v))
 
 
 # Tableau-10 colours (RGB), cycled over trials.
