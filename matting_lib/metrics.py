@@ -28,6 +28,7 @@ import math
 
 import numpy as np
 from scipy import ndimage
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from matting_lib.alpha import alpha_to_unit
 
@@ -90,14 +91,16 @@ def mad(pred: np.ndarray, gt: np.ndarray, trimap: np.ndarray | None = None) -> f
 
 
 def psnr(pred: np.ndarray, gt: np.ndarray, trimap: np.ndarray | None = None) -> float:
-    """Peak signal-to-noise ratio in dB, data range 1: ``10 log10(1 / MSE)``.
+    """Peak signal-to-noise ratio in dB, data range 1: ``10 log10(1 / MSE)`` (scikit-image's
+    ``peak_signal_noise_ratio`` on the scored pixels).
 
     Returns ``inf`` when pred equals gt on the scored region, nan when the region is empty.
     """
-    err = mse(pred, gt, trimap)
-    if math.isnan(err):
-        return err
-    return float("inf") if err == 0.0 else float(10.0 * np.log10(1.0 / err))
+    p, g, m = _prepare(pred, gt, trimap)
+    if not m.any():
+        return float("nan")
+    with np.errstate(divide="ignore"):  # MSE 0 -> inf, as documented
+        return float(peak_signal_noise_ratio(g[m], p[m], data_range=1.0))
 
 
 # ----------------------------------------------------------------------------- gradient error
@@ -192,29 +195,22 @@ SSIM_WIN, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
 
 
 def ssim_map(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """Per-pixel SSIM (Wang et al. 2004), (H, W) float64, data range 1.
+    """Per-pixel SSIM (Wang et al. 2004), (H, W) float64, data range 1: scikit-image's
+    ``structural_similarity(..., gaussian_weights=True, full=True)``.
 
-    11x11 Gaussian window (sigma 1.5, normalised), K1 = 0.01, K2 = 0.03, population
-    (weighted) variances; borders use reflect padding (as scikit-image), so pixels farther than
-    5 from the border equal the 'valid' map of the reference MATLAB code.
+    11x11 Gaussian window (sigma 1.5, truncated at 3.5 sigma, normalised), K1 = 0.01, K2 = 0.03,
+    population (weighted) variances; borders use reflect padding, so pixels farther than 5 from
+    the border equal the 'valid' map of the reference MATLAB code. Needs H, W >= 7.
     """
     p, g, _ = _prepare(pred, gt, None)
-    half = SSIM_WIN // 2
-    w1 = _gauss(np.arange(-half, half + 1, dtype=np.float64), SSIM_SIGMA)
-    w1 /= w1.sum()
+    return _skimage_ssim(p, g)[1]
 
-    def filt(x: np.ndarray) -> np.ndarray:
-        y = ndimage.correlate1d(x, w1, axis=0, mode="reflect")
-        return ndimage.correlate1d(y, w1, axis=1, mode="reflect")
 
-    mu_p, mu_g = filt(p), filt(g)
-    var_p = filt(p * p) - mu_p**2
-    var_g = filt(g * g) - mu_g**2
-    cov = filt(p * g) - mu_p * mu_g
-    c1, c2 = SSIM_K1**2, SSIM_K2**2
-    num = (2 * mu_p * mu_g + c1) * (2 * cov + c2)
-    den = (mu_p**2 + mu_g**2 + c1) * (var_p + var_g + c2)
-    return num / den
+def _skimage_ssim(p: np.ndarray, g: np.ndarray) -> tuple[float, np.ndarray]:
+    """(mean over pixels at least 5 from the border, full map) of float64 mattes in [0, 1]."""
+    mean, smap = structural_similarity(p, g, data_range=1.0, gaussian_weights=True, sigma=SSIM_SIGMA,
+                                       use_sample_covariance=False, K1=SSIM_K1, K2=SSIM_K2, full=True)
+    return float(mean), smap
 
 
 def ssim(pred: np.ndarray, gt: np.ndarray, trimap: np.ndarray | None = None) -> float:
@@ -224,14 +220,14 @@ def ssim(pred: np.ndarray, gt: np.ndarray, trimap: np.ndarray | None = None) -> 
     'valid' SSIM of Wang et al. / scikit-image ``gaussian_weights=True``; needs H, W >= 11.
     With a trimap: mean of the full map over ``trimap == 128`` (nan if empty).
     """
-    _, _, m = _prepare(pred, gt, trimap)
+    p, g, m = _prepare(pred, gt, trimap)
     if trimap is None:
         if min(m.shape) < SSIM_WIN:
             raise ValueError(f"whole-image SSIM needs H, W >= {SSIM_WIN}, got {m.shape}")
-        half = SSIM_WIN // 2
-        m = np.zeros(m.shape, dtype=bool)
-        m[half:-half, half:-half] = True
-    return _region_mean(ssim_map(pred, gt), m)
+        return _skimage_ssim(p, g)[0]
+    if not m.any():
+        return float("nan")
+    return _region_mean(_skimage_ssim(p, g)[1], m)
 
 
 # ----------------------------------------------------------------------------- all at once
