@@ -175,8 +175,8 @@ def edge_aware_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None, 
 def brightness_edge_weight(image: Tensor, base_weight: float, scale: float) -> Tensor:
     """Per-sample edge weight that grows as the image gets darker (seed 001, section 4.2).
 
-    ``base_weight * (1 + scale * (1 - mean_luma))`` with ``luma = 0.299 R + 0.587 G + 0.114 B``
-    (Rec.601) averaged over the image; ``image`` (B, 3, H, W) in ``[0, 1]``; returns shape (B,),
+    ``base_weight * (1 + scale * (1 - mean_luma))`` with the Rec.601 luma of
+    :data:`matting_lib.data.luma.LUMA` averaged over the image; ``image`` (B, 3, H, W) in ``[0, 1]``; returns shape (B,),
     in ``[base, base * (1 + scale)]``, detached (no gradient flows into the image). The seed's
     ``get_dynamic_weights`` is a step (3.0 if the channel-mean brightness < 0.3 else 1.5, averaged
     over the batch); this is its smooth, monotone version: a black image gets ``1 + scale`` times

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, Optional
 
 import cv2
 import numpy as np
+from PIL import ImageColor
 from pydantic import AfterValidator, ConfigDict, Field, field_validator
 from pydantic.dataclasses import dataclass
 
@@ -163,15 +164,15 @@ _HEX = re.compile(r"#?([0-9a-fA-F]{3}|[0-9a-fA-F]{6})")
 
 
 def parse_color(color: str | tuple[int, int, int]) -> tuple[int, int, int]:
-    """'#rrggbb', '#rgb' (the '#' optional, any case) or an (r, g, b) of ints 0..255 -> (r, g, b)."""
+    """'#rrggbb', '#rgb' (the '#' optional, any case) or an (r, g, b) of ints 0..255 -> (r, g, b).
+
+    Only these hex forms are accepted (the HTTP API documents them); ``PIL.ImageColor`` decodes
+    them. Its other forms (names, ``rgb()``, ``hsl()``) are refused, so a typo is never a colour."""
     if isinstance(color, str):
         m = _HEX.fullmatch(color.strip())
         if m is None:
             raise ValueError(f"colour must be '#rrggbb' or '#rgb' hex, got {color!r}")
-        h = m.group(1)
-        if len(h) == 3:
-            h = "".join(c * 2 for c in h)
-        return tuple(int(h[i : i + 2], 16) for i in (0, 2, 4))  # type: ignore[return-value]
+        return ImageColor.getrgb("#" + m.group(1))  # type: ignore[return-value]
     if (
         isinstance(color, (tuple, list))
         and len(color) == 3
