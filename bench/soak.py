@@ -198,35 +198,31 @@ def rss_growth(rss: list[tuple[float, str, float]], duration: float) -> list[lis
 
 
 def plot(rss: list[tuple[float, str, float]], events: list[tuple[float, str]], path: Path = PLOT) -> Path:
-    """RSS (MB) over time per process, one coloured line each, the kill and swap as grey verticals (cv2; no matplotlib)."""
-    import cv2
+    """RSS (MB) over time per process, one coloured line each, the kill and swap as grey verticals (matplotlib, Agg)."""
+    from matting_lib import charts
 
-    W, H, L, B, T, R = 960, 480, 70, 40, 30, 260
-    img = np.full((H, W, 3), 255, np.uint8)
-    procs = sorted({p for _, p, _ in rss})
+    W, H = 960, 480
+    fig = charts.figure(W, H)
+    fig.subplots_adjust(left=70 / W, right=1 - 260 / W, top=1 - 30 / H, bottom=40 / H)
+    ax = fig.add_subplot()
+    ax.set_title("RSS (MB) per Serve process over the soak", loc="left", fontsize=10)
+    ax.set_xlabel("s since the start", fontsize=9)
+    ax.tick_params(labelsize=8)
     t_max = max((t for t, _, _ in rss), default=1.0) or 1.0
     mb_max = max((mb for _, _, mb in rss if mb == mb), default=1.0) * 1.1
-    x = lambda t: int(L + (W - L - R) * t / t_max)  # noqa: E731
-    y = lambda mb: int(H - B - (H - B - T) * mb / mb_max)  # noqa: E731
-    cv2.rectangle(img, (L, T), (W - R, H - B), (0, 0, 0), 1)
-    for k in range(6):
-        mb = mb_max * k / 5
-        cv2.putText(img, f"{mb:.0f}", (5, y(mb) + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-        t = t_max * k / 5
-        cv2.putText(img, f"{t:.0f}s", (x(t) - 10, H - B + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    ax.set_xlim(0, t_max)
+    ax.set_ylim(0, mb_max)
     for t, what in events:
-        cv2.line(img, (x(t), T), (x(t), H - B), (170, 170, 170), 1)
-        cv2.putText(img, what.split(":")[0], (x(t) + 3, T + 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (90, 90, 90), 1, cv2.LINE_AA)
-    palette = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75), (227, 119, 194)]
-    for i, proc in enumerate(procs):
-        colour = palette[i % len(palette)][::-1]
-        pts = np.array([(x(t), y(mb)) for t, p, mb in rss if p == proc and mb == mb], np.int32)
-        if len(pts) > 1:
-            cv2.polylines(img, [pts], False, colour, 2, cv2.LINE_AA)
-        cv2.putText(img, proc, (W - R + 10, T + 16 + 18 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA)
-    cv2.putText(img, "RSS (MB) per Serve process over the soak", (L, T - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.imwrite(str(path), img)
-    return path
+        ax.axvline(t, color=charts.colour((170, 170, 170)), linewidth=1)
+        ax.annotate(what.split(":")[0], (t, 1), xycoords=("data", "axes fraction"), xytext=(3, -12),
+                    textcoords="offset points", fontsize=8, color=charts.colour((90, 90, 90)))
+    for i, proc in enumerate(sorted({p for _, p, _ in rss})):
+        pts = [(t, mb) for t, p, mb in rss if p == proc and mb == mb]
+        ax.plot([t for t, _ in pts], [mb for _, mb in pts], color=charts.colour(charts.TABLEAU10[i % len(charts.TABLEAU10)]), linewidth=2,
+                label=proc)
+    if rss:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, frameon=False, fontsize=8)
+    return charts.save_png(fig, path)
 
 
 def markdown(res: dict[str, Any], command: str, described: str) -> str:

@@ -130,3 +130,81 @@ def test_markdown_table_is_the_one_writer_of_the_reports_tables():
         "| trial | lr | sad |\n|---|---|---|\n| t1 |  | 0.01235 |\n")
     with pytest.raises(ValueError, match="2 cells for 1 columns"):
         markdown_table(["a"], [[1, 2]])
+
+
+# --------------------------------------------------------------------------- charts (matplotlib, Agg)
+
+
+def test_chart_figures_have_the_exact_pixel_size():
+    from matting_lib import charts
+
+    for w, h in [(960, 540), (900, 94), (333, 77)]:
+        img = charts.to_rgb(charts.figure(w, h))
+        assert img.shape == (h, w, 3) and img.dtype == np.uint8
+        assert (img == 255).all()  # an empty figure is white
+    with pytest.raises(ValueError, match="positive size"):
+        charts.figure(0, 10)
+
+
+def _trial(name, curve, planned=3, status="TERMINATED"):
+    from ray_jobs.tune.report import TrialSummary
+
+    best = min(curve, key=lambda c: c[1]) if curve else None
+    return TrialSummary(name, {}, status, planned, list(curve), {"val_sad": best[1], "epochs_done": best[0]} if best else {})
+
+
+def _pixels_of(img, rgb):
+    return np.argwhere(np.all(img == np.array(rgb, np.uint8), axis=-1))  # (row, col) of the exact colour
+
+
+def test_sweep_plot_draws_each_trial_as_a_line_in_its_colour():
+    """ray_jobs.tune.report.plot_curves: one line per trial in the palette's colours, placed by its values."""
+    from ray_jobs.tune.report import PALETTE, plot_curves
+
+    falling = _trial("t1", [(1, 5.0), (2, 4.0), (3, 3.0)])
+    stopped = _trial("t2", [(1, 9.0)])  # ASHA stopped it after epoch 1 of 3
+    assert stopped.stopped_early
+    img = plot_curves([falling, stopped], "sweep asha: validation SAD per epoch")
+    assert img.shape == (540, 960, 3) and img.dtype == np.uint8
+    plot_area = slice(0, 960 - 250)  # the legend is right of x = 710
+    first, second = (_pixels_of(img[:, plot_area], c) for c in PALETTE[:2])
+    assert len(first) > 200 and len(second) > 20, (len(first), len(second))
+    assert len(_pixels_of(img, PALETTE[2])) == 0  # two trials, two colours
+    # The falling curve goes down the image from left to right (row grows with column) and
+    # spans most of the axes' width (epochs 1 to 3 are the x range).
+    assert np.corrcoef(first[:, 1], first[:, 0])[0, 1] > 0.9
+    assert first[:, 1].max() - first[:, 1].min() > 500
+    # The stopped trial's single point (SAD 9) is above every point of the other (SAD <= 5).
+    assert second[:, 0].max() < first[:, 0].min()
+    # Each trial has a legend swatch in its colour right of the axes.
+    for c in PALETTE[:2]:
+        assert len(_pixels_of(img[:, 960 - 250:], c)) > 10
+
+
+def test_sweep_plot_without_results_says_so():
+    from ray_jobs.tune.report import PALETTE, plot_curves
+
+    img = plot_curves([_trial("t1", [])], "sweep s", size=(640, 360))
+    assert img.shape == (360, 640, 3)
+    assert not any(len(_pixels_of(img, c)) for c in PALETTE if len(set(c)) > 1)  # no curve (grey is the text's)
+    assert (img.min(axis=-1) < 100).sum() > 200  # the title and the message are written
+
+
+def test_bench_bar_chart_bars_are_proportional_to_the_values(tmp_path):
+    """bench.results.save_chart: one bar per label, in order from the top, lengths in proportion."""
+    from bench.results import BAR, save_chart
+
+    values = [10.0, 25.0, 5.0]
+    path = save_chart(tmp_path / "c.png", "title", ["a", "b", "c"], values, "img/s")
+    img = np.asarray(Image.open(path).convert("RGB"))
+    assert img.shape == (60 + 34 * 3, 900, 3)
+    bar = np.all(img == np.array(BAR, np.uint8), axis=-1)
+    rows = np.flatnonzero(bar.any(axis=1))
+    bands = np.split(rows, np.flatnonzero(np.diff(rows) > 1) + 1)  # one run of rows per bar, top to bottom
+    assert len(bands) == 3, [b.tolist() for b in bands]
+    widths = [int(bar[b[len(b) // 2]].sum()) for b in bands]
+    assert widths[1] > 300
+    for w, v in zip(widths, values):
+        assert abs(w / widths[1] - v / values[1]) < 0.01, (widths, values)
+    with pytest.raises(ValueError, match="2 labels for 3 values"):
+        save_chart(tmp_path / "d.png", "t", ["a", "b"], values, "s")

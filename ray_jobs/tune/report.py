@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from matting_lib import io
+from matting_lib import charts, io
 from matting_lib.config import TrainConfig, dump_config
 from matting_lib.io import run_uri
 from matting_lib.tables import markdown_table
@@ -99,66 +99,48 @@ def to_markdown(table: list[dict[str, Any]]) -> str:
     return markdown_table(cols, [[row[c] for c in cols] for row in table], fmt=lambda v: "" if v is None else _fmt(v))
 
 
-# Tableau-10 colours (RGB), cycled over trials.
-PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-           (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+PALETTE = charts.TABLEAU10
+"""The trials' colours (8-bit RGB, Tableau-10), cycled over trials in table order."""
+
+LEGEND_ROWS = 20
+"""Trials named in the legend; more are counted in one "+N more" line."""
 
 
 def plot_curves(rows: Sequence[TrialSummary], title: str, size: tuple[int, int] = (960, 540)) -> np.ndarray:
-    """Validation SAD against epoch for every trial (uint8 RGB, drawn with OpenCV).
+    """Validation SAD against epoch for every trial (uint8 RGB of ``size``, matplotlib with Agg).
 
     One coloured line per trial; a trial ASHA stopped ends in a cross. The legend lists each
     trial with its best SAD, best first.
     """
-    import cv2
-
     w, h = size
-    left, right, top, bottom = 80, w - 250, 40, h - 50
-    img = np.full((h, w, 3), 255, np.uint8)
-    font, black, grey = cv2.FONT_HERSHEY_SIMPLEX, (0, 0, 0), (200, 200, 200)
+    fig = charts.figure(w, h)
     drawn = [r for r in rows if r.curve]
-    cv2.putText(img, title, (left, 25), font, 0.6, black, 1, cv2.LINE_AA)
     if not drawn:
-        cv2.putText(img, "no trial reported a validation SAD", (left, h // 2), font, 0.6, black, 1, cv2.LINE_AA)
-        return img
+        fig.suptitle(title, x=0.02, ha="left", fontsize=11)
+        fig.text(0.5, 0.5, "no trial reported a validation SAD", ha="center", va="center", fontsize=11)
+        return charts.to_rgb(fig)
+    # Pixel margins as before: the axes from x 80 to w-250 (the legend on the right), y 40 to h-50.
+    fig.subplots_adjust(left=80 / w, right=1 - 250 / w, top=1 - 40 / h, bottom=50 / h)
+    ax = fig.add_subplot()
+    ax.set_title(title, loc="left", fontsize=10)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val SAD")
+    ax.grid(True, color=charts.colour((200, 200, 200)), linewidth=0.8)
     x_max = max(2, max(r.epochs_run for r in drawn))
-    sads = [s for r in drawn for _, s in r.curve]
-    y_lo, y_hi = min(sads), max(sads)
-    pad = max((y_hi - y_lo) * 0.05, 1e-6 + abs(y_hi) * 0.01)
-    y_lo, y_hi = y_lo - pad, y_hi + pad
-
-    def px(epoch: float, sad: float) -> tuple[int, int]:
-        return (round(left + (epoch - 1) / (x_max - 1) * (right - left)), round(bottom - (sad - y_lo) / (y_hi - y_lo) * (bottom - top)))
-
-    step = max(1, math.ceil(x_max / 10))
-    for e in range(1, x_max + 1, step):
-        x = px(e, y_lo)[0]
-        cv2.line(img, (x, top), (x, bottom), grey, 1)
-        cv2.putText(img, str(e), (x - 5, bottom + 18), font, 0.45, black, 1, cv2.LINE_AA)
-    for i in range(6):
-        v = y_lo + (y_hi - y_lo) * i / 5
-        y = px(1, v)[1]
-        cv2.line(img, (left, y), (right, y), grey, 1)
-        cv2.putText(img, f"{v:.3g}", (8, y + 5), font, 0.45, black, 1, cv2.LINE_AA)
-    cv2.rectangle(img, (left, top), (right, bottom), black, 1)
-    cv2.putText(img, "epoch", ((left + right) // 2 - 20, h - 12), font, 0.5, black, 1, cv2.LINE_AA)
-    cv2.putText(img, "val SAD", (8, top - 22), font, 0.5, black, 1, cv2.LINE_AA)
+    ax.set_xticks(range(1, x_max + 1, max(1, math.ceil(x_max / 10))))
+    ax.set_xlim(1 - 0.02 * (x_max - 1), x_max + 0.02 * (x_max - 1))
     for i, r in enumerate(drawn):
-        color = PALETTE[i % len(PALETTE)]
-        pts = np.array([px(e, s) for e, s in r.curve], np.int32)
-        cv2.polylines(img, [pts], False, color, 2, cv2.LINE_AA)
-        for p in pts:
-            cv2.circle(img, tuple(int(c) for c in p), 3, color, -1, cv2.LINE_AA)
+        color = charts.colour(PALETTE[i % len(PALETTE)])
+        epochs, sads = zip(*r.curve)
+        label = f"{r.trial} {r.best_sad:.3g}" + (" stopped" if r.stopped_early else "")
+        ax.plot(epochs, sads, color=color, linewidth=2, marker="o", markersize=5,
+                label=label if i < LEGEND_ROWS else "_nolegend_")
         if r.stopped_early:
-            cv2.drawMarker(img, tuple(int(c) for c in pts[-1]), color, cv2.MARKER_TILTED_CROSS, 14, 2)
-        if i < 20:
-            y = top + 10 + 22 * i
-            cv2.line(img, (right + 15, y), (right + 40, y), color, 3)
-            label = f"{r.trial} {r.best_sad:.3g}" + (" stopped" if r.stopped_early else "")
-            cv2.putText(img, label, (right + 46, y + 5), font, 0.42, black, 1, cv2.LINE_AA)
-    if len(drawn) > 20:
-        cv2.putText(img, f"+{len(drawn) - 20} more", (right + 46, top + 10 + 22 * 20), font, 0.42, black, 1, cv2.LINE_AA)
-    return img
+            ax.plot(epochs[-1], sads[-1], color=color, marker="x", markersize=12, markeredgewidth=2.5)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, frameon=False, fontsize=8)
+    if len(drawn) > LEGEND_ROWS:
+        fig.text(1 - 235 / w, 50 / h, f"+{len(drawn) - LEGEND_ROWS} more", fontsize=8)
+    return charts.to_rgb(fig)
 
 
 def best_training_config(base: TrainConfig, best: TrialSummary, sweep_name: str) -> str:
