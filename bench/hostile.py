@@ -63,22 +63,11 @@ def _local_app(tmp: Path):
     """The tests' machinery: ``ray start --head`` on loopback (free ports, token auth) and the app
     deployed through the dashboard with tiny random checkpoints and the test limits.
     Returns (url, dashboard, limits, stop)."""
-    import ray
-    from ray import serve
+    from bench.local_app import bench_checkpoints, start_cluster_and_app, stop_cluster
 
-    from infra.local_ray import stop_ray_head
-    from bench.local_app import start_cluster_and_app
-    from testkit.serve import make_checkpoint
-
-    checkpoints = {name: make_checkpoint(tmp / f"{name}.pt", seed) for seed, name in enumerate(("base", "lowlight"), 1)}
+    checkpoints, _ = bench_checkpoints(None, tmp)
     cluster, config, url = start_cluster_and_app(tmp, checkpoints)
-
-    def stop() -> None:
-        serve.shutdown()
-        ray.shutdown()
-        stop_ray_head(cluster["temp_dir"])
-
-    return url, cluster["dashboard"], LimitSettings(**app_entry(config)["args"]["limits"]), stop
+    return url, cluster["dashboard"], LimitSettings(**app_entry(config)["args"]["limits"]), lambda: stop_cluster(cluster)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -540,63 +540,46 @@ def md_backend() -> str:
     return str(app_entry(load_serve_yaml(DEFAULT_CONFIG_PATH))["args"]["model_deployment"].get("backend", "auto"))
 
 
-def start_app(tmp: Path, checkpoints: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any], str]:
-    """A local cluster and the deployed app: (cluster, Serve config, base URL)."""
-    from bench.local_app import start_cluster_and_app
-
-    return start_cluster_and_app(tmp, checkpoints)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from bench.local_app import bench_checkpoints, local_app
     from testkit.env import configure
     from testkit.serve import make_checkpoint
 
     configure()  # the auth and S3 environment before Ray is imported
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-load-"))
-    cluster = None
     try:
+        checkpoints, described = bench_checkpoints(args.checkpoints, tmp)
         if args.checkpoints:
-            checkpoints = {"base": str(Path(args.checkpoints[0]).resolve()), "lowlight": str(Path(args.checkpoints[1]).resolve())}
             swap_to = str(tmp / "base-v2.pt")
             shutil.copy(checkpoints["base"], swap_to)
-            described = "checkpoints " + ", ".join(Path(c).name for c in checkpoints.values())
         else:
-            checkpoints = {n: make_checkpoint(tmp / f"{n}.pt", s) for s, n in enumerate(("base", "lowlight"), 1)}
             swap_to = make_checkpoint(tmp / "base-v2.pt", 7)
-            described = "tiny random-weight checkpoints"
         described += f", backend {md_backend()}"
-        cluster, config, url = start_app(tmp, checkpoints)
-        print("warming up ...", flush=True)
-        warm, _, _ = run_load(url, make_workload(WARMUP, args.seed + 100), args.concurrency, label="warm-up")
-        print(f"warm-up: {status_counts(warm)}", flush=True)
-        reports = []
-        for k, name in enumerate(args.scenarios.split(",")):
-            disrupt = {
-                "steady": None,
-                "kill": lambda: kill_replica(cluster["dashboard"], "model_base"),
-                "swap": lambda: hot_swap(cluster["dashboard"], json.loads(json.dumps(config)), url, "base", swap_to),
-            }[name]
-            workload = make_workload(args.requests, args.seed + 1 + k)  # new images: a scenario starts cache-cold
-            rep = run_scenario(name, url, cluster["dashboard"], workload, args.concurrency, disrupt,
-                               watch="model_base" if name == "swap" else "")
-            reports.append(rep)
-            if args.no_write:
-                print(markdown(rep, args.concurrency, described), flush=True)
-            else:
-                write_section(rep, args.concurrency, described)
+        with local_app(tmp, checkpoints) as (cluster, config, url):
+            print("warming up ...", flush=True)
+            warm, _, _ = run_load(url, make_workload(WARMUP, args.seed + 100), args.concurrency, label="warm-up")
+            print(f"warm-up: {status_counts(warm)}", flush=True)
+            reports = []
+            for k, name in enumerate(args.scenarios.split(",")):
+                disrupt = {
+                    "steady": None,
+                    "kill": lambda: kill_replica(cluster["dashboard"], "model_base"),
+                    "swap": lambda: hot_swap(cluster["dashboard"], json.loads(json.dumps(config)), url, "base", swap_to),
+                }[name]
+                workload = make_workload(args.requests, args.seed + 1 + k)  # new images: a scenario starts cache-cold
+                rep = run_scenario(name, url, cluster["dashboard"], workload, args.concurrency, disrupt,
+                                   watch="model_base" if name == "swap" else "")
+                reports.append(rep)
+                if args.no_write:
+                    print(markdown(rep, args.concurrency, described), flush=True)
+                else:
+                    write_section(rep, args.concurrency, described)
         if not args.no_write:
             print(f"wrote {RELIABILITY.relative_to(ROOT)}", flush=True)
         return 1 if any(r.problems for r in reports) else 0
     finally:
-        if cluster is not None:
-            import ray
-
-            from infra.local_ray import stop_ray_head
-
-            ray.shutdown()
-            stop_ray_head(cluster["temp_dir"])
         shutil.rmtree(tmp, ignore_errors=True)
 
 

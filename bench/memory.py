@@ -73,22 +73,18 @@ class Sampler:
 
 
 def measure(side: int, max_side: int) -> tuple[list[list[object]], list[str]]:
-    import ray
     import requests
-    from ray import serve
 
     from bench.load import rss_mb, serve_replicas
-    from infra.local_ray import stop_ray_head
     from serve_app.config import LimitSettings
-    from bench.local_app import start_cluster_and_app
+    from bench.local_app import local_app
     from testkit.serve import encode, photo
 
     checkpoints = {"base": str(ROOT / "models" / "base.pt"), "lowlight": str(ROOT / "models" / "lowlight.pt")}
     limits = {k: v for k, v in dataclasses.asdict(LimitSettings()).items()}
     notes = []
     with tempfile.TemporaryDirectory() as tmp:
-        cluster, _, url = start_cluster_and_app(Path(tmp), checkpoints, args={"limits": limits, "model_deployment": {"max_side": 1024}})
-        try:
+        with local_app(Path(tmp), checkpoints, args={"limits": limits, "model_deployment": {"max_side": 1024}}) as (cluster, _, url):
             for light in ("bright", "dark"):  # every replica loaded and warm
                 r = requests.post(f"{url}/v1/matte", files={"file": ("w.png", encode(photo(256, 256, light)))},
                                   params={"history": "false"}, timeout=300)
@@ -112,10 +108,6 @@ def measure(side: int, max_side: int) -> tuple[list[list[object]], list[str]]:
                 time.sleep(5)
                 for name, pid in pids.items():
                     rows[name] += [round(sampler.peak[name]), round(rss_mb(pid))]
-        finally:
-            serve.shutdown()
-            ray.shutdown()
-            stop_ray_head(cluster["temp_dir"])
     order = ["model_base", "ingress", "model_lowlight", "proxy"]
     return [rows[n] for n in order if n in rows], notes
 

@@ -273,28 +273,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from bench.local_app import bench_checkpoints, local_app
     from testkit.env import configure
-    from testkit.serve import make_checkpoint
 
     configure()
     command = "python -m bench.soak " + " ".join(argv if argv is not None else sys.argv[1:])
     tmp = Path(tempfile.mkdtemp(prefix="bench-soak-"))
-    cluster = None
     try:
-        if args.checkpoints:
-            checkpoints = {"base": str(Path(args.checkpoints[0]).resolve()), "lowlight": str(Path(args.checkpoints[1]).resolve())}
-            described = "checkpoints " + ", ".join(Path(c).name for c in checkpoints.values())
-        else:
-            checkpoints = {n: make_checkpoint(tmp / f"{n}.pt", s) for s, n in enumerate(("base", "lowlight"), 1)}
-            described = "tiny random-weight checkpoints"
+        checkpoints, described = bench_checkpoints(args.checkpoints, tmp)
         swap_to = str(tmp / "base-v2.pt")
         shutil.copy(checkpoints["base"], swap_to)
-        from bench.local_app import start_cluster_and_app
-
-        cluster, config, url = start_cluster_and_app(tmp, checkpoints)
-        print(f"soaking for {args.minutes:g} min at concurrency {args.concurrency} ...", flush=True)
-        res = run(url, cluster["dashboard"], config, swap_to, args.minutes, args.concurrency, args.huge_every,
-                  args.sample_s, args.seed)
+        with local_app(tmp, checkpoints) as (cluster, config, url):
+            print(f"soaking for {args.minutes:g} min at concurrency {args.concurrency} ...", flush=True)
+            res = run(url, cluster["dashboard"], config, swap_to, args.minutes, args.concurrency, args.huge_every,
+                      args.sample_s, args.seed)
         plot(res["rss"], res["events"])
         text = markdown(res, command, described)
         print(text, flush=True)
@@ -306,13 +298,6 @@ def main(argv: list[str] | None = None) -> int:
         bad = [o for o in res["outcomes"] if o.status == 0 or (o.status >= 500 and not (o.status == 503 and o.retry_after))]
         return 1 if bad or any("FAILED" in e for _, e in res["events"]) else 0
     finally:
-        if cluster is not None:
-            import ray
-
-            from infra.local_ray import stop_ray_head
-
-            ray.shutdown()
-            stop_ray_head(cluster["temp_dir"])
         shutil.rmtree(tmp, ignore_errors=True)
 
 
