@@ -11,7 +11,7 @@
    or connects to ``--address`` / ``$RAY_ADDRESS``. It never attaches silently to another
    cluster on the machine, since Ctrl-C would then stop someone else's Serve.
 4. Deploys the app, prints ``http://HOST:PORT``, and serves until Ctrl-C or SIGTERM, then
-   shuts Serve (and a cluster it started) down and exits 0.
+   deletes the app, stops a cluster it started (Serve with it) and exits 0.
 """
 
 from __future__ import annotations
@@ -192,18 +192,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def shutdown(started: bool, name: str) -> None:
-    """Stop what this process started: the whole Serve instance and cluster, or only its app."""
+    """Stop what this process started: its app, then its connection, and with it a cluster it started.
+
+    Deleting the app stops every replica gracefully (in-flight requests finish), on a cluster of
+    our own as on one we joined with ``--address``; on our own, ``ray.shutdown()`` then stops
+    Serve's controller and proxy with the rest of the cluster. Not ``serve.shutdown()``: Serve's
+    controller ends the ``graceful_shutdown`` call it is sent by killing itself, and since the
+    controller's tasks retry forever, Ray then prints "Task ServeController.graceful_shutdown
+    failed. There are infinite retries remaining ..." on the terminal although nothing failed
+    (issue 27).
+    """
     import ray
     from ray import serve
+    from ray.serve.exceptions import RayServeException
 
     try:
-        if started:
-            serve.shutdown()
-        else:
-            serve.delete(name)
+        serve.delete(name)
+    except RayServeException:
+        if not started:  # nothing of ours runs on someone else's cluster: say so
+            raise
+        # Serve never started on our own cluster (a failed deploy): it all goes with ray.shutdown().
     finally:
         ray.shutdown()
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -81,6 +81,8 @@ def test_launcher_serves_and_stops_cleanly_on_ctrl_c(tmp_path):
         reader.join(10)
         out = "".join(lines)
         assert "stopped." in out and "Traceback" not in out, out[-3000:]
+        # Ray Serve's own shutdown, not an error: nothing of it may reach the terminal (issue 27).
+        assert "graceful_shutdown failed" not in out, out[-3000:]
         time.sleep(1)
         assert not _cluster_pids(ray_tmp), "Ray processes outlived the launcher"
     finally:
