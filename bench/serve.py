@@ -188,7 +188,7 @@ def serve_levels(
 
     from serve_app.app import build_from_config
     from serve_app.config import serve_config_from_args
-    from serve_app.ingress import parse_server_timing
+    from serve_app.api import parse_server_timing
 
     port = free_port()
     cfg = serve_config_from_args({
