@@ -71,7 +71,7 @@ def test_asha_sweep_interrupted_resumes_and_writes_table_plot_best_yaml_and_chec
     import ray
 
     from matting_lib.checkpoint import load_checkpoint
-    from matting_lib.data.manifest import absolute_paths
+    from ray_jobs.run_data import absolute_paths
     from ray_jobs import tune
     from ray_jobs.common import load_job_config
     from ray_jobs.trainer import prepare_data
@@ -165,8 +165,8 @@ def test_asha_sweep_interrupted_resumes_and_writes_table_plot_best_yaml_and_chec
     # before Ray (dataset, splits, manifest in the run folder). Fitting that config is what the
     # trials above just did, and tests/test_training_faults.py covers the job end to end.
     job_cfg = absolute_paths(load_job_config(str(best_yaml), [f"run.storage_path={tmp_path / 'final'}"]))
-    train_rows, val_rows, env = prepare_data(job_cfg)
-    assert (len(train_rows), len(val_rows)) == (9, 1) and env["MATTING_DATA_FINGERPRINT"].startswith("sha256:")
+    data = prepare_data(job_cfg)
+    assert (len(data.train_rows), len(data.val_rows)) == (9, 1) and data.fingerprint.startswith("sha256:")
     assert (tmp_path / "final" / "asha-best" / "manifest.jsonl").exists()
 
     with pytest.raises(SystemExit) as e:

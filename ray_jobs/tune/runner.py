@@ -81,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         fail(f"config error: {e}", code=2)
     sweep_uri = run_uri(sweep.storage_path, sweep.name)
-    train_rows, val_rows, env = prepare_data(base, manifest_dir=sweep_uri)  # a built manifest goes in the sweep's folder
-    init_ray(args.address, env=env)
-    env = worker_env(env)  # the driver's S3 settings, for the workers of every trial
+    data = prepare_data(base, manifest_dir=sweep_uri)  # a built manifest goes in the sweep's folder
+    init_ray(args.address, env=data.env)
+    data = dataclasses.replace(data, env=worker_env(data.env))  # the driver's S3 settings, for the workers of every trial
     import ray
     from ray import tune
 
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     _check_same_sweep(sweep, sweep_uri)
     template = trial_template(base, sweep, sweep_uri)
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, template=to_dict(template), train_rows=train_rows, val_rows=val_rows, env=env),
+        tune.with_parameters(run_trial, template=to_dict(template), data=data),
         {"cpu": TRIAL_CPU},
     )
     storage = storage_args(sweep.storage_path, base.data.s3_endpoint_url)
