@@ -43,7 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 from bench.results import load_average, machine, markdown_table, update_results  # noqa: E402
-from infra.local_ray import free_port  # noqa: E402
+from serve_app.run import free_port  # noqa: E402
 from matting_lib.data.decode import decode_image  # noqa: E402
 
 TARGET_LATENCY_OVERHEAD = 1.15

@@ -84,7 +84,7 @@ def test_the_local_cluster_keeps_idle_workers_between_epochs(ray_cluster):
     workers that ran tasks are still alive, idle, seconds later."""
     import ray
 
-    from infra.local_ray import process_alive
+    from testkit.local_ray import process_alive
 
     @ray.remote(num_cpus=0.25)
     def pid(wait: float) -> int:
