@@ -26,7 +26,6 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from testkit import ROOT
-from testkit.data import synthetic_pair, write_dataset  # noqa: F401 - the tests import them from here too
 from testkit.env import configure
 
 configure()  # before anything imports boto or Ray: loopback S3 credentials, token auth, loopback cluster

@@ -260,7 +260,7 @@ def test_guide_job_submissions_name_modules_and_configs_that_load(monkeypatch):
 
 
 def test_guide_evaluate_command_parses():
-    from ray_jobs.evaluate import parse_args, parse_models
+    from ray_jobs.evaluate.cli import parse_args, parse_models
 
     (cmd,) = [c.split(" -- ", 1)[1] for c in guide_commands() if "ray_jobs.evaluate" in c]
     args = parse_args(shlex.split(cmd)[3:])
