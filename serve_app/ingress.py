@@ -29,6 +29,14 @@ _replica_service: IngressService | None = None
 :func:`build_replica_api`. One per process: each Serve replica is a Ray actor of its own."""
 
 
+def hold_replica_service(service: IngressService) -> None:
+    """Keep ``service`` for :func:`build_replica_api`. A function of this module, not a ``global``
+    statement in the constructor: Serve ships the deployment class by value (cloudpickle), so its
+    methods' globals on the replica are a copy, while module functions resolve to this module."""
+    global _replica_service
+    _replica_service = service
+
+
 def build_replica_api() -> FastAPI:
     """``serve.ingress``'s builder: Serve calls it on the replica after the deployment's constructor
     (``ASGIIngressWrapper.__init__`` in Ray 2.60), so the service it serves is the replica's own."""
@@ -44,11 +52,10 @@ class MattingIngress:
     None when the models run in this replica (``model_deployment.placement: ingress``)."""
 
     def __init__(self, config: ServeConfig, models: dict[str, DeploymentHandle] | None):
-        global _replica_service
         self.config = config
         self.client = ModelClient(config, models)
         self.service = IngressService(config, self.client)
-        _replica_service = self.service
+        hold_replica_service(self.service)
 
     async def reconfigure(self, user_config: dict[str, Any] | None) -> None:
         """Hot swap of in-process models: ``{"checkpoints": {name: URI}}`` (``placement: ingress``).
