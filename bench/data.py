@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     from moto.server import ThreadedMotoServer
 
     from bench.results import markdown_table, update_results
-    from infra.local_ray import free_port
+    from serve_app.run import free_port
     from matting_lib.config import load_config
     from matting_lib.data.manifest import ensure_manifest, read_manifest
 

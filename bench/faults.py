@@ -55,8 +55,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 ROOT = Path(__file__).resolve().parents[1]
 
 from bench.results import markdown_table, update_results  # noqa: E402 - after the environment above
-from infra.local_ray import free_port  # noqa: E402
-from testkit.s3 import RestartableS3  # noqa: E402, F401 - re-exported: the fault tests use it
+from serve_app.run import free_port  # noqa: E402
+from testkit.s3 import RestartableS3  # noqa: E402
 
 REPORT = Path(__file__).parent / "RELIABILITY.md"
 REPORT_HEADER = (

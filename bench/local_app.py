@@ -21,7 +21,8 @@ def start_cluster_and_app(tmp: Path, checkpoints: dict[str, str], args: dict[str
     stop with :func:`stop_cluster` (or use :func:`local_app`, which does)."""
     import os
 
-    from infra.local_ray import free_port, start_ray_head, use_loopback
+    from serve_app.run import free_port, use_loopback
+    from testkit.local_ray import start_ray_head
 
     use_loopback()  # before Ray is imported: the cluster listens on 127.0.0.1 only
     import ray
@@ -42,7 +43,7 @@ def stop_cluster(cluster: dict[str, Any], serve_started: bool = True) -> None:
     import ray
     from ray import serve
 
-    from infra.local_ray import stop_ray_head
+    from testkit.local_ray import stop_ray_head
 
     try:
         if serve_started:

@@ -43,7 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 from bench.results import load_average, machine, markdown_table, update_results  # noqa: E402
-from infra.local_ray import free_port  # noqa: E402
+from serve_app.run import free_port  # noqa: E402
 from matting_lib.data.decode import decode_image  # noqa: E402
 
 TARGET_LATENCY_OVERHEAD = 1.15
@@ -188,7 +188,7 @@ def serve_levels(
 
     from serve_app.app import build_from_config
     from serve_app.config import serve_config_from_args
-    from serve_app.ingress import parse_server_timing
+    from serve_app.api import parse_server_timing
 
     port = free_port()
     cfg = serve_config_from_args({

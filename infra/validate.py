@@ -236,7 +236,8 @@ def _load_sweep(path: str, overrides: list[str]) -> Any:
     import dataclasses
 
     from matting_lib.config import ConfigError, load_config
-    from ray_jobs.tune import SweepConfig, load_base, max_epochs, parse_space, resolve_algorithm
+    from ray_jobs.tune.search import resolve_algorithm
+    from ray_jobs.tune.space import SweepConfig, load_base, max_epochs, parse_space
 
     sweep = load_config(path, overrides, cls=SweepConfig)
     if "://" not in sweep.base_config and not Path(sweep.base_config).is_absolute():

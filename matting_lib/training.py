@@ -196,31 +196,56 @@ def _terms(
     return {k: w * soft[k] + (1.0 - w) * gt.get(k, 0.0) for k in soft}
 
 
+@dataclass(frozen=True)
+class Distillation:
+    """A frozen teacher (see :func:`freeze_teacher`) and how its alpha mixes with the ground truth:
+    each loss term is ``weight`` x (the loss against the teacher's alpha, plus ``logit_l1`` x
+    :func:`logit_l1`) + ``1 - weight`` x (the loss against the label)."""
+
+    teacher: nn.Module
+    weight: float = 1.0
+    logit_l1: float = 0.0
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """How every optimizer step of an epoch runs: the loss, where, in which precision, the
+    gradient clip (0 = none) and an optional distillation teacher."""
+
+    loss: LossConfig
+    device: torch.device
+    precision: Precision
+    grad_clip: float = 1.0
+    distill: Distillation | None = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Progress lines within an epoch: ``log`` every ``every`` steps (0 = none), out of
+    ``expected_steps`` when the epoch's length is known (0 = unknown)."""
+
+    log: Callable[[str], None]
+    every: int = 0
+    expected_steps: int = 0
+
+
 def train_one_epoch(
     model: nn.Module,
     batches: Iterable[Batch],
     optimizer: torch.optim.Optimizer,
-    loss_cfg: LossConfig,
-    *,
-    device: torch.device,
-    precision: Precision,
     scaler: torch.amp.GradScaler,
-    grad_clip: float = 1.0,
-    log: Callable[[str], None] | None = None,
-    log_every: int = 0,
-    teacher: nn.Module | None = None,
-    distill_weight: float = 1.0,
-    distill_logit: float = 0.0,
+    settings: StepSettings,
+    *,
     after_step: Callable[[], None] | None = None,
-    expected_steps: int = 0,
+    progress: Progress | None = None,
 ) -> dict[str, float]:
     """One pass over ``batches``; returns the mean of each loss term, ``samples`` and ``samples_per_s``.
 
     Non-finite losses skip the step (counted in ``skipped_steps``) rather than poisoning weights.
-    With a ``teacher`` (eval mode, frozen), each term is ``distill_weight`` times the loss against
-    the teacher's alpha (plus ``distill_logit`` x :func:`logit_l1`) and ``1 - distill_weight``
-    times the loss against the ground truth.
+    ``after_step`` runs after every optimizer step (a per-step schedule). With
+    ``settings.distill``, the loss terms mix the teacher's alpha in (see :class:`Distillation`).
     """
+    device, precision, distill = settings.device, settings.precision, settings.distill
     model.train()
     sums: dict[str, float] = {}
     n_samples = 0
@@ -231,15 +256,18 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         with precision.autocast(device):
             pred = model(b["image"])
-        terms = _terms(pred.float(), b, loss_cfg, teacher, distill_weight, precision, device, distill_logit)
+        if distill is None:
+            terms = _terms(pred.float(), b, settings.loss, None, 1.0, precision, device)
+        else:
+            terms = _terms(pred.float(), b, settings.loss, distill.teacher, distill.weight, precision, device, distill.logit_l1)
         loss = terms["total"]
         if not torch.isfinite(loss):
             skipped += 1
             continue
         scaler.scale(loss).backward()
-        if grad_clip > 0:
+        if settings.grad_clip > 0:
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], settings.grad_clip)
         scaler.step(optimizer)
         scaler.update()
         if after_step is not None:
@@ -250,8 +278,8 @@ def train_one_epoch(
         for k, v in terms.items():
             # Summed on the device: a float() per term would sync the GPU several times a step.
             sums[k] = sums.get(k, 0.0) + v.detach().float() * bs
-        if log is not None and log_every and steps % log_every == 0:
-            log(progress_line(steps, expected_steps, float(loss.detach()), n_samples, time.perf_counter() - t0))
+        if progress is not None and progress.every and steps % progress.every == 0:
+            progress.log(progress_line(steps, progress.expected_steps, float(loss.detach()), n_samples, time.perf_counter() - t0))
     elapsed = time.perf_counter() - t0
     out = {k: float(v) / max(n_samples, 1) for k, v in sums.items()}
     out.update(samples=float(n_samples), steps=float(steps), skipped_steps=float(skipped), samples_per_s=n_samples / max(elapsed, 1e-9))
@@ -369,7 +397,8 @@ class TrainingRun:
         self.stage: StageState | None = None
         self.history: list[dict[str, float]] = []
         self.next_epoch = 0
-        self.teacher = freeze_teacher(teacher, device) if teacher is not None else None
+        self.distill = (Distillation(freeze_teacher(teacher, device), cfg.distill.weight, cfg.distill.logit_l1)
+                        if teacher is not None else None)
         self.per_step = cfg.optim.scheduler == "cosine" and cfg.optim.schedule_per == "step"
         self.steps_per_epoch = steps_per_epoch
         """Optimizer steps per epoch (per worker): what a per-step cosine spreads over."""
@@ -403,12 +432,11 @@ class TrainingRun:
         idx, _, _ = stage_at(self.cfg.stages, epoch)
         stage = self._ensure_stage(idx)
         assert self.stage is not None
+        settings = StepSettings(self.cfg.loss, self.device, self.precision, self.cfg.optim.grad_clip, self.distill)
         stats = train_one_epoch(
-            self.model, batches, self.stage.optimizer, self.cfg.loss,
-            device=self.device, precision=self.precision, scaler=self.stage.scaler,
-            grad_clip=self.cfg.optim.grad_clip, log=log, log_every=log_every,
-            teacher=self.teacher, distill_weight=self.cfg.distill.weight, distill_logit=self.cfg.distill.logit_l1,
-            after_step=self.stage.scheduler.step if self.per_step else None, expected_steps=self.steps_per_epoch,
+            self.model, batches, self.stage.optimizer, self.stage.scaler, settings,
+            after_step=self.stage.scheduler.step if self.per_step else None,
+            progress=Progress(log, log_every, self.steps_per_epoch) if log is not None else None,
         )
         lr = self.stage.optimizer.param_groups[0]["lr"]
         if not self.per_step:
@@ -436,6 +464,33 @@ def format_epoch(row: Mapping[str, Any], total: int) -> str:
     return f"epoch {row['epoch'] + 1}/{total} [{row.get('stage_name', '')}] " + " ".join(parts) + extra
 
 
+def run_epochs(
+    run: TrainingRun,
+    train_batches: Callable[[int], Iterable[Batch]],
+    validate: Callable[[nn.Module], Mapping[str, float]],
+    on_epoch_end: Callable[[dict[str, Any]], None],
+    *,
+    log: Callable[[str], None] | None = None,
+    log_every: int = 0,
+) -> list[dict[str, Any]]:
+    """The epoch loop of every trainer: from ``run.next_epoch`` on, train an epoch on
+    ``train_batches(epoch)``, ``validate`` the bare model (no DDP wrapper), record the row
+    (validation metrics as ``val_<name>``), log the epoch's line and hand the row to
+    ``on_epoch_end`` (checkpoints, reports). :func:`fit` saves checkpoint files there; each Ray
+    Train worker reports to Ray Train (``ray_jobs.trainer``). Returns ``run.history``.
+
+    ``log`` (None: silent) also gets a progress line every ``log_every`` steps (0: none).
+    """
+    for epoch in run.epochs():
+        train_stats = run.train_epoch(epoch, train_batches(epoch), log=log, log_every=log_every)
+        val = validate(unwrap(run.model))
+        row = run.end_epoch(epoch, train_stats | {f"val_{k}": v for k, v in val.items()})
+        if log is not None:
+            log(format_epoch({**row, **val}, run.cfg.total_epochs))
+        on_epoch_end(row)
+    return run.history
+
+
 def fit(
     model: nn.Module,
     cfg: Any,
@@ -450,14 +505,14 @@ def fit(
     teacher: nn.Module | None = None,
     steps_per_epoch: int = 0,
 ) -> list[dict[str, Any]]:
-    """Train on one device without Ray; returns the per-epoch history.
+    """Train on one device without Ray (:func:`run_epochs`); returns the per-epoch history.
 
     ``train_batches(epoch)`` yields training batches; ``val_batches()`` validation ones.
     With ``checkpoint_uri`` the best epoch (lowest validation SAD) is saved there, and
     ``<checkpoint_uri>.last`` keeps the latest state; an existing ``.last`` is resumed.
     ``log_every`` > 0 also logs every that many steps; ``data_fingerprint`` goes into the
     checkpoints (see :func:`matting_lib.checkpoint.data_fingerprint`); ``teacher`` turns on
-    distillation with ``cfg.distill.weight`` (see :func:`train_one_epoch`); ``steps_per_epoch``
+    distillation with ``cfg.distill.weight`` (see :class:`Distillation`); ``steps_per_epoch``
     is needed by ``optim.schedule_per: step`` (the cosine then decays every step).
     """
     from matting_lib.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
@@ -476,16 +531,18 @@ def fit(
             run.restore(last.training_state)
             best = min((h.get("val_sad", float("inf")) for h in run.history), default=best)
             log(f"resuming at epoch {run.next_epoch + 1}")
-    for epoch in run.epochs():
-        train_stats = run.train_epoch(epoch, train_batches(epoch), log=log, log_every=log_every)
-        val = evaluate(model, val_batches(), cfg.loss, device=device, precision=run.precision)
-        # Validation metrics as "val_<name>", as ray_jobs.train records them (checkpoints, history).
-        row = run.end_epoch(epoch, train_stats | {f"val_{k}": v for k, v in val.items()})
-        log(format_epoch({**row, **val}, cfg.total_epochs))
-        if checkpoint_uri:
-            common = dict(train_config=cfg, metrics=row, data_fingerprint=data_fingerprint)
-            save_checkpoint(checkpoint_uri + ".last", model, training_state=run.training_state(), **common)
-            if val["sad"] < best:
-                best = val["sad"]
-                save_checkpoint(checkpoint_uri, model, **common)
-    return run.history
+
+    def validate(m: nn.Module) -> dict[str, float]:
+        return evaluate(m, val_batches(), cfg.loss, device=device, precision=run.precision)
+
+    def save(row: dict[str, Any]) -> None:
+        nonlocal best
+        if not checkpoint_uri:
+            return
+        common = dict(train_config=cfg, metrics=row, data_fingerprint=data_fingerprint)
+        save_checkpoint(checkpoint_uri + ".last", run.model, training_state=run.training_state(), **common)
+        if row["val_sad"] < best:
+            best = row["val_sad"]
+            save_checkpoint(checkpoint_uri, run.model, **common)
+
+    return run_epochs(run, train_batches, validate, save, log=log, log_every=log_every)

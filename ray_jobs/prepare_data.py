@@ -48,6 +48,7 @@ from matting_lib.data.dataset import DatasetError, load_sample, read_split
 from matting_lib.data.darken import LowlightParams, darken
 from matting_lib.data.decode import decode_image
 from matting_lib.data.folds import assign_folds, write_folds
+from matting_lib.data.manifest import held_out_names
 from matting_lib.data.procedural import GENERATORS, pick_generator
 from matting_lib.data.synthesis import (
     crop_to_alpha,
@@ -164,16 +165,16 @@ def list_backgrounds(root: str, exclude: Sequence[str] = ()) -> list[str]:
     return [io.join(root, f) for f in kept]
 
 
-def hold_out(names: Sequence[str], opts: PrepOptions) -> list[str]:
-    """The validation photos: ``--val-names`` (checked), else ``--val-count`` drawn with the seed."""
+def validation_photos(names: Sequence[str], opts: PrepOptions) -> list[str]:
+    """The validation photos: ``--val-names`` (checked), else ``--val-count`` drawn with ``--seed`` by
+    the manifest's seeded choice (:func:`matting_lib.data.manifest.held_out_names`)."""
     if opts.val_names:
         unknown = sorted(set(opts.val_names) - set(names))
         if unknown:
             raise PrepError(f"--val-names: {', '.join(unknown)} not in {opts.foregrounds} (has {', '.join(names)})")
         val = sorted(set(opts.val_names))
     else:
-        k = min(opts.val_count, len(names))
-        val = sorted(np.random.default_rng([opts.seed, 1]).permutation(sorted(names))[:k].tolist())
+        val = sorted(held_out_names(names, min(opts.val_count, len(names)), opts.seed))
     if len(val) == len(names) and opts.procedural_frac < 1:
         raise PrepError(f"all {len(names)} foregrounds are held out for validation; "
                         "leave at least one for training (or use --procedural-frac 1)")
@@ -304,7 +305,7 @@ def prepare(opts: PrepOptions, log=print) -> dict[str, Any]:
         train_fgs, val_fgs = list(names), list(names)
         log(f"{opts.folds} folds: " + "; ".join(f"fold {k}: {', '.join(f)}" for k, f in enumerate(folds)))
     else:
-        val_fgs = hold_out(names, opts)
+        val_fgs = validation_photos(names, opts)
         train_fgs = [n for n in names if n not in val_fgs]
     train_bgs, val_bgs = split_backgrounds(bg_uris, opts, need_val=bool(val_fgs))
     log(f"foregrounds: {len(train_fgs)} train, {len(val_fgs)} held out ({', '.join(val_fgs) or '-'}); "

@@ -21,19 +21,19 @@ import time
 
 from matting_lib import io
 from matting_lib.config import TrainConfig
-from matting_lib.data.manifest import absolute_paths
+from ray_jobs.run_data import absolute_paths
 from matting_lib.io import run_uri
 from ray_jobs.common import fail, init_ray, job_parser, load_job_config
-from ray_jobs.trainer import build_datasets, export_best, make_trainer, prepare_data
+from ray_jobs.trainer import export_best, make_trainer, prepare_data
 
 
 def run_training(cfg: TrainConfig, address: str | None = None) -> tuple[str, dict, float]:
     """Train ``cfg`` on the cluster at ``address`` (see :func:`ray_jobs.common.init_ray`): returns the
     best checkpoint's URI, its metrics and the seconds it took. Exits with one clear line on failure."""
     cfg = absolute_paths(cfg)
-    train_rows, val_rows, extra_env = prepare_data(cfg)
-    init_ray(address, env=extra_env)
-    trainer = make_trainer(cfg, build_datasets(cfg, train_rows, val_rows), env=extra_env)
+    data = prepare_data(cfg)
+    init_ray(address, env=data.env)
+    trainer = make_trainer(cfg, data)
     t0 = time.perf_counter()
     again = f"; relaunch the same command (run.name={cfg.run.name}) to resume from its last checkpoint"
     try:

@@ -30,11 +30,11 @@ import torch
 from matting_lib import io
 from matting_lib.checkpoint import CheckpointError, data_fingerprint, load_checkpoint, load_weights
 from matting_lib.config import TrainConfig
-from matting_lib.data.samples import SampleLoader, fetch_pair
+from matting_lib.data.samples import SampleLoader, fetch_pair, split_loaders
 from matting_lib.nets import build_model
 from matting_lib.inference.predictor import resolve_device
 from matting_lib.training import auto_log_every, fit, load_teacher
-from matting_lib.data.manifest import absolute_paths, load_rows
+from ray_jobs.run_data import absolute_paths, load_rows
 from matting_lib.io import run_uri
 from ray_jobs.common import fail, load_job_config
 
@@ -70,13 +70,8 @@ def _seed_worker(worker_id: int) -> None:
 
 def make_loaders(cfg: TrainConfig, train_rows: list[dict], val_rows: list[dict], workers: int, device: torch.device):
     """(train_batches(epoch), val_batches()) for :func:`fit`."""
-    train_ds = RowsDataset(train_rows, SampleLoader(
-        size=cfg.data.image_size, augment=cfg.data.augment, train=True,
-        lowlight_sim_prob=cfg.data.lowlight_sim_prob, seed=cfg.run.seed, s3_endpoint_url=cfg.data.s3_endpoint_url,
-    ))
-    val_ds = RowsDataset(val_rows, SampleLoader(
-        size=cfg.data.image_size, augment="none", train=False, s3_endpoint_url=cfg.data.s3_endpoint_url,
-    ))
+    train_loader, val_loader = split_loaders(cfg.data, seed=cfg.run.seed)
+    train_ds, val_ds = RowsDataset(train_rows, train_loader), RowsDataset(val_rows, val_loader)
     common: dict[str, Any] = dict(batch_size=cfg.data.batch_size, num_workers=workers, pin_memory=device.type == "cuda")
     if workers > 0:
         common.update(worker_init_fn=_seed_worker, prefetch_factor=4)

@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,10 @@ import torch
 from matting_lib import io
 from matting_lib.checkpoint import CheckpointError, load_checkpoint, load_weights, parse_checkpoint, save_checkpoint
 from matting_lib.config import TrainConfig, from_dict, to_dict
-from matting_lib.data.samples import SampleLoader
+from matting_lib.data.samples import split_loaders
 from matting_lib.nets import build_model
-from matting_lib.training import TrainingRun, auto_log_every, evaluate, format_epoch, load_teacher, unwrap
-from matting_lib.data.manifest import load_rows
+from matting_lib.training import TrainingRun, auto_log_every, evaluate, load_teacher, run_epochs
+from ray_jobs.run_data import load_rows
 from matting_lib.io import run_uri
 from ray_jobs.common import fail, storage_args, worker_env
 
@@ -54,20 +55,18 @@ def build_datasets(cfg: TrainConfig, train_rows: list[dict], val_rows: list[dict
         return ray.data.from_items(items, override_num_blocks=max(1, min(math.ceil(len(items) / ROWS_PER_TASK), MAX_BLOCKS)))
 
     common = dict(batch_size=ROWS_PER_TASK, batch_format="numpy", num_cpus=cfg.scaling.data_cpus, compute=ray.data.TaskPoolStrategy())
-    train_loader = SampleLoader(
-        size=cfg.data.image_size, augment=cfg.data.augment, train=True,
-        lowlight_sim_prob=cfg.data.lowlight_sim_prob, s3_endpoint_url=cfg.data.s3_endpoint_url,
-    )
-    val_loader = SampleLoader(size=cfg.data.image_size, augment="none", train=False, s3_endpoint_url=cfg.data.s3_endpoint_url)
+    train_loader, val_loader = split_loaders(cfg.data)
     # The shuffle's tasks take 1 CPU unless told: with fractional workers that can starve (hang) a small cluster.
     train_ds = rows_ds(train_rows).random_shuffle(seed=None, num_cpus=cfg.scaling.data_cpus).map_batches(train_loader, **common)
     val_ds = rows_ds(val_rows).map_batches(val_loader, **common)
     return {"train": train_ds, "val": val_ds}
 
 
-def make_trainer(cfg: TrainConfig, datasets: dict[str, Any], env: dict[str, str] | None = None, callbacks: list | None = None):
-    """A TorchTrainer for ``cfg``; ``callbacks`` (Ray Train ``UserCallback``s) go to its RunConfig,
-    e.g. Tune's ``TuneReportCallback`` when a sweep trial runs it."""
+def make_trainer(cfg: TrainConfig, data: RunData, callbacks: list | None = None):
+    """A TorchTrainer for ``cfg`` on ``data`` (its Ray Datasets: :func:`build_datasets`); ``callbacks``
+    (Ray Train ``UserCallback``s) go to its RunConfig, e.g. Tune's ``TuneReportCallback`` when a
+    sweep trial runs it. The workers get the config, the data's fingerprint and their steps per
+    epoch in ``train_loop_config``; ``data.env`` becomes their environment (S3 settings)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -82,17 +81,18 @@ def make_trainer(cfg: TrainConfig, datasets: dict[str, Any], env: dict[str, str]
         checkpoint_config=ray.train.CheckpointConfig(
             num_to_keep=cfg.run.keep_checkpoints, checkpoint_score_attribute="val_sad", checkpoint_score_order="min"
         ),
-        worker_runtime_env={"env_vars": worker_env(env)},
+        worker_runtime_env={"env_vars": worker_env(data.env)},
         callbacks=callbacks,
         **storage_args(cfg.run.storage_path, cfg.data.s3_endpoint_url),
     )
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": to_dict(cfg)},
+        train_loop_config={"config": to_dict(cfg), "data_fingerprint": data.fingerprint,
+                           "steps_per_epoch": steps_per_worker_epoch(cfg, len(data.train_rows))},
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         scaling_config=scaling,
         run_config=run_config,
-        datasets=datasets,
+        datasets=build_datasets(cfg, data.train_rows, data.val_rows),
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
 
@@ -111,11 +111,30 @@ def export_best(result: Any, cfg: TrainConfig) -> tuple[str, dict]:
     return uri, metrics
 
 
-def prepare_data(cfg: TrainConfig, manifest_dir: str = "") -> tuple[list[dict], list[dict], dict[str, str]]:
-    """Driver-side checks before Ray starts: the rows of both splits and the env vars workers need.
+@dataclass(frozen=True)
+class RunData:
+    """What the driver checked before Ray starts: the rows of both splits, their fingerprint
+    (:func:`matting_lib.checkpoint.data_fingerprint`, recorded in every checkpoint) and the
+    environment the workers need (the S3 endpoint)."""
+
+    train_rows: list[dict]
+    val_rows: list[dict]
+    fingerprint: str
+    env: dict[str, str]
+
+
+def steps_per_worker_epoch(cfg: TrainConfig, n_train: int) -> int:
+    """Optimizer steps of one worker's epoch: its shard of the ``n_train`` rows in batches (what a
+    per-step cosine spreads over). From the run's own config, so a sweep trial's batch size counts."""
+    per_worker = math.ceil(n_train / max(1, cfg.scaling.num_workers))
+    return math.ceil(per_worker / cfg.data.batch_size)
+
+
+def prepare_data(cfg: TrainConfig, manifest_dir: str = "") -> RunData:
+    """Driver-side checks before Ray starts: the rows of both splits and what the workers need.
 
     ``manifest_dir``: where a manifest built for the run goes (default: the run's folder; see
-    :func:`matting_lib.data.manifest.load_rows`). Exits 2 with one clear line for a missing or empty dataset or an
+    :func:`ray_jobs.run_data.load_rows`). Exits 2 with one clear line for a missing or empty dataset or an
     unreadable init checkpoint.
     """
     try:
@@ -132,13 +151,8 @@ def prepare_data(cfg: TrainConfig, manifest_dir: str = "") -> tuple[list[dict], 
                 load_checkpoint(uri)
             except CheckpointError as e:
                 fail(f"{key}: {e}", code=2)
-    # A per-step cosine spreads over each worker's steps: its shard of the train rows in batches.
-    per_worker = math.ceil(len(train_rows) / max(1, cfg.scaling.num_workers))
-    extra_env = {"MATTING_DATA_FINGERPRINT": fingerprint,
-                 "MATTING_STEPS_PER_EPOCH": str(math.ceil(per_worker / cfg.data.batch_size))}
-    if cfg.data.s3_endpoint_url:
-        extra_env["AWS_ENDPOINT_URL"] = cfg.data.s3_endpoint_url
-    return train_rows, val_rows, extra_env
+    env = {"AWS_ENDPOINT_URL": cfg.data.s3_endpoint_url} if cfg.data.s3_endpoint_url else {}
+    return RunData(train_rows, val_rows, fingerprint, env)
 
 
 # --------------------------------------------------------------------------- worker side
@@ -184,39 +198,42 @@ def train_loop_per_worker(loop_config: dict) -> list[dict] | None:
     if rank == 0 and teacher is not None:
         print(f"distilling from {cfg.distill.teacher} (weight {cfg.distill.weight:g})", flush=True)
     run = TrainingRun(model, cfg, device, wrap=ray.train.torch.prepare_model, teacher=teacher,
-                      steps_per_epoch=int(os.environ.get("MATTING_STEPS_PER_EPOCH", "0")))
+                      steps_per_epoch=int(loop_config["steps_per_epoch"]))
     run.restore(training_state)
     if rank == 0 and training_state:
         print(f"resuming at epoch {run.next_epoch + 1}/{cfg.total_epochs}", flush=True)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
-    fingerprint = os.environ.get("MATTING_DATA_FINGERPRINT", "")
+    fingerprint = loop_config["data_fingerprint"]
 
-    for epoch in run.epochs():
-        batches = train_shard.iter_torch_batches(batch_size=cfg.data.batch_size, dtypes=torch.float32, drop_last=False)
-        progress = dict(log=lambda line: print(line, flush=True), log_every=auto_log_every(run.steps_per_epoch)) if rank == 0 else {}
-        stats = run.train_epoch(epoch, batches, **progress)
+    def train_batches(epoch: int) -> Any:
+        return train_shard.iter_torch_batches(batch_size=cfg.data.batch_size, dtypes=torch.float32, drop_last=False)
+
+    def validate(model: torch.nn.Module) -> dict[str, float]:
+        """Rank 0 validates (``model`` is the bare module: DDP's forward broadcasts buffers, a
+        collective the other ranks would skip); every rank gets its result."""
         val = None
         if rank == 0:
             val_batches = val_shard.iter_torch_batches(batch_size=cfg.data.batch_size, dtypes=torch.float32)
-            # The bare module: DDP's forward broadcasts buffers, a collective the other ranks skip.
-            val = evaluate(unwrap(run.model), val_batches, cfg.loss, device=device, precision=run.precision)
-        val = _broadcast(val)
-        metrics = stats | {f"val_{k}": v for k, v in val.items()}
-        row = run.end_epoch(epoch, metrics)
-        if rank == 0:
-            print(format_epoch({**row, **val}, cfg.total_epochs), flush=True)
-            with tempfile.TemporaryDirectory() as tmp:
-                save_checkpoint(
-                    os.path.join(tmp, CHECKPOINT_FILE), run.model, train_config=cfg,
-                    metrics=row, data_fingerprint=fingerprint, training_state=run.training_state(),
-                )
-                ray.train.report(_numeric(row), checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
+            val = evaluate(model, val_batches, cfg.loss, device=device, precision=run.precision)
+        return _broadcast(val)
+
+    def report(row: dict) -> None:
+        """Every rank reports the epoch to Ray Train; rank 0 with the checkpoint."""
+        if rank != 0:
             ray.train.report(_numeric(row))
-    return run.history if rank == 0 else None
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            save_checkpoint(
+                os.path.join(tmp, CHECKPOINT_FILE), run.model, train_config=cfg,
+                metrics=row, data_fingerprint=fingerprint, training_state=run.training_state(),
+            )
+            ray.train.report(_numeric(row), checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    log = (lambda line: print(line, flush=True)) if rank == 0 else None
+    history = run_epochs(run, train_batches, validate, report, log=log, log_every=auto_log_every(run.steps_per_epoch))
+    return history if rank == 0 else None
 
 
 def _numeric(row: dict) -> dict:
     return {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-

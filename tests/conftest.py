@@ -26,12 +26,12 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from testkit import ROOT
-from testkit.data import synthetic_pair, write_dataset  # noqa: F401 - the tests import them from here too
 from testkit.env import configure
 
 configure()  # before anything imports boto or Ray: loopback S3 credentials, token auth, loopback cluster
 
-from infra.local_ray import free_port, start_ray_head, stop_ray_head  # noqa: E402 - after the environment above
+from serve_app.run import free_port  # noqa: E402
+from testkit.local_ray import start_ray_head, stop_ray_head  # noqa: E402 - after the environment above
 
 
 @pytest.fixture(scope="session", autouse=True)

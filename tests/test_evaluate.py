@@ -33,7 +33,8 @@ from matting_lib.postprocess import feather_alpha
 from matting_lib.inference.predictor import Predictor
 from matting_lib.report import CAPTION_H, GAP
 from matting_lib.routing import BrightnessRouter, measure_brightness
-from ray_jobs import evaluate
+from matting_lib.evaluation import scoring
+from ray_jobs.evaluate import cli as evaluate_cli
 from testkit.data import synthetic_pair, write_dataset
 
 TINY = ModelConfig(encoder_width=0.35, decoder_channels=(32, 24, 16, 16, 8))
@@ -77,7 +78,7 @@ def dataset(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def result(dataset) -> dict:
     out = dataset["root"] / "out"
-    code = evaluate.main(["--checkpoint", dataset["base"], "--checkpoint", dataset["lowlight"],
+    code = evaluate_cli.main(["--checkpoint", dataset["base"], "--checkpoint", dataset["lowlight"],
                           "--data", dataset["data"], "--split", "val", "--routed", "--device", "cpu", "--backend", "torch",
                           "--grid", "2", "--out", str(out)])
     return {"code": code, "out": out, "rows": _read_csv((out / "per_image.csv").read_text()),
@@ -100,7 +101,7 @@ def _inputs(dataset: dict) -> dict[tuple[str, str], tuple]:
 def test_outputs_table_summary_markdown_and_grid(result):
     assert result["code"] == 1  # the broken sample failed; everything else was scored
     rows, summary, md = result["rows"], result["summary"], result["md"]
-    assert list(rows[0]) == evaluate.CSV_COLUMNS
+    assert list(rows[0]) == scoring.CSV_COLUMNS
     models = ["base", "lowlight", "grabcut", "background", "routed"]
     assert len(rows) == 4 * 2 * len(models)
     assert {(r["condition"], r["model"]) for r in rows} == {(c, m) for c in ("normal", "lowlight") for m in models}
@@ -160,12 +161,12 @@ def test_lowlight_images_are_darker_and_the_same_every_run(result, dataset, tmp_
         assert value == pytest.approx(measure_brightness(inputs[(name, cond)][0]), abs=1e-5)
         if cond == "lowlight":
             assert value < 0.35 * bright[(name, "normal")]
-    a = evaluate.LOWLIGHT.apply(inputs[("va000", "normal")][0], "va000")
-    np.testing.assert_array_equal(a, evaluate.LOWLIGHT.apply(inputs[("va000", "normal")][0], "va000"))
-    assert not np.array_equal(a, evaluate.LOWLIGHT.apply(inputs[("va000", "normal")][0], "va001"))
+    a = scoring.LOWLIGHT.apply(inputs[("va000", "normal")][0], "va000")
+    np.testing.assert_array_equal(a, scoring.LOWLIGHT.apply(inputs[("va000", "normal")][0], "va000"))
+    assert not np.array_equal(a, scoring.LOWLIGHT.apply(inputs[("va000", "normal")][0], "va001"))
 
     # A second run (two images, another router threshold) gives the same low-light numbers.
-    code = evaluate.main(["--checkpoint", f"base={dataset['base']}", "--checkpoint", f"lowlight={dataset['lowlight']}",
+    code = evaluate_cli.main(["--checkpoint", f"base={dataset['base']}", "--checkpoint", f"lowlight={dataset['lowlight']}",
                           "--data", dataset["data"], "--lowlight", "--routed", "--router-threshold", "0.01",
                           "--no-baseline", "--limit", "2", "--grid", "0", "--device", "cpu", "--backend", "torch", "--save-alphas",
                           "--out", str(tmp_path)])
@@ -233,7 +234,7 @@ def test_bad_inputs_exit_2_with_one_clear_line(case, message, dataset, tmp_path,
         "reserved name": ["--checkpoint", f"grabcut={base}", "--data", data],
     }[case]
     with pytest.raises(SystemExit) as exc:
-        evaluate.main(argv + ["--out", str(tmp_path / "out")])
+        evaluate_cli.main(argv + ["--out", str(tmp_path / "out")])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
@@ -252,7 +253,7 @@ def test_an_onnx_export_is_scored_like_its_predictor(dataset, tmp_path):
     export = tmp_path / "base.onnx"
     export.write_bytes(export_onnx(model, checkpoint=dataset["base"]))
     out = tmp_path / "out"
-    code = evaluate.main(["--checkpoint", f"base={export}", "--data", dataset["data"], "--split", "val",
+    code = evaluate_cli.main(["--checkpoint", f"base={export}", "--data", dataset["data"], "--split", "val",
                           "--device", "cpu", "--no-baseline", "--grid", "0", "--out", str(out)])
     assert code == 1  # the broken sample, as above
     summary = json.loads((out / "summary.json").read_text())
@@ -269,7 +270,7 @@ def test_an_onnx_export_is_scored_like_its_predictor(dataset, tmp_path):
             assert float(r[m]) == pytest.approx(fn(pred, alpha), rel=1e-6, abs=1e-9), (r["image"], m)
 
     with pytest.raises(SystemExit) as exc:
-        evaluate.main(["--checkpoint", str(export), "--data", dataset["data"], "--refiner", dataset["base"],
+        evaluate_cli.main(["--checkpoint", str(export), "--data", dataset["data"], "--refiner", dataset["base"],
                        "--out", str(tmp_path / "out2")])
     assert exc.value.code == 2
 
@@ -282,8 +283,8 @@ def test_ray_tasks_from_s3_give_the_same_table_as_a_local_run(ray_cluster, s3_bu
     s3.put_object(Bucket=bucket, Key="base.pt", Body=Path(dataset["base"]).read_bytes())
     common = ["--checkpoint", f"{s3_bucket}/base.pt", "--data", data, "--lowlight", "--device", "cpu"]
 
-    assert evaluate.main(common + ["--ray", "--task-cpus", "0.5", "--out", f"{s3_bucket}/eval"]) == 0
-    assert evaluate.main(common + ["--out", str(tmp_path)]) == 0
+    assert evaluate_cli.main(common + ["--ray", "--task-cpus", "0.5", "--out", f"{s3_bucket}/eval"]) == 0
+    assert evaluate_cli.main(common + ["--out", str(tmp_path)]) == 0
 
     remote = _read_csv(s3.get_object(Bucket=bucket, Key="eval/per_image.csv")["Body"].read().decode())
     local = _read_csv((tmp_path / "per_image.csv").read_text())
@@ -349,7 +350,7 @@ def test_folds_score_each_photo_with_its_folds_model_beside_both_baselines(datas
     _constant_checkpoint(tmp_path / "cv-f0.pt", 0.999)
     _constant_checkpoint(tmp_path / "cv-f1.pt", 0.001)
     out = tmp_path / "out"
-    code = evaluate.main(["--checkpoint", f"cv={tmp_path}/cv-f{{fold}}.pt", "--data", dataset["data"], "--split", "val",
+    code = evaluate_cli.main(["--checkpoint", f"cv={tmp_path}/cv-f{{fold}}.pt", "--data", dataset["data"], "--split", "val",
                           "--folds", str(folds), "--device", "cpu", "--grid", "0", "--grid-worst", "2", "--out", str(out),
                           "--no-subject-prior"])  # fold 1's empty answer is what is scored
     assert code == 0  # "broken" is in no fold: not scored
@@ -370,8 +371,8 @@ def test_folds_score_each_photo_with_its_folds_model_beside_both_baselines(datas
     assert "cross-validation" in (out / "summary.md").read_text()
     # grid_worst.png: the two images with the highest MAD of "cv", one row each (normal light only).
     mad = {r["image"]: float(r["mad"]) for r in rows if r["model"] == "cv"}
-    typed = [evaluate.ImageResult(n, rows=[{**r, "mad": float(r["mad"])} for r in rows if r["image"] == n]) for n in names]
-    assert evaluate.worst_images(typed, "cv", 2) == sorted(mad, key=lambda k: -mad[k])[:2]
+    typed = [scoring.ImageResult(n, rows=[{**r, "mad": float(r["mad"])} for r in rows if r["image"] == n]) for n in names]
+    assert scoring.worst_images(typed, "cv", 2) == sorted(mad, key=lambda k: -mad[k])[:2]
     with Image.open(out / "grid_worst.png") as im:
         assert im.size == (4 * 160 + 5 * GAP, CAPTION_H + 2 * (160 + CAPTION_H + GAP) + GAP)
 
@@ -384,7 +385,7 @@ def test_fold_placeholder_without_folds_and_bad_folds_exit_2(dataset, tmp_path, 
                           (["--checkpoint", dataset["base"], "--folds", str(bad)], "--folds: none of the images"),
                           (["--checkpoint", dataset["base"], "--folds", str(tmp_path / "none.json")], "cannot read folds")):
         with pytest.raises(SystemExit) as exc:
-            evaluate.main(argv + args)
+            evaluate_cli.main(argv + args)
         assert exc.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0]

@@ -260,7 +260,7 @@ def test_guide_job_submissions_name_modules_and_configs_that_load(monkeypatch):
 
 
 def test_guide_evaluate_command_parses():
-    from ray_jobs.evaluate import parse_args, parse_models
+    from ray_jobs.evaluate.cli import parse_args, parse_models
 
     (cmd,) = [c.split(" -- ", 1)[1] for c in guide_commands() if "ray_jobs.evaluate" in c]
     args = parse_args(shlex.split(cmd)[3:])
@@ -375,7 +375,7 @@ def test_serve_validator_accepts_a_hot_swap_through_the_ingress():
 @pytest.mark.own_cluster
 @pytest.mark.timeout(480)
 def test_rehearsal_of_the_operators_guide():
-    """infra/rehearse.py: ray start, bucket + dataset + manifest in moto S3, ray job submit
+    """testkit/rehearse.py: ray start, bucket + dataset + manifest in moto S3, ray job submit
     --working-dir . of the tiny config distilling from models/base.pt (SUCCEEDED), a client
     without the token refused, promotion, serve deploy, one request, a hot swap under load, stop.
     Its own cluster and S3 server (a subprocess): the session's cluster is not touched."""
@@ -384,7 +384,7 @@ def test_rehearsal_of_the_operators_guide():
     import sys
 
     env = {k: val for k, val in os.environ.items() if k != "AWS_ENDPOINT_URL"}
-    r = subprocess.run([sys.executable, "-m", "infra.rehearse"], cwd=ROOT, capture_output=True, text=True, timeout=450, env=env)
+    r = subprocess.run([sys.executable, "-m", "testkit.rehearse"], cwd=ROOT, capture_output=True, text=True, timeout=450, env=env)
     log = r.stdout + r.stderr
     assert r.returncode == 0, log[-4000:]
     for marker in (

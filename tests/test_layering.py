@@ -1,6 +1,6 @@
 """The layering contracts of pyproject.toml ([tool.importlinter]) hold, and a broken one is caught.
 
-bench -> infra -> testkit -> {ray_jobs, serve_app} -> matting_lib; matting_lib never imports
+bench -> testkit -> infra -> {ray_jobs, serve_app} -> matting_lib; matting_lib never imports
 ray; nothing outside tests/ imports tests; no import cycles between siblings. ``lint-imports``
 (import-linter) checks them; so does this test, as part of ``make test``.
 """

@@ -28,7 +28,7 @@ import pytest
 from matting_lib.postprocess import PostprocessParams, apply
 from matting_lib.inference.predictor import Predictor
 from matting_lib.routing import DEFAULT_THRESHOLD
-from serve_app.ingress import parse_server_timing
+from serve_app.api import parse_server_timing
 from serve_app.params import MAX_SIDE
 from serve_app.replica import checkpoint_label
 from testkit.data import luma

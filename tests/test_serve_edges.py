@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from infra.local_ray import _cluster_pids, listening_sockets
+from testkit.local_ray import cluster_pids, listening_sockets
 from serve_app.params import MAX_SIDE
 from testkit.serve import (
     decode, deploy_and_wait, encode, get, make_checkpoint, photo, post, remove_app, serve_yaml_for_test, upload_head,
@@ -282,7 +282,7 @@ def test_every_ray_server_of_the_local_cluster_listens_on_loopback(svc):
     """GCS, raylet, agents, workers, the HTTP proxy: 127.0.0.1 only. The one documented exception
     (infra/README.md, with the firewall rule): the inter-deployment gRPC server that Ray Serve opens
     on [::] in each replica, which Ray does not let us bind elsewhere."""
-    sockets = listening_sockets(_cluster_pids(svc.temp_dir))
+    sockets = listening_sockets(cluster_pids(svc.temp_dir))
     names = {_name(pid) for _, _, pid in sockets}
     assert any("gcs_server" in n for n in names) and any(n.endswith("raylet") for n in names), names
     assert ("127.0.0.1", svc.port) in {(ip, port) for ip, port, _ in sockets}

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.local_ray import _cluster_pids, free_port, listening_sockets, stop_ray_head
+from serve_app.run import free_port
+from testkit.local_ray import cluster_pids, listening_sockets, stop_ray_head
 from testkit.serve import encode, get, make_checkpoint, photo, post, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,14 +68,14 @@ def test_launcher_serves_and_stops_cleanly_on_ctrl_c(tmp_path):
         # Ray's servers of the cluster it started listen on loopback only (GCS, raylet, workers,
         # agents, the HTTP proxy); the one exception is Ray Serve's per-replica gRPC server on [::]
         # (infra/README.md says so and gives the firewall rule).
-        sockets = listening_sockets(_cluster_pids(ray_tmp))
+        sockets = listening_sockets(cluster_pids(ray_tmp))
         assert ("127.0.0.1", port) in {(ip, p) for ip, p, _ in sockets}
         names = {pid: Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace") for _, _, pid in sockets}
         assert any("gcs_server" in n for n in names.values()), names
         exposed = [(ip, p, names[pid]) for ip, p, pid in sockets if not (ip.startswith("127.") or ip == "::1")]
         assert all(n.startswith("ray::ServeReplica:") for *_, n in exposed), exposed
         # make serve runs the models inside the ingress: no model deployments, no Ray call per image.
-        replicas = [_cmdline(pid) for pid in _cluster_pids(ray_tmp)]
+        replicas = [_cmdline(pid) for pid in cluster_pids(ray_tmp)]
         assert any(c.startswith("ray::ServeReplica:matting:ingress") for c in replicas), replicas
         assert not any(c.startswith("ray::ServeReplica:matting:model_") for c in replicas), replicas
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
@@ -85,7 +86,7 @@ def test_launcher_serves_and_stops_cleanly_on_ctrl_c(tmp_path):
         # Ray Serve's own shutdown, not an error: nothing of it may reach the terminal (issue 27).
         assert "graceful_shutdown failed" not in out, out[-3000:]
         time.sleep(1)
-        assert not _cluster_pids(ray_tmp), "Ray processes outlived the launcher"
+        assert not cluster_pids(ray_tmp), "Ray processes outlived the launcher"
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -65,7 +65,7 @@ def test_relative_local_paths_are_resolved_on_the_driver(tmp_path, monkeypatch):
     """Workers do not run in the driver's directory: `init_checkpoint: models/base.pt` (as in
     configs/lowlight.yaml) must reach them as an absolute path; URIs stay as they are."""
     from matting_lib.config import load_config
-    from ray_jobs.train import absolute_paths
+    from ray_jobs.run_data import absolute_paths
 
     monkeypatch.chdir(tmp_path)
     cfg = load_config(ROOT / "configs" / "lowlight.yaml", ["data.uri=data/ds", "data.manifest=s3://b/m.jsonl"])
@@ -84,7 +84,7 @@ def test_the_local_cluster_keeps_idle_workers_between_epochs(ray_cluster):
     workers that ran tasks are still alive, idle, seconds later."""
     import ray
 
-    from infra.local_ray import process_alive
+    from testkit.local_ray import process_alive
 
     @ray.remote(num_cpus=0.25)
     def pid(wait: float) -> int:

@@ -9,6 +9,7 @@ import torch
 from matting_lib.config import LossConfig, ModelConfig, OptimConfig, StageConfig, TrainConfig, from_dict
 from matting_lib.nets import build_model
 from matting_lib.training import (
+    StepSettings,
     TrainingRun,
     build_optimizer,
     build_scheduler,
@@ -45,7 +46,7 @@ def test_overfit_tiny_set():
     prec = resolve_precision("auto", CPU)
     first = evaluate(model, batches, loss_cfg, device=CPU, with_slow_metrics=False)["loss"]
     for _ in range(60):  # loss / 23, MAD 0.022 here (120 steps at 5e-3: / 24, 0.021)
-        stats = train_one_epoch(model, batches, opt, loss_cfg, device=CPU, precision=prec, scaler=prec.make_scaler(CPU))
+        stats = train_one_epoch(model, batches, opt, prec.make_scaler(CPU), StepSettings(loss_cfg, CPU, prec))
     last = evaluate(model, batches, loss_cfg, device=CPU, with_slow_metrics=False)
     assert stats["samples"] == 4
     assert last["loss"] < first / 8, (first, last["loss"])

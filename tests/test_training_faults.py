@@ -124,7 +124,7 @@ def test_long_s3_outage_fails_clearly_within_the_window(s3, s3_env, monkeypatch,
     assert 1.5 <= elapsed < 30, elapsed  # the 2 s window plus one last attempt, not a hang
 
     from matting_lib.config import load_config
-    from ray_jobs.train import prepare_data
+    from ray_jobs.trainer import prepare_data
 
     cfg = load_config(TINY, [f"data.uri={root}"])
     t0 = time.monotonic()

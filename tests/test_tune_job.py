@@ -71,8 +71,8 @@ def test_asha_sweep_interrupted_resumes_and_writes_table_plot_best_yaml_and_chec
     import ray
 
     from matting_lib.checkpoint import load_checkpoint
-    from matting_lib.data.manifest import absolute_paths
-    from ray_jobs import tune
+    from ray_jobs.run_data import absolute_paths
+    from ray_jobs.tune import report as tune_report, runner as tune_runner, search as tune_search, space as tune_space  # noqa: F401
     from ray_jobs.common import load_job_config
     from ray_jobs.trainer import prepare_data
 
@@ -102,7 +102,7 @@ def test_asha_sweep_interrupted_resumes_and_writes_table_plot_best_yaml_and_chec
     assert first["status"] != "TERMINATED" and int(first["epochs_run"]) < 3 and float(first["lr"]) == 3e-3, first
     early = {t: [r["epochs_done"] for r in rows] for t, rows in _tune_results(sweep_dir).items()}  # Tune may not have epoch 1 yet
 
-    assert tune.main(args) == 0
+    assert tune_runner.main(args) == 0
     out = capsys.readouterr().out
     assert "sweep asha: resuming" in out
     # No val.txt: the sweep validates on a seeded 10% of train.txt and builds the manifest in
@@ -138,7 +138,7 @@ def test_asha_sweep_interrupted_resumes_and_writes_table_plot_best_yaml_and_chec
 
     plot = cv2.cvtColor(cv2.imread(str(sweep_dir / "val_sad.png")), cv2.COLOR_BGR2RGB)
     assert plot.shape == (540, 960, 3)
-    hits = [int(np.all(plot == np.array(c, np.uint8), axis=-1).sum()) for c in tune.PALETTE[:2]]
+    hits = [int(np.all(plot == np.array(c, np.uint8), axis=-1).sum()) for c in tune_report.PALETTE[:2]]
     assert all(h > 20 for h in hits), hits  # one curve (and legend swatch) per trial
 
     best_yaml = sweep_dir / "best.yaml"
@@ -165,19 +165,19 @@ def test_asha_sweep_interrupted_resumes_and_writes_table_plot_best_yaml_and_chec
     # before Ray (dataset, splits, manifest in the run folder). Fitting that config is what the
     # trials above just did, and tests/test_training_faults.py covers the job end to end.
     job_cfg = absolute_paths(load_job_config(str(best_yaml), [f"run.storage_path={tmp_path / 'final'}"]))
-    train_rows, val_rows, env = prepare_data(job_cfg)
-    assert (len(train_rows), len(val_rows)) == (9, 1) and env["MATTING_DATA_FINGERPRINT"].startswith("sha256:")
+    data = prepare_data(job_cfg)
+    assert (len(data.train_rows), len(data.val_rows)) == (9, 1) and data.fingerprint.startswith("sha256:")
     assert (tmp_path / "final" / "asha-best" / "manifest.jsonl").exists()
 
     with pytest.raises(SystemExit) as e:
-        tune.main([*args, "asha.reduction_factor=3"])
+        tune_runner.main([*args, "asha.reduction_factor=3"])
     assert e.value.code == 2
     assert "already exists" in capsys.readouterr().err
 
 
 @pytest.mark.timeout(120)
 def test_config_and_resource_errors_exit_2_with_one_line(ray_cluster, dataset, tmp_path, capsys):
-    from ray_jobs import tune
+    from ray_jobs.tune import report as tune_report, runner as tune_runner, search as tune_search, space as tune_space  # noqa: F401
 
     cases = [
         (["space={}"], "space: empty search space"),
@@ -189,7 +189,7 @@ def test_config_and_resource_errors_exit_2_with_one_line(ray_cluster, dataset, t
     ]
     for extra, needle in cases:
         with pytest.raises(SystemExit) as e:
-            tune.main(_args(dataset, tmp_path, *extra))
+            tune_runner.main(_args(dataset, tmp_path, *extra))
         assert e.value.code == 2, extra
         err = capsys.readouterr().err
         errors = [line for line in err.splitlines() if line.startswith("error:")]
@@ -212,16 +212,16 @@ def _base() -> TrainConfig:
 
 
 def test_shipped_lowlight_sweep_is_valid_and_lr_keeps_stage_ratios():
-    from ray_jobs import tune
+    from ray_jobs.tune import report as tune_report, runner as tune_runner, search as tune_search, space as tune_space  # noqa: F401
 
-    sweep = load_config(ROOT / "configs" / "sweep_lowlight.yaml", cls=tune.SweepConfig)
+    sweep = load_config(ROOT / "configs" / "sweep_lowlight.yaml", cls=tune_space.SweepConfig)
     assert sweep.base_config == "configs/lowlight.yaml"
-    base = tune.load_base(sweep)
-    params = tune.parse_space(sweep.space, base, "random")
+    base = tune_space.load_base(sweep)
+    params = tune_space.parse_space(sweep.space, base, "random")
     assert set(params) == {"lr", "loss.l1", "loss.grad", "loss.laplacian", "loss.ssim", "loss.edge", "model.lowlight",
                            "stages.0.epochs", "stages.1.epochs", "stages.2.epochs"}
-    assert tune.max_epochs(base, params) == 6 + 8 + 12
-    cfg = tune.trial_config(base, {"lr": 2e-3, "stages.1.epochs": 7, "model.lowlight": False, "loss.edge": 0.25})
+    assert tune_space.max_epochs(base, params) == 6 + 8 + 12
+    cfg = tune_space.trial_config(base, {"lr": 2e-3, "stages.1.epochs": 7, "model.lowlight": False, "loss.edge": 0.25})
     assert cfg.stages[0].lr == 2e-3
     for old, new in zip(base.stages, cfg.stages):
         assert new.lr / old.lr == pytest.approx(2.0)
@@ -235,17 +235,17 @@ def test_shipped_lowlight_sweep_is_valid_and_lr_keeps_stage_ratios():
 def test_search_space_domains_and_rules():
     from ray import tune as rt
 
-    from ray_jobs import tune
+    from ray_jobs.tune import report as tune_report, runner as tune_runner, search as tune_search, space as tune_space  # noqa: F401
 
     base = _base()
     space = {"lr": {"distribution": "loguniform", "low": 1e-5, "high": 1e-3}, "loss": {"ssim": [0.0, 0.5]},
              "stages.0.epochs": {"distribution": "int", "low": 1, "high": 3}}
-    params = tune.parse_space(space, base, "random")
+    params = tune_space.parse_space(space, base, "random")
     lr, ssim, epochs = (params[n].domain("random") for n in ("lr", "loss.ssim", "stages.0.epochs"))
     assert isinstance(lr.get_sampler(), rt.search.sample.LogUniform) and (lr.lower, lr.upper) == (1e-5, 1e-3)
     assert ssim.categories == [0.0, 0.5]
     assert (epochs.lower, epochs.upper) == (1, 4)  # randint excludes its upper end: 3 is included
-    assert tune.max_epochs(base, params) == 3 + 6 + 10
+    assert tune_space.max_epochs(base, params) == 3 + 6 + 10
     assert params["loss.ssim"].domain("grid") == {"grid_search": [0.0, 0.5]}
     bad = [
         ({"lr": {"distribution": "loguniform", "low": 0, "high": 1}}, "random", "space.lr.low: loguniform needs low > 0"),
@@ -259,22 +259,22 @@ def test_search_space_domains_and_rules():
     ]
     for space, algorithm, needle in bad:
         with pytest.raises(ConfigError, match=None) as e:
-            tune.parse_space(space, base, algorithm)
+            tune_space.parse_space(space, base, algorithm)
         assert needle in str(e.value), (space, str(e.value))
 
 
 def test_concurrency_from_cluster_and_trial_resources():
-    from ray_jobs import tune
+    from ray_jobs.tune import report as tune_report, runner as tune_runner, search as tune_search, space as tune_space  # noqa: F401
 
     cpu_trial = ScalingSettings(num_workers=1, cpus_per_worker=0.5, data_cpus=0.25)
-    assert tune.concurrency(cpu_trial, {"CPU": 2.0}) == 2  # 0.76 CPU per trial
-    assert tune.concurrency(cpu_trial, {"CPU": 2.0}, cap=1) == 1
-    assert tune.concurrency(cpu_trial, {"CPU": 16.0}) == 21
+    assert tune_search.concurrency(cpu_trial, {"CPU": 2.0}) == 2  # 0.76 CPU per trial
+    assert tune_search.concurrency(cpu_trial, {"CPU": 2.0}, cap=1) == 1
+    assert tune_search.concurrency(cpu_trial, {"CPU": 16.0}) == 21
     gpu_trial = ScalingSettings(num_workers=2, use_gpu=True, cpus_per_worker=2, data_cpus=1)
-    assert tune.concurrency(gpu_trial, {"CPU": 64.0, "GPU": 8.0}) == 4  # GPU-bound: 8 / 2
-    assert tune.concurrency(gpu_trial, {"CPU": 11.0, "GPU": 8.0}) == 2  # CPU-bound: 11 / 5.01
+    assert tune_search.concurrency(gpu_trial, {"CPU": 64.0, "GPU": 8.0}) == 4  # GPU-bound: 8 / 2
+    assert tune_search.concurrency(gpu_trial, {"CPU": 11.0, "GPU": 8.0}) == 2  # CPU-bound: 11 / 5.01
     with pytest.raises(ConfigError, match="needs 2 GPU"):
-        tune.concurrency(gpu_trial, {"CPU": 64.0, "GPU": 1.0})
+        tune_search.concurrency(gpu_trial, {"CPU": 64.0, "GPU": 1.0})
 
 
 def test_tpe_search_when_optuna_is_installed():
@@ -282,8 +282,8 @@ def test_tpe_search_when_optuna_is_installed():
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    from ray_jobs import tune
+    from ray_jobs.tune import report as tune_report, runner as tune_runner, search as tune_search, space as tune_space  # noqa: F401
 
-    assert tune.resolve_algorithm("auto") == "tpe"
-    alg = tune.make_search_alg("tpe", seed=0, max_concurrent=3)
+    assert tune_search.resolve_algorithm("auto") == "tpe"
+    alg = tune_search.make_search_alg("tpe", seed=0, max_concurrent=3)
     assert isinstance(alg, ConcurrencyLimiter) and isinstance(alg.searcher, OptunaSearch) and alg.max_concurrent == 3

@@ -21,19 +21,17 @@ the same samples.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from matting_lib import io
-from matting_lib.config import TrainConfig
 from matting_lib.data.dataset import DatasetError, find_image, mask_uri, read_sample, read_split, trimap_uri
 from matting_lib.data.luma import luminance
 
@@ -77,26 +75,6 @@ def _row(root: str, split: str, name: str) -> dict[str, Any]:
     }
 
 
-class _Progress:
-    """A whole line on stderr every ``every`` samples and at the end.
-
-    Kept instead of tqdm (a dependency already): manifests are mostly built inside jobs whose
-    stderr is a log file or ``ray job logs``, where tqdm's carriage-return redraws pile up as
-    one unreadable line (or hundreds, with ``mininterval``); these lines read the same there
-    as on a terminal, as the jobs' own per-epoch lines do."""
-
-    def __init__(self, total: int, enabled: bool, label: str, every: int = 100) -> None:
-        self.total, self.enabled, self.label, self.every = total, enabled, label, every
-        self.done, self.start = 0, time.monotonic()
-
-    def step(self) -> None:
-        self.done += 1
-        if self.enabled and (self.done % self.every == 0 or self.done == self.total):
-            rate = self.done / max(time.monotonic() - self.start, 1e-9)
-            msg = f"[manifest] {self.label}: {self.done}/{self.total} samples ({rate:.1f}/s)"
-            print(msg, file=sys.stderr, flush=True)
-
-
 def build_manifest(
     root: str,
     splits: Sequence[str] = ("train", "val", "test"),
@@ -110,7 +88,7 @@ def build_manifest(
         root: dataset root (local path, file:// or s3://).
         splits: split names; those without a ``<split>.txt`` are skipped.
         out_uri: where to write; default ``<root>/manifest.jsonl``. Written atomically.
-        progress: print progress lines to stderr.
+        progress: show a progress bar (tqdm) on stderr.
         max_workers: threads decoding in parallel (hides S3 latency).
 
     Returns:
@@ -128,7 +106,10 @@ def build_manifest(
     if not jobs:
         raise DatasetError(f"no split file found in {root} (looked for {', '.join(f'{s}.txt' for s in splits)})")
 
-    bar = _Progress(len(jobs), progress, root)
+    # tqdm redraws its line in place; where stderr is a log file or `ray job logs` (manifests are
+    # mostly built inside jobs), each redraw stays in the log, so redraw rarely there.
+    bar = tqdm(total=len(jobs), desc=f"[manifest] {root}", unit="sample", file=sys.stderr, disable=not progress,
+               mininterval=0.1 if sys.stderr.isatty() else 30.0)
 
     def work(job: tuple[str, str]) -> dict[str, Any] | str:
         try:
@@ -136,9 +117,9 @@ def build_manifest(
         except DatasetError as e:
             return f"[{job[0]}] {e}"
         finally:
-            bar.step()
+            bar.update(1)
 
-    with ThreadPoolExecutor(max_workers=max_workers) as pool:
+    with bar, ThreadPoolExecutor(max_workers=max_workers) as pool:
         results = list(pool.map(work, jobs))
     errors = [r for r in results if isinstance(r, str)]
     if errors:
@@ -228,12 +209,21 @@ def ensure_manifest(root: str, manifest_uri: str = "", progress: bool = True, ou
     return uri
 
 
+def held_out_names(names: Sequence[str], count: int, seed: int = VAL_HOLDOUT_SEED) -> set[str]:
+    """``count`` of ``names`` drawn with ``seed``: the same ones whatever the names' order (they are
+    sorted first). The one seeded choice of validation samples: :func:`hold_out` and
+    ``ray_jobs.prepare_data``'s held-out photos."""
+    ordered = sorted(names)
+    order = np.random.default_rng(seed).permutation(len(ordered))
+    return {ordered[i] for i in order[:count]}
+
+
 def hold_out(
     rows: Sequence[dict[str, Any]], val_split: str = "val", fraction: float = VAL_HOLDOUT_FRACTION, seed: int = VAL_HOLDOUT_SEED
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(train, val): ``fraction`` of ``rows`` (at least one, rounded) moved to a validation split.
 
-    The choice depends only on the rows' names and ``seed`` (not on their order), so it is the
+    The choice depends only on the rows' names and ``seed`` (:func:`held_out_names`), so it is the
     same in every run. The held-out rows are copies with ``split`` set to ``val_split``; both
     lists keep the input order.
 
@@ -245,52 +235,7 @@ def hold_out(
     if len(rows) < 2:
         raise DatasetError(f"cannot hold out a validation split from {len(rows)} sample(s): add a val.txt or more samples")
     n_val = min(len(rows) - 1, max(1, round(fraction * len(rows))))
-    names = sorted(r["name"] for r in rows)
-    order = np.random.default_rng(seed).permutation(len(names))
-    chosen = {names[i] for i in order[:n_val]}
+    chosen = held_out_names([r["name"] for r in rows], n_val, seed)
     train = [r for r in rows if r["name"] not in chosen]
     val = [{**r, "split": val_split} for r in rows if r["name"] in chosen]
     return train, val
-
-
-# --------------------------------------------------------------------------- a run's data
-
-
-def load_rows(cfg: TrainConfig, manifest_dir: str = "") -> tuple[list[dict], list[dict], str]:
-    """Manifest rows of the train and val splits; raises ValueError/OSError with a clear message.
-
-    The manifest is ``data.manifest`` when set, the dataset's own ``manifest.jsonl`` when it has
-    one, else built in ``manifest_dir`` (default: the run's folder): never written into the
-    dataset (:func:`ensure_manifest`). Without validation rows (no
-    ``val.txt``), a seeded :data:`VAL_HOLDOUT_FRACTION` of the train
-    rows is held out for validation, and the log says so.
-    """
-    if not cfg.data.uri:
-        raise ValueError("data.uri is empty: set it in the config or as data.uri=PATH_OR_S3_URI")
-    if cfg.data.s3_endpoint_url:
-        io.configure_s3(endpoint_url=cfg.data.s3_endpoint_url)
-    if not cfg.data.manifest and not io.exists(io.join(cfg.data.uri, f"{cfg.data.train_split}.txt")) and not io.exists(io.join(cfg.data.uri, "manifest.jsonl")):
-        raise FileNotFoundError(f"dataset not found: {cfg.data.uri} has no {cfg.data.train_split}.txt or manifest.jsonl")
-    manifest = ensure_manifest(cfg.data.uri, cfg.data.manifest, out_dir=manifest_dir or io.run_uri(cfg.run.storage_path, cfg.run.name))
-    train = read_manifest(manifest, split=cfg.data.train_split)
-    val = [r for r in read_manifest(manifest) if r["split"] == cfg.data.val_split]
-    if not val:
-        train, val = hold_out(train, cfg.data.val_split)
-        print(f"data: no {cfg.data.val_split!r} split ({cfg.data.val_split}.txt) in {cfg.data.manifest or cfg.data.uri}: "
-              f"holding out {len(val)} of {len(train) + len(val)} {cfg.data.train_split!r} samples for validation "
-              f"({VAL_HOLDOUT_FRACTION:.0%}, seed {VAL_HOLDOUT_SEED}; the same ones every run)", flush=True)
-    return train, val, manifest
-
-
-def absolute_paths(cfg: TrainConfig) -> TrainConfig:
-    """Local relative paths (init checkpoint, teacher, dataset, manifest) made absolute on the driver.
-
-    Ray workers do not run in the driver's directory (unless the job ships a working_dir), so
-    ``init_checkpoint: models/base.pt`` must be resolved where the user typed it.
-    """
-    def fix(uri: str) -> str:
-        return os.path.abspath(uri) if uri and "://" not in uri else uri
-
-    data = dataclasses.replace(cfg.data, uri=fix(cfg.data.uri), manifest=fix(cfg.data.manifest))
-    distill = dataclasses.replace(cfg.distill, teacher=fix(cfg.distill.teacher))
-    return dataclasses.replace(cfg, init_checkpoint=fix(cfg.init_checkpoint), data=data, distill=distill)

@@ -21,6 +21,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from matting_lib import io
+from matting_lib.config import DataConfig
 from matting_lib.data.decode import decode_image, decode_mask
 from matting_lib.resize import resize_long_side
 
@@ -114,3 +115,16 @@ class SampleLoader:
         n = len(batch["image_uri"])
         rows = [{k: batch[k][i] for k in ("image_uri", "mask_uri")} for i in range(n)]
         return self.rows(rows)
+
+
+def split_loaders(data: DataConfig, seed: int | None = None) -> tuple[SampleLoader, SampleLoader]:
+    """(train, val) loaders of a training config's ``data`` section: both trainers (Ray Data's
+    tasks and ``ray_jobs.train_local``'s DataLoader) prepare samples with these.
+
+    ``seed`` seeds the training loader's augmentation and low-light draws; None (Ray Data, where
+    every task gets its own copy of the loader) draws a fresh stream in each process.
+    """
+    train = SampleLoader(size=data.image_size, augment=data.augment, train=True, lowlight_sim_prob=data.lowlight_sim_prob,
+                         seed=seed, s3_endpoint_url=data.s3_endpoint_url)
+    val = SampleLoader(size=data.image_size, augment="none", train=False, s3_endpoint_url=data.s3_endpoint_url)
+    return train, val

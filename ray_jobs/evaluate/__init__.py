@@ -45,12 +45,3 @@ tasks of ``--task-cpus`` CPUs each (fractional, default 0.5; ``--task-gpus`` for
 failed (outputs still written, failures listed), 2 bad options, checkpoint or dataset (one
 ``error:`` line).
 """
-
-
-from matting_lib.evaluation.scoring import (  # noqa: F401 - the job's names, as before the split
-    BACKGROUND, BASELINE, CONDITIONS, CSV_COLUMNS, FOLD_FIELD, LOWLIGHT, METRICS, ROUTED, UNITS, EvalSpec, ImageResult,
-    LowlightSpec, predictions, predictor, score, score_condition, score_image, worst_images,
-)
-from matting_lib.evaluation.summary import build_summary, fold_lists, markdown, means, per_image_csv, router_summary, write_outputs  # noqa: F401
-from ray_jobs.evaluate.cli import SPLITS, load_model_info, main, make_spec, parse_args, parse_models, read_folds, split_names  # noqa: F401
-from ray_jobs.evaluate.runner import progress_line, run_local, run_ray  # noqa: F401

@@ -68,16 +68,3 @@ trial), :mod:`~ray_jobs.tune.placement_groups` (releasing stopped trials' placem
 private Ray API, pinned), :mod:`~ray_jobs.tune.report` (the outputs) and
 :mod:`~ray_jobs.tune.runner` (the driver, ``main``).
 """
-
-from ray_jobs.tune.placement_groups import RAY_VERSION, release_orphaned_placement_groups  # noqa: F401 - the job's names, as before the split
-from ray_jobs.tune.report import (  # noqa: F401
-    PALETTE, TrialSummary, best_training_config, export_best_checkpoint, plot_curves, summarize, table_rows, to_csv, to_markdown,
-    write_outputs,
-)
-from ray_jobs.tune.runner import experiment_path, main, make_tuner, trial_template  # noqa: F401
-from ray_jobs.tune.search import concurrency, make_search_alg, resolve_algorithm, trial_demand  # noqa: F401
-from ray_jobs.tune.space import (  # noqa: F401
-    DISTRIBUTIONS, LOSS_WEIGHTS, METRIC, TIME_ATTR, TRIAL_CPU, TUNABLE, AshaSettings, Param, SearchSettings, SweepConfig,
-    flatten_space, load_base, max_epochs, parse_space, trial_config,
-)
-from ray_jobs.tune.trial import run_trial  # noqa: F401

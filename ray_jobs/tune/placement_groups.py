@@ -46,7 +46,7 @@ def release_orphaned_placement_groups() -> int:
     return removed
 
 
-def _orphan_release_callback(every_s: float = 2.0) -> Any:
+def orphan_release_callback(every_s: float = 2.0) -> Any:
     """A Tune callback running :func:`release_orphaned_placement_groups` every ``every_s`` seconds."""
     from ray import tune
 

@@ -16,7 +16,7 @@ from matting_lib.config import ConfigError, TrainConfig, dump_config, require, t
 from matting_lib.io import run_uri
 from ray_jobs.common import fail, init_ray, job_parser, load_job_config, storage_args, worker_env
 from ray_jobs.trainer import prepare_data
-from ray_jobs.tune.placement_groups import _orphan_release_callback, release_orphaned_placement_groups
+from ray_jobs.tune.placement_groups import orphan_release_callback, release_orphaned_placement_groups
 from ray_jobs.tune.report import summarize, table_rows, to_markdown, write_outputs
 from ray_jobs.tune.search import concurrency, make_search_alg, resolve_algorithm
 from ray_jobs.tune.space import METRIC, TIME_ATTR, TRIAL_CPU, Param, SweepConfig, load_base, max_epochs, parse_space
@@ -63,7 +63,7 @@ def make_tuner(
         num_samples=sweep.search.num_samples,
     )
     run_config = tune.RunConfig(
-        name=sweep.name, failure_config=tune.FailureConfig(max_failures=0), callbacks=[_orphan_release_callback()], verbose=1, **storage
+        name=sweep.name, failure_config=tune.FailureConfig(max_failures=0), callbacks=[orphan_release_callback()], verbose=1, **storage
     )
     param_space = {name: p.domain(algorithm) for name, p in params.items()}
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config), False
@@ -81,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         fail(f"config error: {e}", code=2)
     sweep_uri = run_uri(sweep.storage_path, sweep.name)
-    train_rows, val_rows, env = prepare_data(base, manifest_dir=sweep_uri)  # a built manifest goes in the sweep's folder
-    init_ray(args.address, env=env)
-    env = worker_env(env)  # the driver's S3 settings, for the workers of every trial
+    data = prepare_data(base, manifest_dir=sweep_uri)  # a built manifest goes in the sweep's folder
+    init_ray(args.address, env=data.env)
+    data = dataclasses.replace(data, env=worker_env(data.env))  # the driver's S3 settings, for the workers of every trial
     import ray
     from ray import tune
 
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     _check_same_sweep(sweep, sweep_uri)
     template = trial_template(base, sweep, sweep_uri)
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, template=to_dict(template), train_rows=train_rows, val_rows=val_rows, env=env),
+        tune.with_parameters(run_trial, template=to_dict(template), data=data),
         {"cpu": TRIAL_CPU},
     )
     storage = storage_args(sweep.storage_path, base.data.s3_endpoint_url)

@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any
 
 from matting_lib.config import TrainConfig, from_dict
-from ray_jobs.trainer import build_datasets, make_trainer
+from ray_jobs.trainer import RunData, make_trainer
 from ray_jobs.tune.space import TIME_ATTR, trial_config
 
 
@@ -22,7 +22,7 @@ def _report_callback() -> Any:
     return EpochReport()
 
 
-def run_trial(params: dict, *, template: dict, train_rows: list[dict], val_rows: list[dict], env: dict[str, str]) -> None:
+def run_trial(params: dict, *, template: dict, data: RunData) -> None:
     """One trial: the training job with ``params``, as the Train run named after the trial id."""
     import ray.data
     from ray import tune
@@ -31,5 +31,5 @@ def run_trial(params: dict, *, template: dict, train_rows: list[dict], val_rows:
     ray.data.DataContext.get_current().enable_progress_bars = False
     cfg = trial_config(from_dict(TrainConfig, template), params)
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name=tune.get_context().get_trial_id()))
-    trainer = make_trainer(cfg, build_datasets(cfg, train_rows, val_rows), env=env, callbacks=[_report_callback()])
+    trainer = make_trainer(cfg, data, callbacks=[_report_callback()])
     trainer.fit()

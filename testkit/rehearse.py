@@ -1,6 +1,6 @@
 """A local rehearsal of the operator's guide (infra/README.md), end to end, on one machine.
 
-    python -m infra.rehearse        # from the repository root; exit 0 when every step passed
+    python -m testkit.rehearse      # from the repository root; exit 0 when every step passed
 
 The guide's steps, scaled down, with a moto S3 server on loopback standing in for the bucket:
 
@@ -17,7 +17,7 @@ The guide's steps, scaled down, with a moto S3 server on loopback standing in fo
 6. one ``/v1/matte`` request answered by the promoted checkpoint with an alpha of the input's size;
 7. a hot swap to ``models/tiny-v2.pt`` through ``user_config`` while requests keep arriving:
    every request answered, the later ones by the new checkpoint;
-8. that cluster stopped (only it: ``infra.local_ray.stop_ray_head``, never ``ray stop``, which
+8. that cluster stopped (only it: ``testkit.local_ray.stop_ray_head``, never ``ray stop``, which
    would kill every Ray cluster on the machine) and the S3 server with it.
 
 Cluster, ports and synthetic data come from the test suite's helpers (``tests/conftest.py``),
@@ -43,7 +43,8 @@ import numpy as np
 import yaml
 
 from infra.gen_rayservice import merge
-from infra.local_ray import free_port, start_ray_head, stop_ray_head
+from serve_app.run import free_port
+from testkit.local_ray import start_ray_head, stop_ray_head
 from testkit.data import synthetic_pair, write_dataset
 from testkit.s3 import RestartableS3
 

@@ -1,4 +1,4 @@
-"""A local Ray head node for tests, benchmarks and the infra rehearsal: free ports, and a stop
+"""A local Ray head node for tests, benchmarks and the rehearsal (:mod:`testkit.rehearse`): free ports, and a stop
 that touches only its own cluster.
 
 ``ray start --head`` on loopback with every port chosen free, so several clusters (parallel
@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from serve_app.run import LOOPBACK_ENV, free_port, use_loopback  # noqa: F401 - re-exported for the tests and benchmarks
+from serve_app.run import LOOPBACK_ENV, free_port
 from ray_jobs.common import KEEP_IDLE_WORKERS_ENV
 
 
@@ -70,7 +70,7 @@ def _processes() -> dict[int, tuple[int, str]]:
     return procs
 
 
-def _cluster_pids(temp_dir: str) -> list[int]:
+def cluster_pids(temp_dir: str) -> list[int]:
     """The processes of the ``ray start`` that owns ``temp_dir``.
 
     Those whose command line names ``temp_dir`` (GCS, raylet, dashboard, monitors), those that
@@ -100,14 +100,14 @@ def stop_ray_head(temp_dir: str, timeout: float = 30) -> None:
     """Stop only the cluster that owns ``temp_dir``.
 
     ``ray stop`` kills every Ray process on the machine, including clusters that other test
-    runs or services on the same machine own; this stops ours alone (see :func:`_cluster_pids`).
+    runs or services on the same machine own; this stops ours alone (see :func:`cluster_pids`).
     The set is taken once, before anything dies, while the process tree still links the
     agents and workers to their raylet.
     """
     import signal
     import time
 
-    targets = set(_cluster_pids(temp_dir))
+    targets = set(cluster_pids(temp_dir))
 
     def alive() -> set[int]:
         return {pid for pid in targets if process_alive(pid)}
