@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # torch is installed first and alone, as the CPU build: a wheel pip finds without an index
-# (--no-index: the machine's --find-links, or a torch already in the venv) if there is one, else
+# (--no-index: the machine's --find-links) if there is one, else
 # PyTorch's CPU index, because PyPI's Linux torch is the CUDA build (several GB of nvidia-*).
 # On a CUDA machine: make TORCH_INDEX=https://download.pytorch.org/whl/cu128 (or TORCH_INDEX=
 # empty for PyPI's build).
@@ -29,8 +29,11 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	@# torch first and alone: an unpinned resolve would pull the multi-GB CUDA build.
 	@# --no-compile: byte-code is written on first import instead (PYTHONDONTWRITEBYTECODE above).
-	$(BIN)/python -m pip install -q --no-compile --no-index "$(TORCH_SPEC)" 2>/dev/null \
-	  || $(BIN)/python -m pip install -q --no-compile "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	@# The torch wheel alone first (--no-deps: a local wheel directory holds torch, not filelock,
+	@# sympy, ...), then its dependencies from the package index, torch itself being satisfied.
+	$(BIN)/python -m pip install -q --no-compile --no-index --no-deps "$(TORCH_SPEC)" 2>/dev/null \
+	  || $(BIN)/python -m pip install -q --no-compile --no-deps "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip install -q --no-compile "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q --no-compile -e ".[test,tune]"
 	@# s3fs silently falls back to 0.4.2 (2019) when boto3 leaves aiobotocore's band.
 	$(BIN)/python -c "import s3fs, sys; v = tuple(int(x) for x in s3fs.__version__.split('.')[:2]); sys.exit(0 if v >= (2024, 1) else 'stale s3fs ' + s3fs.__version__)"
