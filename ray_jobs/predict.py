@@ -48,7 +48,8 @@ from matting_lib import io
 from matting_lib.checkpoint import CheckpointError
 from matting_lib.data.decode import ImageDecodeError
 from matting_lib.postprocess import decontaminate_foreground, encode_image, to_rgba
-from matting_lib.inference.load import BACKENDS, backend_name, load_predictor
+from matting_lib.inference.backends import BACKENDS
+from matting_lib.inference.load import backend_name, load_predictor
 from matting_lib.inference.predictor import DEFAULT_MAX_SIDE, Predictor, as_rgb
 from matting_lib.refine import MODES as REFINE_MODES
 from matting_lib.resize import side_from_flag

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from matting_lib.inference.backends import BACKENDS  # noqa: F401 - re-exported: the values of backend=
+from matting_lib.inference.backends import BACKENDS
 from matting_lib.inference.onnx_runtime import OnnxPredictor
 from matting_lib.inference.predictor import Predictor, resolve_device
 

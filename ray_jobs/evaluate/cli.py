@@ -23,7 +23,8 @@ from matting_lib.evaluation.scoring import (
     BACKGROUND, BASELINE, CONDITIONS, FOLD_FIELD, ROUTED, EvalSpec, predictor, score_image, worst_images,
 )
 from matting_lib.evaluation.summary import build_summary, markdown, write_outputs
-from matting_lib.inference.load import BACKENDS, backend_name, parameter_count
+from matting_lib.inference.backends import BACKENDS
+from matting_lib.inference.load import backend_name, parameter_count
 from matting_lib.inference.predictor import DEFAULT_MAX_SIDE
 from matting_lib.refine import MODES as REFINE_MODES
 from matting_lib.refine import resolve_mode

@@ -18,7 +18,7 @@ from matting_lib.io import run_uri
 from matting_lib.tables import markdown_table
 from ray_jobs.common import storage_args
 from ray_jobs.trainer import export_best
-from ray_jobs.tune.space import METRIC, TIME_ATTR, SweepConfig, _plain, trial_config
+from ray_jobs.tune.space import METRIC, TIME_ATTR, SweepConfig, plain, trial_config
 
 
 @dataclass
@@ -52,7 +52,7 @@ def summarize(analysis: Any, base: TrainConfig) -> list[TrialSummary]:
     """Trial rows from Tune's experiment state, best first (trials without results last)."""
     rows = []
     for trial in analysis.trials:
-        params = {k: _plain(v) for k, v in trial.config.items()}
+        params = {k: plain(v) for k, v in trial.config.items()}
         df = analysis.trial_dataframes.get(trial.trial_id)
         records: dict[int, dict] = {}
         if df is not None and not df.empty and TIME_ATTR in df:

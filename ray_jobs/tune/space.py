@@ -117,7 +117,7 @@ class Param:
         return tune.randint(int(self.low), int(self.high) + 1)  # randint excludes its upper end
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """Python scalars for numpy ones (Tune samples numpy types; YAML and configs want plain)."""
     return value.item() if isinstance(value, np.generic) else value
 
@@ -126,7 +126,7 @@ def trial_config(base: TrainConfig, params: Mapping[str, Any]) -> TrainConfig:
     """``base`` with a trial's parameters applied; validated like any training config."""
     data = to_dict(base)
     for name, value in params.items():
-        value = _plain(value)
+        value = plain(value)
         if name == "lr":
             require(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0, "lr", f"must be a number > 0, got {value!r}")
             scale = value / base.stages[0].lr
