@@ -42,8 +42,11 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# Two workers: the tests on a Ray cluster run in order on one, the others beside them at low
+# priority (tests/conftest.py). PYTEST_WORKERS=0 runs everything in this one process.
+PYTEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadgroup) $(PYTEST_ARGS)
 
 # Starts a local Ray cluster and serves models/base.pt + models/lowlight.pt on
 # http://127.0.0.1:8000 (Ctrl-C stops it). Extra settings: make serve ARGS="--port 8080".

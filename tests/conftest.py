@@ -124,3 +124,41 @@ def serve_port(ray_cluster):
     with, so every module deploys on this one and deletes its app when done (testkit.serve.
     remove_app) instead of shutting Serve down: the controller and proxy start once per session."""
     return free_port()
+
+
+# --------------------------------------------------------------------------- two workers (make test: pytest -n 2)
+
+RAY_GROUP = "ray"
+"""The xdist group of every test that runs on a Ray cluster (the session's, through the
+``ray_cluster`` fixture, or its own, marked ``own_cluster``): they run one after another on one
+worker, in file order, while the other worker takes the tests that need no cluster."""
+
+
+def _needs_a_cluster(item: pytest.Item) -> bool:
+    return "ray_cluster" in getattr(item, "fixturenames", ()) or item.get_closest_marker("own_cluster") is not None
+
+
+def pytest_itemcollected(item):
+    """Marked as each test is collected: xdist's worker turns the mark into the node id's
+    ``@ray`` suffix in its own ``pytest_collection_modifyitems``, which runs before this file's."""
+    if _needs_a_cluster(item):
+        item.add_marker(pytest.mark.xdist_group(RAY_GROUP))
+
+
+def pytest_runtest_setup(item):
+    """Under xdist, a test that needs no cluster runs at nice 19 and a cluster test at its
+    starting priority: Ray starts its workers at nice 15, and a CPU-bound unit test at normal
+    priority beside them would take their core (the first try of two workers, without this, ran
+    no faster than one). The unit tests fill the cores the cluster tests leave idle while they
+    wait on processes, polls and the network. Without the right to raise a priority again
+    (not root), every test keeps the worker's priority."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    want = _START_NICE if _needs_a_cluster(item) else 19
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, want)
+    except OSError:
+        pass
+
+
+_START_NICE = os.getpriority(os.PRIO_PROCESS, 0)

@@ -372,6 +372,7 @@ def test_serve_validator_accepts_a_hot_swap_through_the_ingress():
 
 
 @pytest.mark.slow
+@pytest.mark.own_cluster
 @pytest.mark.timeout(480)
 def test_rehearsal_of_the_operators_guide():
     """testkit/rehearse.py: ray start, bucket + dataset + manifest in moto S3, ray job submit

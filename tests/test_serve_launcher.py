@@ -40,6 +40,7 @@ def test_make_serve_runs_the_models_in_the_ingress():
     assert "model_deployment.placement=ingress" in _make_serve_settings()
 
 
+@pytest.mark.own_cluster
 @pytest.mark.timeout(300)
 def test_launcher_serves_and_stops_cleanly_on_ctrl_c(tmp_path):
     base = make_checkpoint(tmp_path / "base.pt", 1)
