@@ -134,13 +134,17 @@ RAY_GROUP = "ray"
 worker, in file order, while the other worker takes the tests that need no cluster."""
 
 
+_START_NICE = os.getpriority(os.PRIO_PROCESS, 0)
+"""This worker's priority at start, which a cluster test gets back."""
+
+
 def _needs_a_cluster(item: pytest.Item) -> bool:
     return "ray_cluster" in getattr(item, "fixturenames", ()) or item.get_closest_marker("own_cluster") is not None
 
 
 def pytest_itemcollected(item):
-    """Marked as each test is collected: xdist's worker turns the mark into the node id's
-    ``@ray`` suffix in its own ``pytest_collection_modifyitems``, which runs before this file's."""
+    """Marked as each test is collected, before any ``pytest_collection_modifyitems`` (where
+    xdist's worker turns the mark into the node id's ``@ray`` suffix) can run."""
     if _needs_a_cluster(item):
         item.add_marker(pytest.mark.xdist_group(RAY_GROUP))
 
@@ -159,6 +163,3 @@ def pytest_runtest_setup(item):
         os.setpriority(os.PRIO_PROCESS, 0, want)
     except OSError:
         pass
-
-
-_START_NICE = os.getpriority(os.PRIO_PROCESS, 0)
