@@ -35,6 +35,7 @@ from matting_lib.evaluation.scoring import score
 from matting_lib.inference.load import load_predictor
 from matting_lib.inference.predictor import Predictor
 from matting_lib.refine.hints import Hints, simulated_stroke, truth_box
+from matting_lib.tables import markdown_table
 
 STEPS = ("none", "box", "box+1", "box+2", "box+3")
 
@@ -107,13 +108,15 @@ def main(argv: list[str] | None = None) -> None:
               "refine": pred.refine, "max_side": args.max_side, "rows": rows}
     io.makedirs(args.out)
     io.write_text(io.join(args.out, "hints.json"), json.dumps(result, indent=1) + "\n")
-    lines = ["| step | " + " | ".join(STEPS) + " |", "|---|" + "---:|" * len(STEPS),
-             "| MAD | " + " | ".join(f"{means[s]:.4f}" for s in STEPS) + " |",
-             "| SAD unk. | " + " | ".join(f"{means_unk[s]:.2f}" for s in STEPS) + " |", "",
-             "| photo | fold | " + " | ".join(STEPS) + " |", "|---|---:|" + "---:|" * len(STEPS)]
-    lines += [f"| {r['name']} | {r['fold']} | " + " | ".join(f"{r[f'mad_{s}']:.4f}" for s in STEPS) + " |" for r in rows]
-    lines += ["", f"One stroke's update at 1024 x 1024 (box + 3 strokes, refine {pred.refine}): median "
-                  f"{statistics.median(times):.0f} ms of {len(times)} runs ({', '.join(f'{t:.0f}' for t in times)})"]
+    r_align = ["", *("r" for _ in STEPS)]
+    means_table = markdown_table(["step", *STEPS], [["MAD", *(f"{means[s]:.4f}" for s in STEPS)],
+                                                    ["SAD unk.", *(f"{means_unk[s]:.2f}" for s in STEPS)]], align=r_align)
+    photos_table = markdown_table(["photo", "fold", *STEPS],
+                                  [[r["name"], r["fold"], *(f"{r[f'mad_{s}']:.4f}" for s in STEPS)] for r in rows],
+                                  align=["", "r", *r_align[1:]])
+    lines = [means_table, photos_table,
+             f"One stroke's update at 1024 x 1024 (box + 3 strokes, refine {pred.refine}): median "
+             f"{statistics.median(times):.0f} ms of {len(times)} runs ({', '.join(f'{t:.0f}' for t in times)})"]
     io.write_text(io.join(args.out, "hints.md"), "\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
 
