@@ -68,16 +68,18 @@ class ModelConfig:
     stride 2 and the alpha logits are upsampled bilinearly (one entry fewer): the full-resolution
     block is most of the INT8 time on CPU (bench/RESULTS.md). Checkpoints without it load as 1."""
 
-    working_side: int = 0
+    working_side: int | None = None
     """Long side (px) the network sees at inference: predictors downscale larger inputs to it and
-    upsample the alpha back (0 = no limit of the model's own; the predictor's ``max_side`` still
-    applies, and the smaller of the two wins). A network trained on crops of a few hundred px
-    finds subjects at the scale it was trained on; chosen by measurement (models/README.md)."""
+    upsample the alpha back (None, ``null`` in YAML = no limit of the model's own; the predictor's
+    ``max_side`` still applies, and the smaller of the two wins). A network trained on crops of a
+    few hundred px finds subjects at the scale it was trained on; chosen by measurement
+    (models/README.md). Checkpoints written with the old ``0`` for "no limit" load as None
+    (:func:`matting_lib.checkpoint.upgrade_model_config`)."""
 
     def __post_init__(self) -> None:
         require(isinstance(self.encoder, str) and bool(self.encoder), "model.encoder", "must be a non-empty string")
-        require(self.working_side == 0 or 32 <= self.working_side <= 8192, "model.working_side",
-                f"must be 0 (no limit) or in [32, 8192], got {self.working_side}")
+        require(self.working_side is None or 32 <= self.working_side <= 8192, "model.working_side",
+                f"must be null (no limit) or in [32, 8192], got {self.working_side}")
         require(0.1 <= self.encoder_width <= 4.0, "model.encoder_width", f"must be in [0.1, 4], got {self.encoder_width}")
         require(len(self.decoder_channels) > 0, "model.decoder_channels", "must not be empty")
         require(all(c > 0 for c in self.decoder_channels), "model.decoder_channels", "all entries must be > 0")

@@ -102,6 +102,7 @@ def test_stage_error_is_prefixed():
         ({"stages": [{"encoder_lr": "x"}]}, "stages[0].encoder_lr: must be a number, got 'x'"),
         ({"stages": [{"foo": 1}]}, "stages[0].foo: unknown key (valid keys: encoder_lr, epochs, lr, name, trainable)"),
         ({"stages": []}, "stages: at least one stage is required"),
+        ({"model": {"working_side": 0}}, "model.working_side: must be null (no limit) or in [32, 8192], got 0"),
     ],
 )
 def test_errors_name_the_key_then_say_what_is_wrong(data, message):

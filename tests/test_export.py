@@ -219,9 +219,12 @@ def test_publish_can_set_the_measured_working_side(tiny, capsys):
     out = str(tiny["root"] / "ws.pt")
     export_job.main(["--checkpoint", src, "--format", "checkpoint", "--out", out, "--working-side", "320"])
     rel = load_checkpoint(out)
-    assert rel.model_config.working_side == 320 and load_checkpoint(src).model_config.working_side == 0
+    assert rel.model_config.working_side == 320 and load_checkpoint(src).model_config.working_side is None
     assert all(torch.equal(rel.state_dict[k], v) for k, v in load_checkpoint(src).state_dict.items())
-    for fmt, message in (("checkpoint", "model.working_side: must be 0 (no limit) or in [32, 8192]"),
+    unlimited = str(tiny["root"] / "ws0.pt")
+    export_job.main(["--checkpoint", out, "--format", "checkpoint", "--out", unlimited, "--working-side", "0"])
+    assert load_checkpoint(unlimited).model_config.working_side is None  # the flag's 0 (no limit) is stored as None
+    for fmt, message in (("checkpoint", "model.working_side: must be null (no limit) or in [32, 8192]"),
                          ("onnx", "applies to --format checkpoint")):
         side, suffix = ("5", "pt") if fmt == "checkpoint" else ("320", "onnx")
         argv = ["--checkpoint", src, "--format", fmt, "--out", str(tiny["root"] / f"bad.{suffix}"), "--working-side", side]
