@@ -405,7 +405,7 @@ def _config_error(cls: type, e: ValidationError) -> ConfigError:
         msg = f"must be {err['ctx']['expected']}"
     else:
         msg = _MESSAGES.get(err["type"], err["msg"])
-    return ConfigError(f"{key}: {msg}, got {err['input']!r}")
+    return ConfigError(f"{key or cls.__name__}: {msg}, got {err['input']!r}")
 
 
 def from_dict(cls: type, data: Mapping[str, Any]) -> Any:
