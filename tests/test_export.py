@@ -233,6 +233,19 @@ def test_publish_can_set_the_measured_working_side(tiny, capsys):
         assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_an_export_from_before_none_meant_no_limit_reads_working_side_0_as_none():
+    """ONNX files (and the export cache) written while ``working_side: 0`` meant "no limit" keep
+    that 0 in their metadata; the ONNX Runtime predictor reads it as None, as checkpoints do."""
+    from types import SimpleNamespace
+
+    from matting_lib.config import to_dict
+    from matting_lib.inference.export import META_PREFIX
+
+    props = {f"{META_PREFIX}model_config": json.dumps({**to_dict(TINY), "working_side": 0}), f"{META_PREFIX}stride": "32"}
+    session = SimpleNamespace(get_modelmeta=lambda: SimpleNamespace(custom_metadata_map=props))
+    assert session_metadata(session)["model_config"] == TINY and TINY.working_side is None
+
+
 def test_int8_keeps_the_stages_the_encoder_declares_in_float():
     """EfficientNet-Lite declares its first stage float in INT8 (quantized with the rest it costs the
     shipped base 7% SAD): export_onnx writes the prefix, quantize_int8 leaves those convs unquantized
