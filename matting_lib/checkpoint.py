@@ -25,6 +25,10 @@ bytes); ``torch.load`` does not check them, so :func:`parse_checkpoint` verifies
 and the central directory before unpickling anything. A truncated file (at any offset) or a
 flipped bit in any record is a :class:`CheckpointError` naming the file, never a model with
 some wrong weights. This needs no change of format: files written by any version load.
+
+Stored model configs are read in today's terms (:func:`upgrade_model_config`): files written
+while ``working_side`` took ``0`` for "no limit" load with None, its one meaning now. The
+files themselves are not rewritten.
 """
 
 from __future__ import annotations
@@ -169,6 +173,15 @@ def save_checkpoint(uri: str, model: nn.Module, **kwargs: Any) -> str:
     return uri
 
 
+def upgrade_model_config(data: Any) -> Any:
+    """A model config as stored by any version (a checkpoint's ``model_config``, an ONNX export's
+    metadata), in today's terms: ``working_side: 0``, "no limit" until None took that meaning,
+    becomes None. Anything that is not a mapping is returned as it is, for the loader to refuse."""
+    if isinstance(data, Mapping) and data.get("working_side") == 0:
+        return {**data, "working_side": None}
+    return data
+
+
 def parse_checkpoint(data: bytes, source: str = "<bytes>") -> Checkpoint:
     """Decode checkpoint bytes; raises :class:`CheckpointError` naming ``source``."""
     if len(data) == 0:
@@ -188,13 +201,16 @@ def parse_checkpoint(data: bytes, source: str = "<bytes>") -> Checkpoint:
     if payload.get("version", 0) > VERSION:
         raise CheckpointError(f"{source}: checkpoint version {payload['version']} is newer than this code ({VERSION})")
     try:
-        model_config = from_dict(ModelConfig, payload["model_config"])
+        model_config = from_dict(ModelConfig, upgrade_model_config(payload["model_config"]))
     except (ConfigError, KeyError) as e:
         raise CheckpointError(f"{source}: invalid model config in checkpoint: {e}") from None
+    train_config = payload.get("train_config") or {}
+    if isinstance(train_config, Mapping) and "model" in train_config:  # TrainConfig as plain data: the same upgrade
+        train_config = {**train_config, "model": upgrade_model_config(train_config["model"])}
     return Checkpoint(
         model_config=model_config,
         state_dict=payload["state_dict"],
-        train_config=payload.get("train_config") or {},
+        train_config=train_config,
         metrics=payload.get("metrics") or {},
         data_fingerprint=payload.get("data_fingerprint", ""),
         training_state=payload.get("training_state"),

@@ -1,7 +1,8 @@
 """Configuration: frozen dataclasses, loaded from YAML with ``key=value`` overrides.
 
 One dataclass per concern, one docstring per field, cross-field checks in
-``__post_init__``. YAML files under ``configs/`` mirror :class:`TrainConfig`.
+``__post_init__``. YAML files under ``configs/`` mirror :class:`TrainConfig`. Pydantic checks
+the types of a mapping against the dataclasses' annotations (:func:`from_dict`).
 
 >>> cfg = load_config("configs/tiny.yaml", ["stages.0.lr=3e-4", "model.encoder=resnet34"])
 
@@ -11,13 +12,15 @@ Errors always name the offending key (``ConfigError: optim.weight_decay: must be
 from __future__ import annotations
 
 import dataclasses
-import types
+import functools
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 import yaml
+from pydantic import TypeAdapter, ValidationError
+from pydantic_core import SchemaValidator, core_schema
 
 
 class ConfigError(ValueError):
@@ -65,16 +68,18 @@ class ModelConfig:
     stride 2 and the alpha logits are upsampled bilinearly (one entry fewer): the full-resolution
     block is most of the INT8 time on CPU (bench/RESULTS.md). Checkpoints without it load as 1."""
 
-    working_side: int = 0
+    working_side: int | None = None
     """Long side (px) the network sees at inference: predictors downscale larger inputs to it and
-    upsample the alpha back (0 = no limit of the model's own; the predictor's ``max_side`` still
-    applies, and the smaller of the two wins). A network trained on crops of a few hundred px
-    finds subjects at the scale it was trained on; chosen by measurement (models/README.md)."""
+    upsample the alpha back (None, ``null`` in YAML = no limit of the model's own; the predictor's
+    ``max_side`` still applies, and the smaller of the two wins). A network trained on crops of a
+    few hundred px finds subjects at the scale it was trained on; chosen by measurement
+    (models/README.md). Checkpoints written with the old ``0`` for "no limit" load as None
+    (:func:`matting_lib.checkpoint.upgrade_model_config`)."""
 
     def __post_init__(self) -> None:
         require(isinstance(self.encoder, str) and bool(self.encoder), "model.encoder", "must be a non-empty string")
-        require(self.working_side == 0 or 32 <= self.working_side <= 8192, "model.working_side",
-                f"must be 0 (no limit) or in [32, 8192], got {self.working_side}")
+        require(self.working_side is None or 32 <= self.working_side <= 8192, "model.working_side",
+                f"must be null (no limit) or in [32, 8192], got {self.working_side}")
         require(0.1 <= self.encoder_width <= 4.0, "model.encoder_width", f"must be in [0.1, 4], got {self.encoder_width}")
         require(len(self.decoder_channels) > 0, "model.decoder_channels", "must not be empty")
         require(all(c > 0 for c in self.decoder_channels), "model.decoder_channels", "all entries must be > 0")
@@ -319,83 +324,100 @@ class TrainConfig:
 # --------------------------------------------------------------------------- loading
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
+def _yaml_float(value: Any) -> Any:
+    """YAML 1.1 (PyYAML) reads ``1e-4`` as a string: such strings are numbers here."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Convert a YAML value to the annotated type, or raise ConfigError naming ``key``."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{key}: {value!r} does not match {tp}")
-    if origin is Literal:
-        require(value in args, key, f"must be one of {list(args)}, got {value!r}")
-        return value
-    if dataclasses.is_dataclass(tp):
-        require(isinstance(value, Mapping), key, f"must be a mapping, got {type(value).__name__}")
-        return _build(tp, value, key)
-    if origin is tuple:
-        require(isinstance(value, (list, tuple)), key, f"must be a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
-        require(len(value) == len(args), key, f"must have {len(args)} items")
-        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if tp is bool:
-        require(isinstance(value, bool), key, f"must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        require(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str):  # YAML reads "1e-4" as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        require(isinstance(value, (int, float)) and not isinstance(value, bool), key, f"must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        require(isinstance(value, str), key, f"must be a string, got {value!r}")
-        return value
-    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
+def _config_schema(schema: Any) -> Any:
+    """Pydantic's core schema of a config with the rules of this loader: unknown keys are refused;
+    ints, bools, strings and literals are strict; floats take ints and ``"1e-4"`` but not bools.
+
+    No pydantic setting says this: its strict mode would also refuse mappings for the nested
+    dataclasses (it wants instances, ``dataclass_exact_type``) and lists for tuples, and its lax
+    mode takes ``"3"`` and ``True`` for an int and ``"yes"`` for a bool. So the containers stay
+    lax and the generated schema's scalars are made strict (``extra_behavior`` is set here too,
+    as ``validate_python(extra=...)`` is newer than the pydantic 2.9 that pyproject.toml allows)."""
+    if isinstance(schema, list):
+        return [_config_schema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    schema = {k: _config_schema(v) for k, v in schema.items()}
+    if schema.get("type") in ("int", "bool", "str", "literal"):
+        schema["strict"] = True
+    elif schema.get("type") == "float":
+        schema = core_schema.no_info_before_validator_function(_yaml_float, {**schema, "strict": True})
+    elif schema.get("type") == "dataclass-args":
+        schema["extra_behavior"] = "forbid"
+    return schema
 
 
-def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise ConfigError(f"{where}{unknown[0]}: unknown key (valid keys: {', '.join(sorted(names))})")
-    kwargs = {}
-    for name, value in data.items():
-        key = f"{prefix}.{name}" if prefix else name
-        kwargs[name] = _coerce(value, hints[name], key)
-    try:
-        return cls(**kwargs)
-    except ConfigError as e:
-        # Stage-level checks do not know their index; add the prefix when it helps.
-        if prefix and not str(e).startswith(prefix):
-            raise ConfigError(f"{prefix}: {e}") from None
-        raise
+@functools.cache
+def _validator(cls: type) -> SchemaValidator:
+    return SchemaValidator(_config_schema(TypeAdapter(cls).core_schema))
+
+
+def _key(loc: Sequence[str | int]) -> str:
+    """``("stages", 0, "lr")`` -> ``"stages[0].lr"``."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+
+
+def _fields_at(cls: Any, loc: Sequence[str | int]) -> list[str]:
+    """Field names of the dataclass at ``loc`` below ``cls`` (for an unknown key's message)."""
+    for p in loc:
+        if isinstance(p, str):
+            cls = typing.get_type_hints(cls)[p]
+        else:  # an item of tuple[X, ...] or of tuple[X, Y]
+            args = typing.get_args(cls)
+            cls = args[0] if args[-1] is Ellipsis else args[p]
+    return sorted(f.name for f in dataclasses.fields(cls))
+
+
+_MESSAGES = {
+    "bool_type": "must be true or false",
+    "int_type": "must be an integer",
+    "float_type": "must be a number",
+    "string_type": "must be a string",
+    "tuple_type": "must be a list",
+    "dataclass_type": "must be a mapping",
+}
+"""Pydantic's error types in this project's words (docs, tests and users' scripts quote them)."""
+
+
+def _config_error(cls: type, e: ValidationError) -> ConfigError:
+    """One ConfigError for the first of pydantic's errors, its message starting with the key."""
+    err = e.errors()[0]
+    loc, key = err["loc"], _key(err["loc"])
+    if err["type"] in ("value_error", "assertion_error"):  # raised by a __post_init__ check
+        msg = str(err["ctx"]["error"])
+        # The checks name their field ("stages.epochs") but not the item of a list: add it.
+        return ConfigError(f"{key}: {msg}" if key and not msg.startswith(key) else msg)
+    if err["type"] == "unexpected_keyword_argument":
+        return ConfigError(f"{key}: unknown key (valid keys: {', '.join(_fields_at(cls, loc[:-1]))})")
+    if err["type"] == "missing":
+        return ConfigError(f"{key}: is required")
+    if err["type"] == "literal_error":
+        msg = f"must be {err['ctx']['expected']}"
+    else:
+        msg = _MESSAGES.get(err["type"], err["msg"])
+    return ConfigError(f"{key or cls.__name__}: {msg}, got {err['input']!r}")
 
 
 def from_dict(cls: type, data: Mapping[str, Any]) -> Any:
-    """Build a (nested) frozen dataclass from a plain mapping, validating every key."""
-    return _build(cls, data or {})
+    """Build a (nested) frozen dataclass from a plain mapping, validating every key.
+
+    Pydantic validates the types (see :func:`_config_schema`) and runs each dataclass's
+    ``__post_init__`` checks; its ValidationError comes out as one ConfigError.
+    """
+    try:
+        return _validator(cls).validate_python(data or {})
+    except ValidationError as e:
+        raise _config_error(cls, e) from None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

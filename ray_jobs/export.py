@@ -48,6 +48,7 @@ from matting_lib.checkpoint import CheckpointError, build_refiner, load_checkpoi
 from matting_lib.config import ConfigError
 from matting_lib.data.dataset import DatasetError, Sample, load_sample, read_split
 from matting_lib.io import StorageError
+from matting_lib.resize import side_from_flag
 from ray_jobs.common import fail
 
 EXIT_PARITY = 3
@@ -70,7 +71,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="learned refiner to attach or embed (a refiner file, or a checkpoint carrying one); "
                         "'none' drops the checkpoint's own (default: keep it)")
     p.add_argument("--working-side", type=int, default=None,
-                   help="--format checkpoint: set the published model's model.working_side (px; 0 = no limit)")
+                   help="--format checkpoint: set the published model's model.working_side (px; 0 = no limit, stored as null)")
     p.add_argument("--parity-side", type=int, default=512, help="working long side (max_side) for calibration and parity, px")
     p.add_argument("--max-abs", type=float, default=None, help="largest accepted per-pixel |alpha difference| (default per precision)")
     p.add_argument("--mean-abs", type=float, default=None, help="largest accepted per-image mean |alpha difference| (default per precision)")
@@ -138,9 +139,9 @@ def publish(args: argparse.Namespace) -> dict:
     refiner_data = chosen_refiner(args, ck)
     model_config = ck.model_config
     if args.working_side is not None:  # an inference setting, chosen by measurement after training
-        model_config = replace(model_config, working_side=args.working_side)
+        model_config = replace(model_config, working_side=side_from_flag(args.working_side))
         model.config = model_config
-        print(f"export: model.working_side {ck.model_config.working_side} -> {args.working_side}", flush=True)
+        print(f"export: model.working_side {ck.model_config.working_side} -> {model_config.working_side}", flush=True)
     data = checkpoint_bytes(model, model_config=model_config, train_config=redact_local_paths(ck.train_config), metrics=ck.metrics,
                             data_fingerprint=ck.data_fingerprint, refiner=refiner_data)
     reloaded = parse_checkpoint(data, args.out)

@@ -15,8 +15,9 @@ from matting_lib.checkpoint import (
     load_checkpoint,
     load_weights,
     save_checkpoint,
+    upgrade_model_config,
 )
-from matting_lib.config import ModelConfig, TrainConfig
+from matting_lib.config import ModelConfig, TrainConfig, to_dict
 from matting_lib.nets import build_model
 
 SMALL = ModelConfig(encoder="mobilenetv2", encoder_width=0.35, decoder_channels=(16, 16, 8, 8, 8))
@@ -117,6 +118,25 @@ def test_bad_files(tmp_path):
         assert expected[name] in str(e.value) and name in str(e.value)
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(str(tmp_path / "missing.pt"))
+
+
+def test_working_side_0_from_before_none_meant_no_limit_loads_as_none(tmp_path):
+    """Checkpoints written while ``working_side: 0`` meant "no limit" (users' files; the train
+    config inside models/base.pt) load with None, its one meaning now, and build the same model."""
+    model = _model()
+    old = {**to_dict(SMALL), "working_side": 0}
+    buf = _io.BytesIO()
+    torch.save({"format": "matting-checkpoint", "version": 1, "model_config": old, "train_config": {"model": dict(old), "seed": 3},
+                "metrics": {}, "data_fingerprint": "", "state_dict": model.state_dict()}, buf)
+    (tmp_path / "old.pt").write_bytes(buf.getvalue())
+    ck = load_checkpoint(str(tmp_path / "old.pt"))
+    assert ck.model_config.working_side is None and ck.model_config == SMALL
+    assert ck.train_config == {"model": to_dict(SMALL), "seed": 3}
+    _same_output(model, ck.build_model())
+    # the same upgrade reads an ONNX export's stored config; a real side and non-mappings pass as they are
+    assert upgrade_model_config({"working_side": 320}) == {"working_side": 320}
+    assert upgrade_model_config({"encoder": "resnet18"}) == {"encoder": "resnet18"}
+    assert upgrade_model_config([1]) == [1]
 
 
 def test_training_state_round_trip(tmp_path):

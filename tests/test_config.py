@@ -83,6 +83,55 @@ def test_stage_error_is_prefixed():
         from_dict(TrainConfig, {"stages": [{"epochs": 0}]})
 
 
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"data": {"batch_size": "3"}}, "data.batch_size: must be an integer, got '3'"),
+        ({"data": {"batch_size": True}}, "data.batch_size: must be an integer, got True"),
+        ({"data": {"batch_size": 3.0}}, "data.batch_size: must be an integer, got 3.0"),
+        ({"model": {"attention": 1}}, "model.attention: must be true or false, got 1"),
+        ({"model": {"attention": "yes"}}, "model.attention: must be true or false, got 'yes'"),
+        ({"model": {"encoder": 3}}, "model.encoder: must be a string, got 3"),
+        ({"optim": {"grad_clip": True}}, "optim.grad_clip: must be a number, got True"),
+        ({"optim": {"grad_clip": "abc"}}, "optim.grad_clip: must be a number, got 'abc'"),
+        ({"optim": {"optimizer": "sgd"}}, "optim.optimizer: must be 'adam' or 'adamw', got 'sgd'"),
+        ({"model": {"decoder_channels": [8, "x"]}}, "model.decoder_channels[1]: must be an integer, got 'x'"),
+        ({"model": {"decoder_channels": 8}}, "model.decoder_channels: must be a list, got 8"),
+        ({"model": None}, "model: must be a mapping, got None"),
+        ({"stages": [{}, {"epochs": 0}]}, "stages[1]: stages.epochs: must be >= 1, got 0"),
+        ({"stages": [{"encoder_lr": "x"}]}, "stages[0].encoder_lr: must be a number, got 'x'"),
+        ({"stages": [{"foo": 1}]}, "stages[0].foo: unknown key (valid keys: encoder_lr, epochs, lr, name, trainable)"),
+        ({"stages": []}, "stages: at least one stage is required"),
+        ({"model": {"working_side": 0}}, "model.working_side: must be null (no limit) or in [32, 8192], got 0"),
+    ],
+)
+def test_errors_name_the_key_then_say_what_is_wrong(data, message):
+    """Strict scalars (no "3" or True for an int, no 1 for a bool), one ConfigError whose
+    message starts with the dotted key, list items as [i]."""
+    with pytest.raises(ConfigError) as e:
+        from_dict(TrainConfig, data)
+    assert str(e.value) == message
+
+
+def test_numbers_as_yaml_gives_them():
+    """PyYAML reads 1e-4 as a string and 2 as an int: both are numbers for a float field."""
+    cfg = from_dict(TrainConfig, {"optim": {"weight_decay": "1e-4", "grad_clip": 2}, "stages": [{"encoder_lr": None}, {"encoder_lr": "1e-5"}]})
+    assert cfg.optim.weight_decay == 1e-4 and cfg.optim.grad_clip == 2.0 and type(cfg.optim.grad_clip) is float
+    assert [s.encoder_lr for s in cfg.stages] == [None, 1e-5]
+
+
+def test_missing_required_keys_and_plain_value_errors_are_config_errors():
+    """A required field left out, and a __post_init__ that raises a plain ValueError, both come
+    out as a ConfigError naming the key (not a TypeError, not an unprefixed ValueError)."""
+    from ray_jobs.train_refiner import RefinerJobConfig
+    from serve_app.config import ServeConfig
+
+    with pytest.raises(ConfigError, match=r"^models\[0\]\.checkpoint: is required$"):
+        from_dict(ServeConfig, {"models": [{"name": "a"}]})
+    with pytest.raises(ConfigError, match=r"^model: RefinerConfig\.channels must be in \[4, 128\], got 1$"):
+        from_dict(RefinerJobConfig, {"model": {"channels": 1}})
+
+
 def test_all_weights_zero_rejected():
     zero = {k: 0.0 for k in ("l1", "grad", "laplacian")}
     with pytest.raises(ConfigError, match="loss"):

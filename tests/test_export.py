@@ -219,15 +219,31 @@ def test_publish_can_set_the_measured_working_side(tiny, capsys):
     out = str(tiny["root"] / "ws.pt")
     export_job.main(["--checkpoint", src, "--format", "checkpoint", "--out", out, "--working-side", "320"])
     rel = load_checkpoint(out)
-    assert rel.model_config.working_side == 320 and load_checkpoint(src).model_config.working_side == 0
+    assert rel.model_config.working_side == 320 and load_checkpoint(src).model_config.working_side is None
     assert all(torch.equal(rel.state_dict[k], v) for k, v in load_checkpoint(src).state_dict.items())
-    for fmt, message in (("checkpoint", "model.working_side: must be 0 (no limit) or in [32, 8192]"),
+    unlimited = str(tiny["root"] / "ws0.pt")
+    export_job.main(["--checkpoint", out, "--format", "checkpoint", "--out", unlimited, "--working-side", "0"])
+    assert load_checkpoint(unlimited).model_config.working_side is None  # the flag's 0 (no limit) is stored as None
+    for fmt, message in (("checkpoint", "model.working_side: must be null (no limit) or in [32, 8192]"),
                          ("onnx", "applies to --format checkpoint")):
         side, suffix = ("5", "pt") if fmt == "checkpoint" else ("320", "onnx")
         argv = ["--checkpoint", src, "--format", fmt, "--out", str(tiny["root"] / f"bad.{suffix}"), "--working-side", side]
         with pytest.raises(SystemExit) as exc:
             export_job.main(argv)
         assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_an_export_from_before_none_meant_no_limit_reads_working_side_0_as_none():
+    """ONNX files (and the export cache) written while ``working_side: 0`` meant "no limit" keep
+    that 0 in their metadata; the ONNX Runtime predictor reads it as None, as checkpoints do."""
+    from types import SimpleNamespace
+
+    from matting_lib.config import to_dict
+    from matting_lib.inference.export import META_PREFIX
+
+    props = {f"{META_PREFIX}model_config": json.dumps({**to_dict(TINY), "working_side": 0}), f"{META_PREFIX}stride": "32"}
+    session = SimpleNamespace(get_modelmeta=lambda: SimpleNamespace(custom_metadata_map=props))
+    assert session_metadata(session)["model_config"] == TINY and TINY.working_side is None
 
 
 def test_int8_keeps_the_stages_the_encoder_declares_in_float():

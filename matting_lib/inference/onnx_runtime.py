@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from matting_lib import io
+from matting_lib.checkpoint import upgrade_model_config
 from matting_lib.config import ModelConfig, from_dict
 from matting_lib.inference.export import (INPUT_NAME, META_PREFIX, OUTPUT_NAME, REFINER_INPUTS, REFINER_META,
                                           OPSET, REFINER_OUTPUT, export_onnx)
@@ -84,7 +85,7 @@ def session_metadata(session: Any) -> dict[str, Any]:
     props = session.get_modelmeta().custom_metadata_map
     meta: dict[str, Any] = {k[len(META_PREFIX):]: v for k, v in props.items() if k.startswith(META_PREFIX)}
     if "model_config" in meta:
-        meta["model_config"] = from_dict(ModelConfig, json.loads(meta["model_config"]))
+        meta["model_config"] = from_dict(ModelConfig, upgrade_model_config(json.loads(meta["model_config"])))
     meta["stride"] = int(meta.get("stride", 32))
     return meta
 

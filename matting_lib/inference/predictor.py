@@ -144,10 +144,9 @@ class Predictor:
 
     @property
     def working_side(self) -> int | None:
-        """The model's own working long side, None when it has none (``ModelConfig.working_side``,
-        whose YAML key keeps its ``0`` = none, is translated here)."""
+        """The model's own working long side, None when it has none (``ModelConfig.working_side``)."""
         cfg = self.metadata.get("model_config") or getattr(self.model, "config", None)
-        return int(getattr(cfg, "working_side", 0) or 0) or None
+        return getattr(cfg, "working_side", None)
 
     def effective_side(self, max_side: MaxSide = KEEP) -> int | None:
         """The long side the network works at for a call with ``max_side`` (:data:`KEEP` = the
