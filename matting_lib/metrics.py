@@ -28,7 +28,7 @@ import math
 
 import numpy as np
 from scipy import ndimage
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
 
 from matting_lib.alpha import alpha_to_unit
 
@@ -99,6 +99,8 @@ def psnr(pred: np.ndarray, gt: np.ndarray, trimap: np.ndarray | None = None) -> 
     p, g, m = _prepare(pred, gt, trimap)
     if not m.any():
         return float("nan")
+    from skimage.metrics import peak_signal_noise_ratio  # at first use: see _skimage_ssim
+
     with np.errstate(divide="ignore"):  # MSE 0 -> inf, as documented
         return float(peak_signal_noise_ratio(g[m], p[m], data_range=1.0))
 
@@ -207,7 +209,13 @@ def ssim_map(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
 
 
 def _skimage_ssim(p: np.ndarray, g: np.ndarray) -> tuple[float, np.ndarray]:
-    """(mean over pixels at least 5 from the border, full map) of float64 mattes in [0, 1]."""
+    """(mean over pixels at least 5 from the border, full map) of float64 mattes in [0, 1].
+
+    scikit-image is imported here, at first use, not with the module: its metrics pull in
+    scipy.stats (about 1 s of CPU), which every Ray Train worker, controller and Tune trial that
+    imports the training loop would pay at start while only the evaluation job uses SSIM and PSNR."""
+    from skimage.metrics import structural_similarity
+
     mean, smap = structural_similarity(p, g, data_range=1.0, gaussian_weights=True, sigma=SSIM_SIGMA,
                                        use_sample_covariance=False, K1=SSIM_K1, K2=SSIM_K2, full=True)
     return float(mean), smap
