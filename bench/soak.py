@@ -16,7 +16,8 @@ separate model deployments, one replica each, history on in a temporary store), 
 At a third of the time ``model_base``'s replica is killed (``ray.kill``), at two thirds ``model_base``
 is hot swapped to a copy of its checkpoint (:func:`bench.load.kill_replica`, :func:`bench.load.hot_swap`).
 Every ``--sample-s`` seconds it records the RSS of every Serve replica and the proxy
-(``/proc/<pid>``). It reports p50/p99 latency per kind, responses by status (503s with
+(``/proc/<pid>``) and the history store's size (``/v1/stats``; ``--history-mb`` sets its byte cap, so
+that a shorter run also fills it and evicts). It reports p50/p99 latency per kind, responses by status (503s with
 ``Retry-After`` counted apart: the documented answer of admission control), the RSS of each process
 at 1/6 of the run (the issue's "10th minute") and at the end with the growth between them, and draws
 RSS over time to ``bench/soak_rss.png``. Results replace the "Soak" section of ``bench/RELIABILITY.md``.
@@ -25,6 +26,7 @@ RSS over time to ``bench/soak_rss.png``. Results replace the "Soak" section of `
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -128,6 +130,7 @@ def run(url: str, dashboard: str, config: dict[str, Any], swap_to: str, minutes:
     duration = minutes * 60
     outcomes: list[Outcome] = []
     rss: list[tuple[float, str, float]] = []
+    history: list[tuple[float, int, int]] = []  # (s, bytes, entries) from /v1/stats
     events: list[tuple[float, str]] = []
     lock = threading.Lock()
     stop = threading.Event()
@@ -148,6 +151,11 @@ def run(url: str, dashboard: str, config: dict[str, Any], swap_to: str, minutes:
                 for r in serve_replicas(dashboard):
                     rss.append((now, f"{r.deployment} {r.pid}", rss_mb(r.pid)))
             except Exception:  # noqa: BLE001 - a sample missed while a replica restarts
+                pass
+            try:
+                h = requests.get(f"{url}/v1/stats", timeout=30).json()["history"]
+                history.append((now, int(h["bytes"]), int(h["entries"])))
+            except Exception:  # noqa: BLE001 - as above
                 pass
             stop.wait(sample_s)
 
@@ -174,7 +182,7 @@ def run(url: str, dashboard: str, config: dict[str, Any], swap_to: str, minutes:
     for t in aux:
         t.join(timeout=60)
     stats = requests.get(f"{url}/v1/stats", timeout=30).json()
-    return {"outcomes": outcomes, "rss": rss, "events": events, "wall_s": time.perf_counter() - t0,
+    return {"outcomes": outcomes, "rss": rss, "history": history, "events": events, "wall_s": time.perf_counter() - t0,
             "duration_s": duration, "stats": stats}
 
 
@@ -225,6 +233,20 @@ def plot(rss: list[tuple[float, str, float]], events: list[tuple[float, str]], p
     return charts.save_png(fig, path)
 
 
+def history_line(res: dict[str, Any]) -> str:
+    """The history store against its byte cap, over every sample of the run (issue 27: never over the
+    cap by more than one entry; the largest entry is a 6000x6000 request's result)."""
+    h = res["stats"].get("history", {})
+    cap = int(h.get("max_bytes", 0))
+    samples = res.get("history", [])
+    if not samples or not cap:
+        return "History store: not sampled."
+    peak = max(b for _, b, _ in samples)
+    return (f"History store over {len(samples)} samples: largest {peak / 1e6:.1f} MB against a cap of {cap / 1e6:.0f} MB "
+            f"({(peak - cap) / 1e6:+.1f} MB), at most {max(e for _, _, e in samples)} entries (cap {h.get('max_entries')}); "
+            f"{len(res['outcomes'])} requests wrote to it.")
+
+
 def markdown(res: dict[str, Any], command: str, described: str) -> str:
     outs: list[Outcome] = res["outcomes"]
     kinds = [k for k in ("small", "medium", "large", "huge", "hints", "batch") if any(o.kind == k for o in outs)]
@@ -247,6 +269,8 @@ def markdown(res: dict[str, Any], command: str, described: str) -> str:
         f"Admission (ingress `/v1/stats` at the end): `{json.dumps(res['stats'].get('admission', {}))}`; "
         f"history: `{json.dumps(res['stats'].get('history', {}))}`.",
         "",
+        history_line(res),
+        "",
         "RSS per process, MB (at 1/6 of the run, the issue's 10th minute of 60, and over the last 1/15):",
         "",
         markdown_table(["process", "at 1/6", "at the end", "growth", "peak", "sampled"], rss_growth(res["rss"], res["duration_s"])),
@@ -266,6 +290,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--huge-every", type=int, default=200, help="1 request in N is a 6000x6000 photo")
     p.add_argument("--sample-s", type=float, default=10.0, help="seconds between RSS samples")
     p.add_argument("--checkpoints", nargs=2, metavar=("BASE", "LOWLIGHT"), help="real checkpoints (default: tiny ones)")
+    p.add_argument("--history-mb", type=float, default=None,
+                   help="history.max_mb, the store's byte cap (default: the shipped config's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-write", action="store_true", help="print, do not update bench/RELIABILITY.md")
     return p.parse_args(argv)
@@ -274,6 +300,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from bench.local_app import bench_checkpoints, local_app
+    from serve_app.config import LimitSettings
     from testkit.env import configure
 
     configure()
@@ -283,7 +310,11 @@ def main(argv: list[str] | None = None) -> int:
         checkpoints, described = bench_checkpoints(args.checkpoints, tmp)
         swap_to = str(tmp / "base-v2.pt")
         shutil.copy(checkpoints["base"], swap_to)
-        with local_app(tmp, checkpoints) as (cluster, config, url):
+        # The shipped upload limits (the tests' config allows 4 Mpx, which would refuse the 6000x6000 photos).
+        app_args: dict[str, Any] = {"limits": dataclasses.asdict(LimitSettings())}
+        if args.history_mb is not None:
+            app_args["history"] = {"max_mb": args.history_mb}
+        with local_app(tmp, checkpoints, args=app_args) as (cluster, config, url):
             print(f"soaking for {args.minutes:g} min at concurrency {args.concurrency} ...", flush=True)
             res = run(url, cluster["dashboard"], config, swap_to, args.minutes, args.concurrency, args.huge_every,
                       args.sample_s, args.seed)
