@@ -351,20 +351,28 @@ def hot_swap(dashboard: str, config: dict[str, Any], url: str, model: str, check
     """
     import requests
 
+    from serve_app.replica import checkpoint_label
     from testkit.serve import deploy
 
     app = config["applications"][0]
     others = [d for d in app.get("deployments", []) if d["name"] != f"model_{model}"]
     app["deployments"] = [*others, {"name": f"model_{model}", "user_config": {"checkpoint": checkpoint}}]
+    want = checkpoint_label(checkpoint)  # /v1/models names a checkpoint by its label, not the server's path
     t0 = time.perf_counter()
     deploy(dashboard, config)
     print(f"  deployed the swap of {model} to {Path(checkpoint).name}", flush=True)
+    last_error = ""
     while time.perf_counter() - t0 < timeout:
-        info = next(m for m in requests.get(f"{url}/v1/models", timeout=30).json()["models"] if m["name"] == model)
-        if info.get("checkpoint") == checkpoint:
-            return {"swap_s": time.perf_counter() - t0, "swaps": info.get("swaps"), "checkpoint": checkpoint}
+        try:
+            info = next(m for m in requests.get(f"{url}/v1/models", timeout=30).json()["models"] if m["name"] == model)
+        except requests.RequestException as e:  # a poll refused under load is not the swap's failure: poll again
+            last_error = f" (last poll: {type(e).__name__}: {e})"
+            time.sleep(0.5)
+            continue
+        if info.get("checkpoint") == want:
+            return {"swap_s": time.perf_counter() - t0, "swaps": info.get("swaps"), "checkpoint": want}
         time.sleep(0.25)
-    raise RuntimeError(f"{model} did not serve {checkpoint} within {timeout:g} s")
+    raise RuntimeError(f"{model} did not serve {want} within {timeout:g} s{last_error}")
 
 
 def ingress_stats(url: str) -> dict[str, Any]:

@@ -54,6 +54,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PLOT = Path(__file__).resolve().with_name("soak_rss.png")
 SECTION = "Soak"
 SIDES = {"small": 256, "medium": 1024, "large": 2048, "huge": 6000}
+SHAPES = {kind: (side, side if kind != "medium" else side * 3 // 4) for kind, side in SIDES.items()}
+"""(height, width) of each kind's photos: the medium ones are 4:3 portraits."""
 
 
 @dataclass(frozen=True)
@@ -71,9 +73,9 @@ def _images(seed: int) -> dict[str, list[bytes]]:
     from testkit.serve import encode, photo
 
     out: dict[str, list[bytes]] = {}
-    for kind, side in SIDES.items():
+    for kind in SIDES:
         n = 1 if kind == "huge" else 3
-        out[kind] = [encode(photo(side, side if kind != "medium" else side * 3 // 4, "dark" if i == 1 else "bright",
+        out[kind] = [encode(photo(*SHAPES[kind], "dark" if i == 1 else "bright",
                                   seed=seed + i), "JPEG", quality=90) for i in range(n)]
     return out
 
@@ -103,7 +105,7 @@ def _one(session: Any, url: str, rng: random.Random, images: dict[str, list[byte
             r = session.post(f"{url}/v1/batch", params=params, files=files, timeout=600)
         else:
             data = rng.choice(images[kind])
-            side = SIDES[kind]
+            h, w = SHAPES[kind]
             extra = rng.random()
             if kind == "small" and extra < 1 / 16:
                 kind = "hints"
@@ -111,7 +113,7 @@ def _one(session: Any, url: str, rng: random.Random, images: dict[str, list[byte
                                  files={"file": ("a.jpg", data, "image/jpeg"), "hints": ("h.png", hints_png, "image/png")})
             else:
                 if extra < 1 / 8:
-                    params["box"] = f"{side // 8},{side // 8},{side - side // 8},{side - side // 8}"
+                    params["box"] = f"{w // 8},{h // 8},{w - w // 8},{h - h // 8}"  # x0,y0,x1,y1 inside the photo
                 r = session.post(f"{url}/v1/matte", params=params, data=data, headers={"Content-Type": "image/jpeg"},
                                  timeout=600)
     except Exception as e:  # noqa: BLE001 - counted as a connection error
