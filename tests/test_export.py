@@ -233,16 +233,18 @@ def test_publish_can_set_the_measured_working_side(tiny, capsys):
         assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_an_export_from_before_none_meant_no_limit_reads_working_side_0_as_none():
+def test_an_export_from_before_none_meant_no_limit_reads_working_side_0_as_none(tiny):
     """ONNX files (and the export cache) written while ``working_side: 0`` meant "no limit" keep
-    that 0 in their metadata; the ONNX Runtime predictor reads it as None, as checkpoints do."""
-    from types import SimpleNamespace
-
+    that 0 in their metadata; the ONNX Runtime predictor reads it as None, as checkpoints do. A real
+    export of the tiny model, its stored config rewritten the way an old export wrote it."""
     from matting_lib.config import to_dict
-    from matting_lib.inference.export import META_PREFIX
+    from matting_lib.inference.export import set_metadata
 
-    props = {f"{META_PREFIX}model_config": json.dumps({**to_dict(TINY), "working_side": 0}), f"{META_PREFIX}stride": "32"}
-    session = SimpleNamespace(get_modelmeta=lambda: SimpleNamespace(custom_metadata_map=props))
+    proto = onnx.load_from_string(export_onnx(tiny["model"]))
+    set_metadata(proto, {"model_config": json.dumps({**to_dict(TINY), "working_side": 0})})
+    session = make_session(proto.SerializeToString(), "cpu")
+    stored = {p.key: p.value for p in onnx.load_from_string(proto.SerializeToString()).metadata_props}
+    assert any('"working_side": 0' in v for v in stored.values())  # the file really says 0
     assert session_metadata(session)["model_config"] == TINY and TINY.working_side is None
 
 
