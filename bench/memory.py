@@ -34,6 +34,8 @@ CONCURRENT_SECTION = "Memory under concurrent large uploads"
 PEAK_LIMIT_MB = 2500
 """Issue 27's bound: no Serve process over 2.5 GB (MB = 10^6 bytes, as VmRSS is reported here) while 8 camera-size uploads arrive at once."""
 ROOT = Path(__file__).resolve().parents[1]
+PROCESSES = ("model_base", "ingress", "model_lowlight", "proxy")
+"""The Serve processes each table lists, in this order."""
 
 
 def big_png(side: int, seed: int) -> bytes:
@@ -126,8 +128,7 @@ def measure(side: int, max_side: int) -> tuple[list[list[object]], list[str]]:
             time.sleep(5)
             for name, pid in pids.items():
                 rows[name] += [round(sampler.peak[name]), round(rss_mb(pid))]
-    order = ["model_base", "ingress", "model_lowlight", "proxy"]
-    return [rows[n] for n in order if n in rows], notes
+    return [rows[n] for n in PROCESSES if n in rows], notes
 
 
 def measure_concurrent(n: int, side: int, max_side: int) -> tuple[list[list[object]], list[str], bool]:
@@ -152,11 +153,10 @@ def measure_concurrent(n: int, side: int, max_side: int) -> tuple[list[list[obje
             answers = list(pool.map(one, images))
         time.sleep(5)
         after = {name: round(rss_mb(pid)) for name, pid in pids.items()}
-    order = [d for d in ("model_base", "ingress", "model_lowlight", "proxy") if d in pids]
-    rows = [[d, before[d], round(sampler.peak[d]), after[d]] for d in order]
+    rows = [[d, before[d], round(sampler.peak[d]), after[d]] for d in PROCESSES if d in pids]
     ok = [a for a in answers if a[0] == 200]
     shed = [a for a in answers if a[0] == 503 and a[1]]
-    other = [a for a in answers if a not in ok and a not in shed]
+    other = [a for a in answers if not (a[0] == 200 or (a[0] == 503 and a[1]))]
     notes = [
         f"{n} different {side}x{side} PNGs ({sum(map(len, images)) / 1e6:.0f} MB in all) sent at once, max_side={max_side}, "
         f"forced to `base`: {len(ok)} answered 200 (last at {max((a[2] for a in ok), default=0):.1f} s), "

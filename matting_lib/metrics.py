@@ -29,7 +29,6 @@ import math
 import numpy as np
 from scipy import ndimage
 
-
 from matting_lib.alpha import alpha_to_unit
 
 __all__ = [
