@@ -82,6 +82,19 @@ def s3_bucket(s3_server):
     return f"s3://{name}"
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Every test ends with torch on the intra-op threads OMP_NUM_THREADS says (1, above). A job
+    run in-process may set the whole process's threads (``ray_jobs.train_refiner --threads``,
+    ``load_predictor(num_threads=...)``), and a second thread spinning beside busy Ray workers made
+    every later torch test in that worker about 5x dearer in CPU (test_training.py's distillation:
+    5 s alone, 36 s after the refiner job had set 2 threads)."""
+    yield
+    torch, want = sys.modules.get("torch"), int(os.environ["OMP_NUM_THREADS"])
+    if torch is not None and torch.get_num_threads() != want:
+        torch.set_num_threads(want)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

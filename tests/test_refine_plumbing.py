@@ -131,7 +131,7 @@ def test_train_refiner_job_writes_a_refiner_the_export_can_attach(files, tmp_pat
     folds.write_text(json.dumps({"folds": [["tr000", "tr001"], ["tr002", "tr003"]]}))
     out = str(tmp_path / "r.pt")
     assert refiner_job.main(["--config", "configs/refiner.yaml", f"data.uri={files['data']}", f"data.folds={folds}",
-                             "--threads", "2", "data.fold=0", "data.composite_frac=0", "data.crop=64", "train.steps=3", "train.batch_size=2",
+                             "--threads", "1", "data.fold=0", "data.composite_frac=0", "data.crop=64", "train.steps=3", "train.batch_size=2",
                              "model.channels=8", f"out={out}"]) == 0
     text = capsys.readouterr().out
     assert "2 photos (tr002, tr003)" in text and "refiner step 3/3" in text
