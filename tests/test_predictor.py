@@ -217,3 +217,30 @@ def test_the_onnx_backend_exports_a_checkpoint_once_and_reuses_it_by_its_sha256(
     monkeypatch.setenv("MATTING_ONNX_CACHE", "off")
     load_predictor(uri, backend="onnx", device="cpu")
     assert len(exports) == 3
+
+
+def test_onnx_sessions_take_their_threads_from_omp_num_threads_unless_told(monkeypatch):
+    """ORT's default pool is one thread per core, each spinning while it waits: in a Ray task given
+    one CPU (Ray sets OMP_NUM_THREADS to it) or beside busy workers, that burns other processes'
+    time. So None means $OMP_NUM_THREADS where set, as for torch; an explicit count wins."""
+    from onnx import TensorProto, helper
+
+    from matting_lib.inference.onnx_runtime import make_session
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+    def threads(**kw) -> int:
+        return make_session(model, "cpu", **kw).get_session_options().intra_op_num_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert threads() == 1 and threads(num_threads=3) == 3
+    for unset in ("", "four", "0"):
+        monkeypatch.setenv("OMP_NUM_THREADS", unset)
+        assert threads() == 0  # ORT's own default: one per core
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert threads() == 0
+    with pytest.raises(ValueError, match="num_threads"):
+        threads(num_threads=0)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -64,15 +65,28 @@ def providers(device: str | torch.device) -> list[str]:
     raise ValueError(f"device must be 'auto', 'cpu' or 'cuda' for the ONNX backend, got {device!r}")
 
 
+def omp_threads() -> int | None:
+    """``$OMP_NUM_THREADS`` as a positive int, or None where it is unset or not one."""
+    try:
+        n = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        return None
+    return n if n >= 1 else None
+
+
 def make_session(model: bytes, device: str | torch.device = "auto", num_threads: int | None = None) -> Any:
     """An ``onnxruntime.InferenceSession`` over serialized ONNX ``model``, all graph optimisations on.
 
-    ``num_threads``: intra-op threads (None = ORT's default, one per core); set it to the
-    CPUs a Serve replica is given.
+    ``num_threads``: intra-op threads; set it to the CPUs a Serve replica is given. None:
+    ``$OMP_NUM_THREADS`` where it is set, as torch does (Ray sets it to a task's or actor's
+    whole CPUs, the tests to 1), else ORT's default, one per core. ORT's threads spin while they
+    wait for work, so a pool larger than the CPUs a process was given burns the others' time.
     """
     ort = onnxruntime()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if num_threads is None:
+        num_threads = omp_threads()
     if num_threads is not None:
         if num_threads < 1:
             raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}")
@@ -101,7 +115,7 @@ class OnnxPredictor(Predictor):
     """
 
     num_threads: int | None = None
-    """ORT intra-op threads (None = one per core)."""
+    """ORT intra-op threads (None: ``$OMP_NUM_THREADS`` where set, else one per core; :func:`make_session`)."""
     refiner_session: Any = None
     """ORT session of the learned refiner (from the export's ``matting.refiner_onnx``), or None."""
 
