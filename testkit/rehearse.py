@@ -82,36 +82,36 @@ def start_s3() -> tuple[Any, str]:
     return server, server.endpoint
 
 
-def prepare_bucket(endpoint: str) -> tuple[str, str]:
+def prepare_bucket(endpoint: str, bucket: str = BUCKET) -> tuple[str, str]:
     """Bucket layout, a tiny dataset and its manifest; (dataset URI, manifest URI)."""
     import boto3
 
     from matting_lib.data.manifest import build_manifest
 
     s3 = boto3.client("s3", endpoint_url=endpoint)
-    s3.create_bucket(Bucket=BUCKET)
+    s3.create_bucket(Bucket=bucket)
     for prefix in LAYOUT:
-        s3.put_object(Bucket=BUCKET, Key=f"{prefix}/")
-    dataset = write_dataset(f"s3://{BUCKET}/datasets/tiny", n_train=8, n_val=2, size=64)
-    manifest = f"s3://{BUCKET}/manifests/tiny.jsonl"
+        s3.put_object(Bucket=bucket, Key=f"{prefix}/")
+    dataset = write_dataset(f"s3://{bucket}/datasets/tiny", n_train=8, n_val=2, size=64)
+    manifest = f"s3://{bucket}/manifests/tiny.jsonl"
     rows = build_manifest(dataset, out_uri=manifest, progress=False)
     if len(rows) != 10:
         raise RehearsalError(f"manifest has {len(rows)} rows, expected 10")
     return dataset, manifest
 
 
-def submit_training(cluster: dict, dataset: str, manifest: str) -> str:
+def submit_training(cluster: dict, dataset: str, manifest: str, bucket: str = BUCKET) -> str:
     """`ray job submit --working-dir .` of the tiny config, distilling from the shipped base
     model; the URI of the run's best checkpoint."""
     out = run([
         cluster["ray_bin"], "job", "submit", "--address", cluster["dashboard"], "--submission-id", RUN,
         "--working-dir", ".", "--",
         "python", "-m", "ray_jobs.train", "--config", "configs/tiny.yaml",
-        f"data.uri={dataset}", f"data.manifest={manifest}", f"run.storage_path=s3://{BUCKET}/runs", f"run.name={RUN}",
+        f"data.uri={dataset}", f"data.manifest={manifest}", f"run.storage_path=s3://{bucket}/runs", f"run.name={RUN}",
         "stages.0.epochs=1", "scaling.num_workers=1", "scaling.cpus_per_worker=0.5",
         "distill.teacher=models/base.pt", "distill.weight=0.5",
     ], timeout=240)
-    best = f"s3://{BUCKET}/runs/{RUN}/best.pt"
+    best = f"s3://{bucket}/runs/{RUN}/best.pt"
     if best not in out:
         raise RehearsalError(f"the job's log does not name {best}:\n{out[-2000:]}")
     if "distilling from" not in out:
@@ -133,15 +133,15 @@ def refuse_without_token(cluster: dict) -> None:
         raise RehearsalError(f"a client without the token was let in:\n{(r.stdout + r.stderr)[-1000:]}")
 
 
-def promote(endpoint: str, source: str, version: int) -> str:
+def promote(endpoint: str, source: str, version: int, bucket: str = BUCKET) -> str:
     """Copy a checkpoint under models/ with a new version (the guide's promotion); its URI."""
     import boto3
 
     key = f"models/tiny-v{version}.pt"
     boto3.client("s3", endpoint_url=endpoint).copy_object(
-        Bucket=BUCKET, Key=key, CopySource={"Bucket": BUCKET, "Key": source.removeprefix(f"s3://{BUCKET}/")}
+        Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": source.removeprefix(f"s3://{bucket}/")}
     )
-    return f"s3://{BUCKET}/{key}"
+    return f"s3://{bucket}/{key}"
 
 
 def serve_config(checkpoint: str, port: int, workdir: Path) -> dict[str, Any]:
@@ -234,8 +234,31 @@ def hot_swap(cluster: dict, config: dict, path: Path, url: str, png: bytes, new:
     return len(served)
 
 
-def main() -> int:
+def rehearse_on(cluster: dict, endpoint: str, port: int, workdir: Path, bucket: str = BUCKET) -> int:
+    """Steps 2-7 on a running cluster whose workers reach the S3 server at ``endpoint``, serving
+    on ``port``; the number of requests answered during the hot swap. RehearsalError (or a
+    timeout) names the step that failed. The Serve application stays deployed: the caller
+    removes it, or stops the cluster."""
     from matting_lib.data.encode import encode_png
+
+    dataset, manifest = step("bucket layout, dataset upload, manifest", lambda: prepare_bucket(endpoint, bucket))
+    best = step("ray job submit configs/tiny.yaml", lambda: submit_training(cluster, dataset, manifest, bucket))
+    step("a client without the token is refused", lambda: refuse_without_token(cluster))
+    v1 = step("promote best.pt -> models/tiny-v1.pt", lambda: promote(endpoint, best, 1, bucket))
+    url = f"http://127.0.0.1:{port}"
+    config = serve_config(v1, port, workdir)
+    path = workdir / "serve.yaml"
+    step("serve deploy serve_app/config.yaml", lambda: (deploy(cluster, config, path), wait_ready(url)))
+    image, _ = synthetic_pair(np.random.default_rng(7), 72, 96)
+    png = encode_png(image)
+    step("one request answered by models/tiny-v1.pt", lambda: check_request(url, png, (72, 96), v1))
+    v2 = promote(endpoint, best, 2, bucket)
+    n = step("hot swap to models/tiny-v2.pt under load", lambda: hot_swap(cluster, config, path, url, png, v2))
+    print(f"[rehearse] {n} requests during the swap, none failed", flush=True)
+    return n
+
+
+def main() -> int:
     from testkit.env import configure
 
     configure()  # test S3 credentials for the moto bucket, token auth for the cluster and its clients
@@ -249,21 +272,7 @@ def main() -> int:
     cluster = None
     try:
         cluster = step("ray start --head", lambda: start_ray_head(str(workdir / "ray")))
-        dataset, manifest = step("bucket layout, dataset upload, manifest", lambda: prepare_bucket(endpoint))
-        best = step("ray job submit configs/tiny.yaml", lambda: submit_training(cluster, dataset, manifest))
-        step("a client without the token is refused", lambda: refuse_without_token(cluster))
-        v1 = step("promote best.pt -> models/tiny-v1.pt", lambda: promote(endpoint, best, 1))
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        config = serve_config(v1, port, workdir)
-        path = workdir / "serve.yaml"
-        step("serve deploy serve_app/config.yaml", lambda: (deploy(cluster, config, path), wait_ready(url)))
-        image, _ = synthetic_pair(np.random.default_rng(7), 72, 96)
-        png = encode_png(image)
-        step("one request answered by models/tiny-v1.pt", lambda: check_request(url, png, (72, 96), v1))
-        v2 = promote(endpoint, best, 2)
-        n = step("hot swap to models/tiny-v2.pt under load", lambda: hot_swap(cluster, config, path, url, png, v2))
-        print(f"[rehearse] {n} requests during the swap, none failed", flush=True)
+        rehearse_on(cluster, endpoint, free_port(), workdir)
     except (RehearsalError, subprocess.TimeoutExpired, RuntimeError, OSError) as e:
         print(f"[rehearse] FAILED: {e}", file=sys.stderr, flush=True)
         return 1
