@@ -184,7 +184,7 @@ def test_config_and_resource_errors_exit_2_with_one_line(ray_cluster, dataset, t
         (["space.dropout=[0.1]"], "space.dropout: unknown parameter"),
         (["space.stages.3.epochs=[1]"], "space.stages.3.epochs: the base config has 1 stage"),
         (["space.loss.edge=[-1.0]"], "space.loss.edge: value -1.0 is invalid"),
-        (["resources.num_workers=4", "resources.cpus_per_worker=1"], "resources: a trial needs 4.26 CPUs"),
+        (["resources.num_workers=4", "resources.cpus_per_worker=1"], "resources: a trial needs 4.46 CPUs (4 worker(s) x 1.0 CPU + 0.45 data CPU + 0.01)"),
         (["resources.use_gpu=true"], "resources: a trial needs 1 GPU(s)"),
     ]
     for extra, needle in cases:
