@@ -17,6 +17,20 @@ from serve_app.run import LOOPBACK_ENV, free_port
 from ray_jobs.common import KEEP_IDLE_WORKERS_ENV
 
 
+QUIET_DAEMONS_ENV = {
+    # While it watches fewer than 1,000 log files, the log monitor lists the logs folder and
+    # stats every file in it ten times a second: 5% of a core all session long on 2 cores
+    # (measured per test, see the README on the suite's time). Past the threshold it lists them every
+    # LOG_NAME_UPDATE_INTERVAL_S (0.5 s); a new worker's output still reaches the driver.
+    "RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0",
+    # Serve's controller runs its loop every 0.1 s, 3% of a core with nothing deployed; the
+    # tests wait on Serve's state by polling, so a 0.5 s loop costs them nothing.
+    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
+}
+"""Settings for the daemons of the clusters started here (tests, benchmarks, the rehearsal), read
+from the environment of ``ray start``; the environment of the caller wins."""
+
+
 def listening_sockets(pids: "set[int] | list[int]") -> list[tuple[str, int, int]]:
     """(address, port, pid) of every TCP socket in LISTEN state that one of ``pids`` holds,
     read from ``/proc`` (no ``ss`` or psutil needed). IPv4-mapped IPv6 addresses are given as IPv4."""
@@ -159,7 +173,7 @@ def start_ray_head(temp_dir: str, num_cpus: int = 2) -> dict:
         f"--temp-dir={temp_dir}",
     ]
     try:
-        subprocess.run(cmd, check=True, timeout=120, capture_output=True, text=True, env={**KEEP_IDLE_WORKERS_ENV, **os.environ, **LOOPBACK_ENV})
+        subprocess.run(cmd, check=True, timeout=120, capture_output=True, text=True, env={**KEEP_IDLE_WORKERS_ENV, **QUIET_DAEMONS_ENV, **os.environ, **LOOPBACK_ENV})
     except subprocess.CalledProcessError as e:
         stop_ray_head(temp_dir)
         raise RuntimeError(f"ray start failed: {e.stdout[-2000:]} {e.stderr[-2000:]}") from None
