@@ -132,7 +132,7 @@ def run(url: str, dashboard: str, config: dict[str, Any], swap_to: str, minutes:
     duration = minutes * 60
     outcomes: list[Outcome] = []
     rss: list[tuple[float, str, float]] = []
-    history: list[tuple[float, int, int]] = []  # (s, bytes, entries) from /v1/stats
+    history: list[tuple[float, int, int, int]] = []  # (s, bytes, entries, largest entry's bytes) from /v1/stats
     events: list[tuple[float, str]] = []
     lock = threading.Lock()
     stop = threading.Event()
@@ -156,7 +156,7 @@ def run(url: str, dashboard: str, config: dict[str, Any], swap_to: str, minutes:
                 pass
             try:
                 h = requests.get(f"{url}/v1/stats", timeout=30).json()["history"]
-                history.append((now, int(h["bytes"]), int(h["entries"])))
+                history.append((now, int(h["bytes"]), int(h["entries"]), int(h.get("largest_entry_bytes", 0))))
             except Exception:  # noqa: BLE001 - as above
                 pass
             stop.wait(sample_s)
@@ -243,10 +243,14 @@ def history_line(res: dict[str, Any]) -> str:
     samples = res.get("history", [])
     if not samples or not cap:
         return "History store: not sampled."
-    peak = max(b for _, b, _ in samples)
+    peak = max(s[1] for s in samples)
+    # Over the cap by at most one entry: at every sample, the excess is no more than the largest entry held.
+    excess = max((s[1] - cap) - s[3] for s in samples)
+    verdict = ("never over it by more than its largest entry" if excess <= 0
+               else f"over it by {excess / 1e6:.1f} MB more than its largest entry at worst")
     return (f"History store over {len(samples)} samples: largest {peak / 1e6:.1f} MB against a cap of {cap / 1e6:.0f} MB "
-            f"({(peak - cap) / 1e6:+.1f} MB), at most {max(e for _, _, e in samples)} entries (cap {h.get('max_entries')}); "
-            f"{len(res['outcomes'])} requests wrote to it.")
+            f"({(peak - cap) / 1e6:+.1f} MB; {verdict}), at most {max(s[2] for s in samples)} entries "
+            f"(cap {h.get('max_entries')}); {len(res['outcomes'])} requests wrote to it.")
 
 
 def markdown(res: dict[str, Any], command: str, described: str) -> str:

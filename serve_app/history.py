@@ -227,10 +227,13 @@ class History:
         return True
 
     def usage(self) -> dict[str, Any]:
-        """The store's size as its rows add up: entries, bytes (results + thumbnails) and the caps."""
+        """The store's size as its rows add up: entries, bytes (results + thumbnails), the largest
+        entry's bytes (the most the byte cap may be exceeded by, :meth:`prune`) and the caps."""
         with self._connect() as db:
-            n, nbytes = db.execute("SELECT COUNT(*), COALESCE(SUM(size + thumb_size), 0) FROM history").fetchone()
-        return {"entries": n, "bytes": nbytes, "max_entries": self.settings.max_entries,
+            n, nbytes, largest = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size + thumb_size), 0), COALESCE(MAX(size + thumb_size), 0) FROM history"
+            ).fetchone()
+        return {"entries": n, "bytes": nbytes, "largest_entry_bytes": largest, "max_entries": self.settings.max_entries,
                 "max_bytes": self.settings.max_bytes, "max_age_days": self.settings.max_age_days}
 
     def prune(self) -> int:

@@ -140,6 +140,14 @@ def _store_bytes(root) -> int:
     return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
 
 
+def _entry_bytes(store) -> dict[str, int]:
+    """Result plus thumbnail bytes of every entry in a history store, by entry id."""
+    sizes: dict[str, int] = {}
+    for f in [*(store / "results").iterdir(), *(store / "thumbs").iterdir()]:
+        sizes[f.stem] = sizes.get(f.stem, 0) + f.stat().st_size
+    return sizes
+
+
 def test_history_never_exceeds_its_byte_cap_by_more_than_the_newest_entry(tmp_path):
     import numpy as np
 
@@ -156,6 +164,7 @@ def test_history_never_exceeds_its_byte_cap_by_more_than_the_newest_entry(tmp_pa
         on_disk = _store_bytes(store)
         usage = h.usage()
         assert usage["bytes"] == on_disk, i  # the rows add up to what the store holds
+        assert usage["largest_entry_bytes"] == max(_entry_bytes(store).values()), i
         assert on_disk <= 200_000 or usage["entries"] == 1, (i, on_disk)  # at most the cap after each insert...
         assert on_disk - newest <= 200_000  # ...and never over it by more than one entry while inserting
         evicted = i + 1 - usage["entries"]
