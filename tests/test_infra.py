@@ -15,7 +15,6 @@ import shlex
 import sys
 
 import pytest
-import yaml
 
 from infra import validate as v
 from testkit import ROOT
@@ -384,16 +383,15 @@ def test_rehearsal_of_the_operators_guide(ray_cluster, s3_server, serve_port, tm
     cores); the application is deleted afterwards, as the Serve modules delete theirs."""
     import uuid
 
-    from ray import serve
-
+    from serve_app.config import load_serve_yaml
     from testkit import rehearse
+    from testkit.serve import remove_app
 
     bucket = f"rehearsal-{uuid.uuid4().hex[:8]}"
     try:
         n = rehearse.rehearse_on(ray_cluster, s3_server, serve_port, tmp_path, bucket)
     finally:
-        for app in yaml.safe_load((ROOT / "serve_app" / "config.yaml").read_text())["applications"]:
-            serve.delete(app["name"], _blocking=True)
+        remove_app(load_serve_yaml())  # the applications serve_app/config.yaml names, as the rehearsal deployed them
     out = capsys.readouterr().out
     for marker in (
         "ray job submit configs/tiny.yaml: ok",
