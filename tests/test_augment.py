@@ -142,3 +142,33 @@ def test_bad_arguments(rng):
     image, alpha = synthetic_pair(rng, 32, 32)
     with pytest.raises(TypeError, match="uint8"):
         apply(build_eval_transform(SIZE), image.astype(np.float32), alpha)
+
+
+def test_decoding_and_augmenting_samples_loads_no_torch(tmp_path):
+    """A Ray Data decode task runs :class:`SampleLoader` (decode, augment, low-light simulation,
+    letterbox): numpy and OpenCV only. albumentations would import torch for its optional
+    ``ToTensorV2`` (about 3 s of CPU in every task process); ``matting_lib.data.augment`` keeps it
+    out, and ``albumentations.pytorch`` can still be imported afterwards."""
+    import subprocess
+    import sys
+
+    from testkit import ROOT
+    from testkit.data import write_dataset
+
+    root = write_dataset(str(tmp_path / "ds"), n_train=3, n_val=0, size=48)
+    code = f"""
+import os, sys
+from matting_lib.data.samples import SampleLoader
+root = {root!r}
+names = sorted(os.listdir(root + "/images"))
+batch = {{"image_uri": [root + "/images/" + n for n in names],
+          "mask_uri": [root + "/masks/" + n.rsplit(".", 1)[0] + ".png" for n in names]}}
+shapes = [SampleLoader(size=32, augment=a, train=True, lowlight_sim_prob=0.5)(batch)["image"].shape for a in ("standard", "lowlight")]
+shapes.append(SampleLoader(size=32, augment="none", train=False)(batch)["image"].shape)
+print(shapes, "torch" in sys.modules)
+import albumentations.pytorch
+print(albumentations.pytorch.ToTensorV2.__name__)
+"""
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split("\n")[:2] == ["[(3, 3, 32, 32), (3, 3, 32, 32), (3, 3, 32, 32)] False", "ToTensorV2"], r.stdout

@@ -26,15 +26,42 @@ Decisions:
 from __future__ import annotations
 
 import os
+import sys
+from typing import TYPE_CHECKING, Literal
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network call at import
+import cv2
+import numpy as np
 
-from typing import Literal  # noqa: E402
 
-import albumentations as A  # noqa: E402
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+def _import_albumentations():
+    """albumentations, without the torch it would import for its optional ``ToTensorV2``.
+
+    albumentations 2.0.8 ends its ``__init__`` with ``from .pytorch import *`` whenever torch is
+    installed, and so imports torch: about 3 s of CPU in every Ray Data decode-task process, which
+    needs numpy and OpenCV only (measured per process with ``-X importtime`` on a test cluster).
+    Nothing here uses ``ToTensorV2``. Where torch is already loaded (a training worker) this is a
+    plain import; otherwise ``albumentations.pytorch`` is hidden while the package loads, and can
+    still be imported explicitly afterwards.
+    """
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network call at import
+    if "albumentations" in sys.modules or "torch" in sys.modules:
+        import albumentations
+
+        return albumentations
+    sys.modules["albumentations.pytorch"] = None  # type: ignore[assignment]  # its import fails: suppressed there
+    try:
+        import albumentations
+    finally:
+        if sys.modules.get("albumentations.pytorch", 0) is None:
+            del sys.modules["albumentations.pytorch"]
+    return albumentations
+
+
+if TYPE_CHECKING:
+    import albumentations as A
+    import torch
+else:
+    A = _import_albumentations()
 
 LOWLIGHT_GAMMA = (0.3, 0.6)
 """Seed 001's gamma range, in the seed's convention ``out = in ** (1 / gamma)``."""
@@ -131,6 +158,8 @@ def apply(transform: A.Compose, image: np.ndarray, alpha: np.ndarray) -> tuple[n
 
 def to_tensors(image: np.ndarray, alpha: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 (H, W, 3) and (H, W) -> float32 (3, H, W) and (1, H, W), both in [0, 1]."""
+    import torch
+
     img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
     a = torch.from_numpy(np.ascontiguousarray(alpha))[None].float().div_(255.0)
     return img.contiguous(), a
