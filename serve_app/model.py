@@ -17,15 +17,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 from ray import serve
 
 from matting_lib.config import to_dict
-from matting_lib.inference.load import backend_name, load_predictor
-from matting_lib.inference.onnx_runtime import ShrinkingSession
-from matting_lib.inference.predictor import Predictor
 from matting_lib.refine import MODES as REFINE_MODES
 from matting_lib.refine import resolve_mode
 from matting_lib.refine.hints import HintError
@@ -33,6 +30,12 @@ from matting_lib.resize import KEEP, MaxSide
 from serve_app.config import ModelDeploymentSettings
 from serve_app.params import MAX_SIDE, MIN_SIDE
 from serve_app.replica import TRIM_AFTER_PIXELS, checkpoint_label, parse_user_config, release_memory
+
+if TYPE_CHECKING:
+    from matting_lib.inference.predictor import Predictor
+# The inference stack (torch, ONNX Runtime) is imported where a replica loads a model, not with
+# this module: Serve's application builder imports it on every deploy to bind the deployments, in
+# a task process of its own, and torch alone is about 3 s of CPU there.
 
 logger = logging.getLogger("ray.serve")
 
@@ -66,6 +69,9 @@ class MattingModel:
         self.predict.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
 
     def _load(self, uri: str) -> Predictor:
+        from matting_lib.inference.load import backend_name, load_predictor
+        from matting_lib.inference.onnx_runtime import ShrinkingSession
+
         s = self.settings
         t0 = time.perf_counter()
         predictor = load_predictor(
@@ -190,6 +196,8 @@ class MattingModel:
 
     def info(self) -> dict[str, Any]:
         """What this replica serves: name, checkpoint, the checkpoint's metrics, counters."""
+        from matting_lib.inference.load import backend_name
+
         meta = self.predictor.metadata
         return {
             "name": self.name,

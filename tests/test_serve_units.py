@@ -409,16 +409,19 @@ def test_a_model_replica_gives_back_the_memory_of_a_large_request(tmp_path):
     assert _rss_mb() - before < 250, (before, _rss_mb())
 
 
-def test_an_ingress_with_model_deployments_loads_no_network_library():
+@pytest.mark.parametrize("module", ["serve_app.ingress", "serve_app.app"])
+def test_an_ingress_with_model_deployments_loads_no_network_library(module):
     """With ``placement: separate`` the ingress only decodes, routes and encodes: importing its
-    deployment must not pull in torch or ONNX Runtime (about 2 s of start-up and a few hundred MB
-    per ingress replica). The models inside the ingress (``placement: ingress``) import them when built."""
+    deployment must not pull in torch or ONNX Runtime (about 3 s of start-up and a few hundred MB
+    per ingress replica). Nor may the application builder, which Serve runs in a task process of
+    its own on every deploy. The models inside the ingress (``placement: ingress``) import them
+    when built."""
     import subprocess
     import sys
 
     from testkit import ROOT
 
-    code = ("import sys, serve_app.ingress; "
+    code = (f"import sys, {module}; "
             "print(sorted(m for m in ('torch', 'onnxruntime') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
