@@ -744,8 +744,8 @@ def _disc_correction(seed: int) -> tuple[np.ndarray, np.ndarray]:
 def test_saved_corrections_train_a_model_the_service_swaps_to_with_no_failed_request(svc, tmp_path):
     """Issue 26's loop, closed on the running service: the corrections saved in the browser above
     and three more through the API (photos of a disc, with their true mattes) are read from the S3
-    store by ``ray_jobs.learn_corrections``, which fine-tunes the served base (tiny, DDP on two
-    workers of this cluster), scores it against the base it replaces on the held-out corrections,
+    store by ``ray_jobs.learn_corrections``, which fine-tunes the served base (tiny, on one Ray
+    Train worker of this cluster: DDP has its own test in test_training_faults.py), scores it against the base it replaces on the held-out corrections,
     publishes it to S3 only because it is better there, and redeploys the app with it while
     requests keep coming: none fails, and the service then answers with the published checkpoint."""
     from ray_jobs.learn_corrections import main as learn
@@ -767,9 +767,9 @@ def test_saved_corrections_train_a_model_the_service_swaps_to_with_no_failed_req
         rc = learn([
             "--config", "configs/corrections.yaml", f"corrections.store={svc.bucket}/corrections",
             f"current={svc.checkpoints['base']}", "train=configs/tiny.yaml", "corrections.repeat=6",
-            # DDP on 2 workers, sized to fit beside the running app (0.85 CPU) on a 2-CPU cluster
-            "train_overrides=[stages.0.epochs=1, data.image_size=64, data.batch_size=4, scaling.cpus_per_worker=0.25, "
-            "scaling.data_cpus=0.1]",
+            # One worker, sized to fit beside the running app (0.85 CPU) on a 2-CPU cluster
+            "train_overrides=[stages.0.epochs=1, data.image_size=64, data.batch_size=4, scaling.num_workers=1, "
+            "scaling.cpus_per_worker=0.5, scaling.data_cpus=0.1]",
             f"out={tmp_path}/runs", "run_name=learn", f"publish.dir={svc.bucket}/published",
             f"publish.serve_address={svc.dashboard}", "max_side=256", "subject_prior=false",
         ])
