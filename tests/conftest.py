@@ -142,36 +142,56 @@ def serve_port(ray_cluster):
 # --------------------------------------------------------------------------- two workers (make test: pytest -n 2)
 
 RAY_GROUP = "ray"
-"""The xdist group of every test that runs on a Ray cluster (the session's, through the
-``ray_cluster`` fixture, or its own, marked ``own_cluster``): they run one after another on one
-worker, in file order, while the other worker takes the tests that need no cluster."""
+"""The xdist group of every test on the session's Ray cluster (the ``ray_cluster`` fixture): they
+run one after another on one worker, in file order, while the other worker takes the tests that
+need no cluster."""
+
+OWN_CLUSTER_GROUP = "own-cluster"
+"""The xdist group of the tests that start a Ray cluster of their own (marked ``own_cluster``: the
+launcher's). They need nothing of the session's cluster, so they are not links of its chain: they
+are collected last and run on the other worker once its unit tests are done, at low priority, in
+the CPU the chain leaves idle while its Ray processes start one after another (the chain alone
+averages 1.4 of the 2 cores). In the chain, the launcher test added its 32 s to the critical path."""
 
 
 _START_NICE = os.getpriority(os.PRIO_PROCESS, 0)
-"""This worker's priority at start, which a cluster test gets back."""
+"""This worker's priority at start, which a test on the session's cluster gets back."""
 
 
-def _needs_a_cluster(item: pytest.Item) -> bool:
-    return "ray_cluster" in getattr(item, "fixturenames", ()) or item.get_closest_marker("own_cluster") is not None
+def _on_session_cluster(item: pytest.Item) -> bool:
+    return "ray_cluster" in getattr(item, "fixturenames", ())
+
+
+def _own_cluster(item: pytest.Item) -> bool:
+    return item.get_closest_marker("own_cluster") is not None and not _on_session_cluster(item)
 
 
 def pytest_itemcollected(item):
     """Marked as each test is collected, before any ``pytest_collection_modifyitems`` (where
-    xdist's worker turns the mark into the node id's ``@ray`` suffix) can run."""
-    if _needs_a_cluster(item):
+    xdist's worker turns the mark into the node id's ``@group`` suffix) can run."""
+    if _on_session_cluster(item):
         item.add_marker(pytest.mark.xdist_group(RAY_GROUP))
+    elif _own_cluster(item):
+        item.add_marker(pytest.mark.xdist_group(OWN_CLUSTER_GROUP))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """The tests with a cluster of their own go last (the order is stable otherwise): xdist hands
+    out work in collection order once the chain (the largest group) has gone to one worker."""
+    items.sort(key=_own_cluster)
 
 
 def pytest_runtest_setup(item):
-    """Under xdist, a test that needs no cluster runs at nice 19 and a cluster test at its
-    starting priority: Ray starts its workers at nice 15, and a CPU-bound unit test at normal
+    """Under xdist, a test on the session's cluster runs at its starting priority and every
+    other test at nice 19: Ray starts its workers at nice 15, and a CPU-bound unit test at normal
     priority beside them would take their core (the first try of two workers, without this, ran
-    no faster than one). The unit tests fill the cores the cluster tests leave idle while they
+    no faster than one). The other tests fill the cores the cluster tests leave idle while they
     wait on processes, polls and the network. Without the right to raise a priority again
     (not root), every test keeps the worker's priority."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return
-    want = _START_NICE if _needs_a_cluster(item) else 19
+    want = _START_NICE if _on_session_cluster(item) else 19
     try:
         os.setpriority(os.PRIO_PROCESS, 0, want)
     except OSError:
