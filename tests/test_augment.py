@@ -152,17 +152,17 @@ def test_decoding_and_augmenting_samples_loads_no_torch(tmp_path):
     import subprocess
     import sys
 
+    from matting_lib.data.manifest import build_manifest
     from testkit import ROOT
     from testkit.data import write_dataset
 
     root = write_dataset(str(tmp_path / "ds"), n_train=3, n_val=0, size=48)
+    rows = build_manifest(root, out_uri=str(tmp_path / "manifest.jsonl"), progress=False)  # the rows a job streams
+    batch = {key: [r[key] for r in rows] for key in ("image_uri", "mask_uri")}
     code = f"""
-import os, sys
+import sys
 from matting_lib.data.samples import SampleLoader
-root = {root!r}
-names = sorted(os.listdir(root + "/images"))
-batch = {{"image_uri": [root + "/images/" + n for n in names],
-          "mask_uri": [root + "/masks/" + n.rsplit(".", 1)[0] + ".png" for n in names]}}
+batch = {batch!r}
 shapes = [SampleLoader(size=32, augment=a, train=True, lowlight_sim_prob=0.5)(batch)["image"].shape for a in ("standard", "lowlight")]
 shapes.append(SampleLoader(size=32, augment="none", train=False)(batch)["image"].shape)
 print(shapes, "torch" in sys.modules)

@@ -745,9 +745,10 @@ def test_saved_corrections_train_a_model_the_service_swaps_to_with_no_failed_req
     """Issue 26's loop, closed on the running service: the corrections saved in the browser above
     and three more through the API (photos of a disc, with their true mattes) are read from the S3
     store by ``ray_jobs.learn_corrections``, which fine-tunes the served base (tiny, on one Ray
-    Train worker of this cluster: DDP has its own test in test_training_faults.py), scores it against the base it replaces on the held-out corrections,
-    publishes it to S3 only because it is better there, and redeploys the app with it while
-    requests keep coming: none fails, and the service then answers with the published checkpoint."""
+    Train worker of this cluster: DDP has its own test in test_training_faults.py), scores it
+    against the base it replaces on the held-out corrections, publishes it to S3 only because it is
+    better there, and redeploys the app with it while requests keep coming: none fails, and the
+    service then answers with the published checkpoint."""
     from ray_jobs.learn_corrections import main as learn
 
     before = get(f"{svc.url}/v1/corrections").json()["count"]
