@@ -30,6 +30,13 @@ QUIET_DAEMONS_ENV = {
 """Settings for the daemons of the clusters started here (tests, benchmarks, the rehearsal), read
 from the environment of ``ray start``; the environment of the caller wins."""
 
+WORKER_PRIORITY_ENV = {"RAY_worker_niceness": "0"}
+"""The raylet starts workers 15 nice levels below itself by default. The suite runs everything
+but its cluster tests at nice 19 beside them (``tests/conftest.py``), and Linux gives a nice-15
+process only 36/51 of a core shared with a nice-19 one (weights 36 and 15): the cluster's
+workers then lost 30% of a contended core to unit tests meant to fill idle time. With 0 they run
+at the priority the cluster was started with. ``make serve`` keeps Ray's default."""
+
 
 def listening_sockets(pids: "set[int] | list[int]") -> list[tuple[str, int, int]]:
     """(address, port, pid) of every TCP socket in LISTEN state that one of ``pids`` holds,
@@ -158,7 +165,8 @@ def start_ray_head(temp_dir: str, num_cpus: int = 2) -> dict:
     """``ray start --head`` on loopback with every port chosen free, so that several clusters
     (parallel test runs on one machine) never collide, and every Ray server listening on 127.0.0.1
     only (:data:`LOOPBACK_ENV`; a driver joining it calls :func:`use_loopback` first), keeping
-    idle workers (:data:`ray_jobs.common.KEEP_IDLE_WORKERS_ENV`). Returns address, dashboard URL, ray binary."""
+    idle workers (:data:`ray_jobs.common.KEEP_IDLE_WORKERS_ENV`), its workers at its own priority
+    (:data:`WORKER_PRIORITY_ENV`). Returns address, dashboard URL, ray binary."""
     import subprocess
 
     bin_dir = str(Path(sys.executable).parent)
@@ -173,7 +181,7 @@ def start_ray_head(temp_dir: str, num_cpus: int = 2) -> dict:
         f"--temp-dir={temp_dir}",
     ]
     try:
-        subprocess.run(cmd, check=True, timeout=120, capture_output=True, text=True, env={**KEEP_IDLE_WORKERS_ENV, **QUIET_DAEMONS_ENV, **os.environ, **LOOPBACK_ENV})
+        subprocess.run(cmd, check=True, timeout=120, capture_output=True, text=True, env={**KEEP_IDLE_WORKERS_ENV, **QUIET_DAEMONS_ENV, **WORKER_PRIORITY_ENV, **os.environ, **LOOPBACK_ENV})
     except subprocess.CalledProcessError as e:
         stop_ray_head(temp_dir)
         raise RuntimeError(f"ray start failed: {e.stdout[-2000:]} {e.stderr[-2000:]}") from None

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -96,3 +97,27 @@ def test_the_local_cluster_keeps_idle_workers_between_epochs(ray_cluster):
     time.sleep(2.5)  # 2.5 times the default idle limit
 
     assert all(process_alive(p) for p in pids), {p: process_alive(p) for p in pids}
+
+
+def _niceness(pid: int) -> int:
+    """Field 19 of /proc/PID/stat, read independently of os.getpriority."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+@pytest.mark.timeout(60)
+def test_the_local_cluster_runs_its_workers_at_its_own_priority(ray_cluster):
+    """Ray starts workers 15 nice levels below the raylet by default, where a unit test at nice 19
+    beside them (tests/conftest.py) took 30% of a shared core from them. The clusters testkit
+    starts run their workers at the raylet's own priority (testkit.local_ray.WORKER_PRIORITY_ENV)."""
+    import ray
+
+    from testkit.local_ray import cluster_pids
+
+    @ray.remote(num_cpus=0.1)
+    def priority() -> tuple[int, int]:
+        return os.getpid(), os.getpriority(os.PRIO_PROCESS, 0)
+
+    raylets = [p for p in cluster_pids(ray_cluster["temp_dir"]) if b"raylet" in Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0]]
+    assert len(raylets) == 1, raylets
+    pid, nice = ray.get(priority.remote(), timeout=30)
+    assert nice == _niceness(pid) == _niceness(raylets[0]), (nice, _niceness(pid), _niceness(raylets[0]))
