@@ -279,6 +279,18 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def anon_mb(pid: int) -> float:
+    """The anonymous part of ``pid``'s resident set in MB (``RssAnon``: its own heap and arenas), without
+    the shared pages it maps (``RssShmem``: Ray's object store; ``RssFile``: code and files). NaN when gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024 / 1e6
+    except OSError:
+        pass
+    return float("nan")
+
+
 def memory_snapshot(dashboard: str, app: str = APP) -> dict[str, tuple[Replica, float]]:
     """Actor name -> (replica, RSS in MB)."""
     return {r.name: (r, rss_mb(r.pid)) for r in serve_replicas(dashboard, app)}

@@ -21,7 +21,7 @@ def start_cluster_and_app(tmp: Path, checkpoints: dict[str, str], args: dict[str
     stop with :func:`stop_cluster` (or use :func:`local_app`, which does)."""
     import os
 
-    from serve_app.run import free_port, use_loopback
+    from serve_app.run import SERVING_MALLOC_ENV, free_port, use_loopback
     from testkit.local_ray import start_ray_head
 
     use_loopback()  # before Ray is imported: the cluster listens on 127.0.0.1 only
@@ -29,7 +29,7 @@ def start_cluster_and_app(tmp: Path, checkpoints: dict[str, str], args: dict[str
 
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     print("starting a local Ray cluster ...", flush=True)
-    cluster = start_ray_head(str(tmp / "ray"))
+    cluster = start_ray_head(str(tmp / "ray"), env=SERVING_MALLOC_ENV)  # a serving cluster, as make serve's
     ray.init(address=cluster["address"], log_to_driver=False)
     config = serve_yaml_for_test(tmp, checkpoints, free_port(), args=args)
     return cluster, config, deploy_and_wait(cluster["dashboard"], config, app_timeout=300, ready_timeout=120)

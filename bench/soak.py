@@ -47,7 +47,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import numpy as np  # noqa: E402
 
-from bench.load import RELIABILITY, RELIABILITY_HEADER, hot_swap, kill_replica, rss_mb, serve_replicas  # noqa: E402
+from bench.load import RELIABILITY, RELIABILITY_HEADER, anon_mb, hot_swap, kill_replica, rss_mb, serve_replicas  # noqa: E402
 from bench.results import machine, markdown_table, update_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,6 +132,7 @@ def run(url: str, dashboard: str, config: dict[str, Any], swap_to: str, minutes:
     duration = minutes * 60
     outcomes: list[Outcome] = []
     rss: list[tuple[float, str, float]] = []
+    anon: list[tuple[float, str, float]] = []  # the same samples' RssAnon: the process's own memory
     history: list[tuple[float, int, int, int]] = []  # (s, bytes, entries, largest entry's bytes) from /v1/stats
     events: list[tuple[float, str]] = []
     lock = threading.Lock()
@@ -152,6 +153,7 @@ def run(url: str, dashboard: str, config: dict[str, Any], swap_to: str, minutes:
             try:
                 for r in serve_replicas(dashboard):
                     rss.append((now, f"{r.deployment} {r.pid}", rss_mb(r.pid)))
+                    anon.append((now, f"{r.deployment} {r.pid}", anon_mb(r.pid)))
             except Exception:  # noqa: BLE001 - a sample missed while a replica restarts
                 pass
             try:
@@ -184,7 +186,7 @@ def run(url: str, dashboard: str, config: dict[str, Any], swap_to: str, minutes:
     for t in aux:
         t.join(timeout=60)
     stats = requests.get(f"{url}/v1/stats", timeout=30).json()
-    return {"outcomes": outcomes, "rss": rss, "history": history, "events": events, "wall_s": time.perf_counter() - t0,
+    return {"outcomes": outcomes, "rss": rss, "anon": anon, "history": history, "events": events, "wall_s": time.perf_counter() - t0,
             "duration_s": duration, "stats": stats}
 
 
@@ -193,13 +195,16 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def rss_growth(rss: list[tuple[float, str, float]], duration: float) -> list[list[object]]:
-    """Per process: RSS at 1/6 of the run (median of the samples near it), at the end, and the growth."""
+    """Per process: RSS 1/6 of the run after it was first seen (the issue's "10th minute" of 60; for a
+    replica started by the kill, 1/6 of the run into its own life, not its start-up), at the end, and the
+    growth; medians of the samples near each point."""
     rows = []
     for proc in sorted({p for _, p, _ in rss}):
         pts = [(t, mb) for t, p, mb in rss if p == proc and mb == mb]
         if len(pts) < 2:
             continue
-        early = [mb for t, mb in pts if abs(t - duration / 6) <= max(duration / 30, 15)] or [pts[0][1]]
+        at = pts[0][0] + duration / 6
+        early = [mb for t, mb in pts if abs(t - at) <= max(duration / 30, 15)] or [pts[0][1]]
         late = [mb for t, mb in pts if t >= duration - max(duration / 15, 15)] or [pts[-1][1]]
         a, b = statistics.median(early), statistics.median(late)
         rows.append([proc, f"{a:.0f}", f"{b:.0f}", f"{(b - a) / a * 100:+.1f}%", f"{max(mb for _, mb in pts):.0f}",
@@ -277,9 +282,14 @@ def markdown(res: dict[str, Any], command: str, described: str) -> str:
         "",
         history_line(res),
         "",
-        "RSS per process, MB (at 1/6 of the run, the issue's 10th minute of 60, and over the last 1/15):",
+        "RSS per process, MB (1/6 of the run after the process was first seen, the issue's 10th minute of 60, and over the last 1/15):",
         "",
         markdown_table(["process", "at 1/6", "at the end", "growth", "peak", "sampled"], rss_growth(res["rss"], res["duration_s"])),
+        "",
+        "Of which anonymous memory (`RssAnon`: each process's own heap, without the pages of Ray's object store and "
+        "of files it maps), MB:",
+        "",
+        markdown_table(["process", "at 1/6", "at the end", "growth", "peak", "sampled"], rss_growth(res.get("anon", []), res["duration_s"])),
         "",
         f"![RSS over time]({PLOT.name})",
         "",
@@ -299,7 +309,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--history-mb", type=float, default=None,
                    help="history.max_mb, the store's byte cap (default: the shipped config's)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-write", action="store_true", help="print, do not update bench/RELIABILITY.md")
+    p.add_argument("--no-write", action="store_true", help="print only: neither bench/RELIABILITY.md nor the plot is written")
     return p.parse_args(argv)
 
 
@@ -324,10 +334,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"soaking for {args.minutes:g} min at concurrency {args.concurrency} ...", flush=True)
             res = run(url, cluster["dashboard"], config, swap_to, args.minutes, args.concurrency, args.huge_every,
                       args.sample_s, args.seed)
-        plot(res["rss"], res["events"])
         text = markdown(res, command, described)
         print(text, flush=True)
-        if not args.no_write:
+        if not args.no_write:  # the table and its plot, together
+            plot(res["rss"], res["events"])
             if not RELIABILITY.exists():
                 RELIABILITY.write_text(RELIABILITY_HEADER)
             update_results(SECTION, text, path=RELIABILITY)

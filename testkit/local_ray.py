@@ -161,12 +161,13 @@ def _is_zombie(pid: int) -> bool:
         return False
 
 
-def start_ray_head(temp_dir: str, num_cpus: int = 2) -> dict:
+def start_ray_head(temp_dir: str, num_cpus: int = 2, env: "dict[str, str] | None" = None) -> dict:
     """``ray start --head`` on loopback with every port chosen free, so that several clusters
     (parallel test runs on one machine) never collide, and every Ray server listening on 127.0.0.1
     only (:data:`LOOPBACK_ENV`; a driver joining it calls :func:`use_loopback` first), keeping
     idle workers (:data:`ray_jobs.common.KEEP_IDLE_WORKERS_ENV`), its workers at its own priority
-    (:data:`WORKER_PRIORITY_ENV`). Returns address, dashboard URL, ray binary."""
+    (:data:`WORKER_PRIORITY_ENV`); ``env``: more settings for this cluster's processes (the caller's
+    environment still wins). Returns address, dashboard URL, ray binary."""
     import subprocess
 
     bin_dir = str(Path(sys.executable).parent)
@@ -181,7 +182,7 @@ def start_ray_head(temp_dir: str, num_cpus: int = 2) -> dict:
         f"--temp-dir={temp_dir}",
     ]
     try:
-        subprocess.run(cmd, check=True, timeout=120, capture_output=True, text=True, env={**KEEP_IDLE_WORKERS_ENV, **QUIET_DAEMONS_ENV, **WORKER_PRIORITY_ENV, **os.environ, **LOOPBACK_ENV})
+        subprocess.run(cmd, check=True, timeout=120, capture_output=True, text=True, env={**KEEP_IDLE_WORKERS_ENV, **QUIET_DAEMONS_ENV, **WORKER_PRIORITY_ENV, **(env or {}), **os.environ, **LOOPBACK_ENV})
     except subprocess.CalledProcessError as e:
         stop_ray_head(temp_dir)
         raise RuntimeError(f"ray start failed: {e.stdout[-2000:]} {e.stderr[-2000:]}") from None

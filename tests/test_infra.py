@@ -306,6 +306,30 @@ def test_rayservice_is_generated_from_the_serve_config():
     assert {d["name"]: d["user_config"]["checkpoint"] for d in app["deployments"]} == checkpoints
 
 
+def test_every_serving_node_has_the_api_key_and_the_serving_allocator_and_training_nodes_do_not():
+    """Every node group of the RayService may host an ingress replica, and an ingress with no key
+    serves its /v1 routes open: each container gets MATTING_API_KEY from the secret, and the
+    allocator settings make serve's local cluster gets (serve_app.run.SERVING_MALLOC_ENV).
+    raycluster.yaml (training, Tune, jobs) keeps glibc's defaults, under which torch's CPU tensors
+    are not mapped afresh at every step."""
+    from serve_app.run import SERVING_MALLOC_ENV
+
+    def containers(doc: dict) -> list[dict]:
+        spec = doc["spec"].get("rayClusterConfig", doc["spec"])
+        groups = [spec["headGroupSpec"], *spec.get("workerGroupSpecs", [])]
+        return [c for g in groups for c in g["template"]["spec"]["containers"]]
+
+    def env(container: dict) -> dict:
+        return {e["name"]: e.get("value") for e in container.get("env", []) if e["name"].startswith("MALLOC_")}
+
+    service = containers(v.load_documents(KUBERAY / "rayservice.yaml")[0])
+    assert len(service) >= 3 and all(env(c) == SERVING_MALLOC_ENV for c in service), [env(c) for c in service]
+    keys = [next((e["valueFrom"]["secretKeyRef"]["name"] for e in c.get("env", []) if e["name"] == "MATTING_API_KEY"), None) for c in service]
+    assert keys == ["matting-api-key"] * len(service), keys
+    training = containers(v.load_documents(KUBERAY / "raycluster.yaml")[0])
+    assert training and not any(env(c) for c in training)
+
+
 def test_overlay_may_not_invent_apps_or_models(tmp_path):
     from infra import gen_rayservice as g
 

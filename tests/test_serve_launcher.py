@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from serve_app.run import free_port
+from serve_app.run import SERVING_MALLOC_ENV, free_port
 from testkit.local_ray import cluster_pids, listening_sockets, stop_ray_head
 from testkit.serve import encode, get, make_checkpoint, photo, post, wait_until
 
@@ -74,6 +74,12 @@ def test_launcher_serves_and_stops_cleanly_on_ctrl_c(tmp_path):
         assert any("gcs_server" in n for n in names.values()), names
         exposed = [(ip, p, names[pid]) for ip, p, pid in sockets if not (ip.startswith("127.") or ip == "::1")]
         assert all(n.startswith("ray::ServeReplica:") for *_, n in exposed), exposed
+        # The serving allocator (serve_app.run.SERVING_MALLOC_ENV) reached the proxy and the replica.
+        serving = [pid for pid in cluster_pids(ray_tmp) if _cmdline(pid).startswith(("ray::ProxyActor", "ray::ServeReplica"))]
+        assert len(serving) >= 2, [_cmdline(pid) for pid in cluster_pids(ray_tmp)]
+        for pid in serving:
+            environ = dict(e.split("=", 1) for e in Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0") if "=" in e)
+            assert {k: environ.get(k) for k in SERVING_MALLOC_ENV} == SERVING_MALLOC_ENV, (_cmdline(pid), environ.get("MALLOC_ARENA_MAX"))
         # make serve runs the models inside the ingress: no model deployments, no Ray call per image.
         replicas = [_cmdline(pid) for pid in cluster_pids(ray_tmp)]
         assert any(c.startswith("ray::ServeReplica:matting:ingress") for c in replicas), replicas
