@@ -50,9 +50,9 @@ and the raylet hands its environment to the workers it starts.
 
 By default glibc keeps up to 8 arenas per core and, after each large free, raises the size below
 which it serves buffers from those arenas, so an image service's decoded images and encoded
-results end up in arenas it rarely returns. In two 15-minute soaks side by side
-(``bench/RELIABILITY.md``, "Soak"), these settings took the ingress's own (anonymous) memory from
-about 950 to 445 MB, and the proxy's growth from +13% to +1%. Buffers of 1 MiB or more, every
+results end up in arenas it rarely returns. In two 15-minute soaks, one after the other, these
+settings took the ingress's own (anonymous) memory from 840-960 MB to about 445 MB, and the proxy's
+growth from +13% to +1%; the 60-minute soak with them is in ``bench/RELIABILITY.md`` ("Soak"). Buffers of 1 MiB or more, every
 decoded image, are then mapped for each use and returned when freed. Not for training clusters:
 torch's CPU tensors of that size would be mapped and zeroed at every step."""
 

@@ -33,9 +33,10 @@ from the environment of ``ray start``; the environment of the caller wins."""
 WORKER_PRIORITY_ENV = {"RAY_worker_niceness": "0"}
 """The raylet starts workers 15 nice levels below itself by default. The suite runs everything
 but its cluster tests at nice 19 beside them (``tests/conftest.py``), and Linux gives a nice-15
-process only 36/51 of a core shared with a nice-19 one (weights 36 and 15): the cluster's
-workers then lost 30% of a contended core to unit tests meant to fill idle time. With 0 they run
-at the priority the cluster was started with. ``make serve`` keeps Ray's default."""
+process only 36/51 of a core it shares with a nice-19 one (scheduler weights 36 and 15): the
+cluster's workers could lose 30% of a contended core to unit tests meant only to fill idle time.
+With 0 they run at the priority the cluster was started with. (In two fresh clones the suite's
+time moved within the host's noise.) ``make serve`` keeps Ray's default."""
 
 
 def listening_sockets(pids: "set[int] | list[int]") -> list[tuple[str, int, int]]:
